@@ -1,0 +1,1 @@
+//! vdit-model: Wan2.1 text-to-video on vdit-wgpu.

@@ -1,0 +1,117 @@
+//! A buffer pool: tensors of a shape seen before reuse a freed buffer of the same size, so a
+//! steady-state loop (one denoising step after another) allocates nothing.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+/// Every tensor buffer can be a storage binding and a copy source or destination.
+pub(crate) const TENSOR_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
+
+/// Buffers are sized in multiples of 16 bytes: any vec4 load of the last element stays inside.
+pub(crate) fn padded_size(bytes: u64) -> u64 {
+    bytes.max(16).div_ceil(16) * 16
+}
+
+static NEXT_BUFFER_ID: AtomicU64 = AtomicU64::new(1);
+
+#[derive(Default)]
+pub struct BufferPool {
+    free: Mutex<HashMap<(u64, u32), Vec<wgpu::Buffer>>>,
+    in_use_bytes: AtomicU64,
+    free_bytes: AtomicU64,
+}
+
+/// A buffer on loan from the pool; it returns there when the last tensor holding it drops.
+pub struct PooledBuffer {
+    pub(crate) buffer: wgpu::Buffer,
+    /// Stable identity, used as a key by the bind-group cache.
+    pub(crate) id: u64,
+    pub(crate) size: u64,
+    pool: Weak<BufferPool>,
+}
+
+impl PooledBuffer {
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+impl Drop for PooledBuffer {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.give_back(self.buffer.clone(), self.size);
+        }
+    }
+}
+
+impl BufferPool {
+    /// A buffer of exactly `padded_size(bytes)` bytes with `usage`; reused when one is free.
+    pub(crate) fn take(
+        self: &Arc<Self>,
+        device: &wgpu::Device,
+        bytes: u64,
+        usage: wgpu::BufferUsages,
+        label: &str,
+    ) -> Arc<PooledBuffer> {
+        let size = padded_size(bytes);
+        let reused = self
+            .free
+            .lock()
+            .unwrap()
+            .get_mut(&(size, usage.bits()))
+            .and_then(|v| v.pop());
+        let buffer = match reused {
+            Some(b) => {
+                self.free_bytes.fetch_sub(size, Ordering::Relaxed);
+                b
+            }
+            None => device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage,
+                mapped_at_creation: false,
+            }),
+        };
+        self.in_use_bytes.fetch_add(size, Ordering::Relaxed);
+        Arc::new(PooledBuffer {
+            id: NEXT_BUFFER_ID.fetch_add(1, Ordering::Relaxed),
+            buffer,
+            size,
+            pool: Arc::downgrade(self),
+        })
+    }
+
+    fn give_back(&self, buffer: wgpu::Buffer, size: u64) {
+        self.in_use_bytes.fetch_sub(size, Ordering::Relaxed);
+        self.free_bytes.fetch_add(size, Ordering::Relaxed);
+        self.free
+            .lock()
+            .unwrap()
+            .entry((size, buffer.usage().bits()))
+            .or_default()
+            .push(buffer);
+    }
+
+    /// Releases every free buffer to the driver (for example between model stages).
+    pub fn trim(&self) {
+        self.free.lock().unwrap().clear();
+        self.free_bytes.store(0, Ordering::Relaxed);
+    }
+
+    /// (bytes in use by live tensors, bytes held free for reuse).
+    pub fn bytes(&self) -> (u64, u64) {
+        (
+            self.in_use_bytes.load(Ordering::Relaxed),
+            self.free_bytes.load(Ordering::Relaxed),
+        )
+    }
+}

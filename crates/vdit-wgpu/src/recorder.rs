@@ -1,0 +1,250 @@
+//! Recording kernel launches: a list of dispatches and copies, turned into one command buffer
+//! (one compute pass) at `submit`. Parameter blocks of all dispatches share one uniform buffer
+//! bound with dynamic offsets, so a step creates neither buffers nor bind groups once warm.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use crate::error::{GpuError, Result};
+use crate::gpu::Gpu;
+use crate::pipeline::{Kernel, PipelineKey};
+use crate::pool::PooledBuffer;
+use crate::profiler::{Cost, Profiler};
+use crate::shader::Defines;
+use crate::tensor::Tensor;
+
+/// One kernel launch, as a launcher describes it.
+pub struct Dispatch<'a> {
+    pub shader: &'static str,
+    pub entry: &'static str,
+    pub defines: Defines,
+    /// Pipeline-overridable constants (`override` in WGSL).
+    pub constants: Vec<(String, f64)>,
+    /// The bytes of the kernel's parameter struct (its only uniform binding), if it has one.
+    pub params: &'a [u8],
+    /// Storage bindings, in binding order.
+    pub tensors: &'a [&'a Tensor],
+    pub workgroups: [u32; 3],
+    /// The name the profiler reports (kernel family and variant).
+    pub label: Cow<'static, str>,
+    pub cost: Cost,
+}
+
+pub(crate) enum Op {
+    Dispatch {
+        kernel: Arc<Kernel>,
+        params_offset: Option<u32>,
+        buffers: Vec<Arc<PooledBuffer>>,
+        workgroups: [u32; 3],
+        label: Cow<'static, str>,
+        cost: Cost,
+    },
+    Copy {
+        src: Arc<PooledBuffer>,
+        dst: Arc<PooledBuffer>,
+        bytes: u64,
+    },
+}
+
+/// Collects launches; nothing reaches the GPU before `submit`.
+pub struct Recorder<'g> {
+    gpu: &'g Gpu,
+    ops: Vec<Op>,
+    params: Vec<u8>,
+}
+
+impl<'g> Recorder<'g> {
+    pub fn new(gpu: &'g Gpu) -> Self {
+        Self {
+            gpu,
+            ops: Vec::new(),
+            params: Vec::new(),
+        }
+    }
+
+    pub fn gpu(&self) -> &'g Gpu {
+        self.gpu
+    }
+
+    /// Number of recorded operations.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Records one kernel launch, checking its bindings and grid against the adapter's limits.
+    pub fn dispatch(&mut self, d: Dispatch<'_>) -> Result<()> {
+        let key = PipelineKey {
+            shader: d.shader,
+            entry: d.entry,
+            defines: d.defines,
+            constants: d
+                .constants
+                .iter()
+                .map(|(n, v)| (n.clone(), v.to_bits()))
+                .collect(),
+        };
+        let kernel = self.gpu.pipelines.kernel(&self.gpu.device, &key)?;
+        let max = self.gpu.limits.max_compute_workgroups_per_dimension;
+        if let Some(&n) = d.workgroups.iter().find(|&&n| n > max) {
+            return Err(GpuError::OverLimit {
+                what: format!("kernel {}", d.label),
+                needed: n as u64,
+                limit: max as u64,
+                limit_name: "max_compute_workgroups_per_dimension",
+            });
+        }
+        if kernel.storage_count() != d.tensors.len() {
+            return Err(GpuError::Shader {
+                shader: d.shader.into(),
+                message: format!(
+                    "{} storage bindings, {} tensors given",
+                    kernel.storage_count(),
+                    d.tensors.len()
+                ),
+            });
+        }
+        let params_offset = match kernel.params_size() {
+            Some(size) => {
+                if (d.params.len() as u64) != size {
+                    return Err(GpuError::Shader {
+                        shader: d.shader.into(),
+                        message: format!(
+                            "parameter block is {size} bytes, {} given",
+                            d.params.len()
+                        ),
+                    });
+                }
+                let align = self.gpu.limits.min_uniform_buffer_offset_alignment as usize;
+                let offset = self.params.len().div_ceil(align) * align;
+                self.params.resize(offset, 0);
+                self.params.extend_from_slice(d.params);
+                Some(offset as u32)
+            }
+            None => None,
+        };
+        if d.workgroups.contains(&0) {
+            return Ok(()); // nothing to do (an empty tensor)
+        }
+        self.ops.push(Op::Dispatch {
+            kernel,
+            params_offset,
+            buffers: d.tensors.iter().map(|t| t.pooled().clone()).collect(),
+            workgroups: d.workgroups,
+            label: d.label,
+            cost: d.cost,
+        });
+        Ok(())
+    }
+
+    /// Records a copy of `src`'s bytes into `dst` (same byte size).
+    pub fn copy(&mut self, src: &Tensor, dst: &Tensor) -> Result<()> {
+        if src.bytes() != dst.bytes() {
+            return Err(crate::error::shape_err(
+                "copy",
+                format!("{src:?} and {dst:?} differ in size"),
+            ));
+        }
+        self.ops.push(Op::Copy {
+            src: src.pooled().clone(),
+            dst: dst.pooled().clone(),
+            bytes: src.bytes().div_ceil(4) * 4,
+        });
+        Ok(())
+    }
+
+    /// Sends everything to the GPU (one command buffer, or one per launch when a profiler
+    /// without timestamps needs host timings). Does not wait.
+    pub fn submit(self, profiler: Option<&mut Profiler>) -> Result<()> {
+        let gpu = self.gpu;
+        let params = (!self.params.is_empty()).then(|| {
+            let buf = gpu.pool.take(
+                &gpu.device,
+                (self.params.len() as u64).next_power_of_two().max(256),
+                wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                "params",
+            );
+            gpu.queue.write_buffer(&buf.buffer, 0, &self.params);
+            buf
+        });
+        match profiler {
+            Some(p) => p.run(gpu, &self.ops, params.as_deref())?,
+            None => {
+                let mut enc = gpu.device.create_command_encoder(&Default::default());
+                encode_ops(gpu, &mut enc, &self.ops, params.as_deref(), None);
+                gpu.queue.submit([enc.finish()]);
+            }
+        }
+        gpu.check_health()
+    }
+
+    /// Submits and waits for completion.
+    pub fn run(self) -> Result<()> {
+        let gpu = self.gpu;
+        self.submit(None)?;
+        gpu.wait()
+    }
+}
+
+/// Per-dispatch timestamp query indices (begin, end), when profiling with timestamps.
+pub(crate) type TimestampSlot<'a> = (&'a wgpu::QuerySet, u32);
+
+/// Encodes `ops`; when `timestamps` is given, each dispatch gets its own pass with begin/end
+/// timestamps at consecutive query indices starting from the given one.
+pub(crate) fn encode_ops(
+    gpu: &Gpu,
+    enc: &mut wgpu::CommandEncoder,
+    ops: &[Op],
+    params: Option<&PooledBuffer>,
+    timestamps: Option<TimestampSlot<'_>>,
+) {
+    let mut pass: Option<wgpu::ComputePass<'static>> = None;
+    let mut query = timestamps.map(|t| t.1).unwrap_or(0);
+    for op in ops {
+        match op {
+            Op::Dispatch {
+                kernel,
+                params_offset,
+                buffers,
+                workgroups,
+                ..
+            } => {
+                let storage: Vec<(u64, &wgpu::Buffer)> =
+                    buffers.iter().map(|b| (b.id, &b.buffer)).collect();
+                let bg = gpu.pipelines.bind_group(
+                    &gpu.device,
+                    kernel,
+                    params_offset.and(params.map(|p| (p.id, &p.buffer))),
+                    &storage,
+                );
+                if timestamps.is_some() {
+                    drop(pass.take());
+                }
+                let p = pass.get_or_insert_with(|| {
+                    enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: None,
+                        timestamp_writes: timestamps.map(|(qs, _)| {
+                            wgpu::ComputePassTimestampWrites {
+                                query_set: qs,
+                                beginning_of_pass_write_index: Some(query),
+                                end_of_pass_write_index: Some(query + 1),
+                            }
+                        }),
+                    })
+                    .forget_lifetime()
+                });
+                query += 2;
+                p.set_pipeline(&kernel.pipeline);
+                let offsets: Vec<u32> = params_offset.iter().copied().collect();
+                p.set_bind_group(0, &bg, &offsets);
+                p.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
+            }
+            Op::Copy { src, dst, bytes } => {
+                drop(pass.take());
+                enc.copy_buffer_to_buffer(&src.buffer, 0, &dst.buffer, 0, *bytes);
+            }
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! WGSL sources, a small preprocessor, and binding reflection through naga.
+//!
+//! Every kernel lives in a real `.wgsl` file under the top-level `shaders/` folder. One file may
+//! serve several storage types or variants: the preprocessor replaces UPPERCASE words that are
+//! defined (`X_T` -> `f16`) and keeps or drops the lines between `#if NAME` / `#ifdef NAME` /
+//! `#ifndef NAME` / `#else` / `#endif` (`#if NAME` is true when NAME is defined and not `0` or
+//! `false`). `enable f16;` is added when the result mentions `f16`.
+
+use std::collections::BTreeMap;
+
+use crate::error::{GpuError, Result};
+
+/// Preprocessor definitions, ordered so that they can be part of a cache key.
+pub type Defines = BTreeMap<String, String>;
+
+/// Builds a `Defines` from pairs.
+pub fn defines<K: ToString, V: ToString>(pairs: &[(K, V)]) -> Defines {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// A shader file of `shaders/`, with the define sets its launchers use (the naga portability
+/// test compiles each of them).
+pub struct ShaderFile {
+    pub name: &'static str,
+    pub source: &'static str,
+    pub variants: fn() -> Vec<Defines>,
+}
+
+/// A `ShaderFile` of `shaders/NAME.wgsl` (embedded at build time).
+#[macro_export]
+macro_rules! shader_file {
+    ($name:literal, $variants:path) => {
+        $crate::shader::ShaderFile {
+            name: $name,
+            source: include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../shaders/",
+                $name,
+                ".wgsl"
+            )),
+            variants: $variants,
+        }
+    };
+}
+
+/// Every shader of the project. The portability test checks that this list matches `shaders/`.
+pub fn all_shaders() -> Vec<ShaderFile> {
+    let mut all = crate::kernels::core_shaders();
+    all.extend(crate::attention::shaders());
+    all
+}
+
+pub fn find_shader(name: &str) -> Option<ShaderFile> {
+    all_shaders().into_iter().find(|s| s.name == name)
+}
+
+fn is_word_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_'
+}
+
+fn truthy(defs: &Defines, name: &str) -> bool {
+    matches!(defs.get(name), Some(v) if v != "0" && v != "false")
+}
+
+/// Applies `#if`/`#ifdef`/`#ifndef`/`#else`/`#endif` and word substitution.
+pub fn preprocess(name: &str, source: &str, defs: &Defines) -> Result<String> {
+    let err = |line: usize, msg: &str| GpuError::Shader {
+        shader: name.to_string(),
+        message: format!("line {}: {msg}", line + 1),
+    };
+    // Each entry: (this branch active, an earlier branch of this #if was taken, parent active).
+    let mut stack: Vec<(bool, bool)> = Vec::new();
+    let mut out = String::with_capacity(source.len() + 64);
+    for (i, line) in source.lines().enumerate() {
+        let trimmed = line.trim_start();
+        let active = stack.last().map(|s| s.0).unwrap_or(true);
+        if let Some(rest) = trimmed.strip_prefix('#') {
+            let mut parts = rest.split_whitespace();
+            let directive = parts.next().unwrap_or("");
+            let arg = parts.next();
+            match directive {
+                "if" | "ifdef" | "ifndef" => {
+                    let arg = arg.ok_or_else(|| err(i, "#if without a name"))?;
+                    let cond = match directive {
+                        "if" => truthy(defs, arg),
+                        "ifdef" => defs.contains_key(arg),
+                        _ => !defs.contains_key(arg),
+                    };
+                    stack.push((active && cond, active));
+                }
+                "else" => {
+                    let top = stack
+                        .last_mut()
+                        .ok_or_else(|| err(i, "#else without #if"))?;
+                    let parent_active = top.1;
+                    top.0 = parent_active && !top.0;
+                }
+                "endif" => {
+                    stack.pop().ok_or_else(|| err(i, "#endif without #if"))?;
+                }
+                other => return Err(err(i, &format!("unknown directive #{other}"))),
+            }
+            out.push('\n'); // keep line numbers of naga's messages true
+            continue;
+        }
+        if active {
+            substitute_words(line, defs, &mut out);
+        }
+        out.push('\n');
+    }
+    if !stack.is_empty() {
+        return Err(err(source.lines().count(), "#if without #endif"));
+    }
+    let needs_f16 = out
+        .split(|c: char| !is_word_char(c))
+        .any(|w| w == "f16" || w.starts_with("vec") && w.ends_with('h'));
+    if needs_f16 {
+        out.insert_str(0, "enable f16;");
+    }
+    Ok(out)
+}
+
+fn substitute_words(line: &str, defs: &Defines, out: &mut String) {
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        if !word.is_empty() {
+            let is_macro = word
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+                && word.chars().next().is_some_and(|c| c.is_ascii_uppercase());
+            match defs.get(word.as_str()) {
+                Some(v) if is_macro => out.push_str(v),
+                _ => out.push_str(word),
+            }
+            word.clear();
+        }
+    };
+    for c in line.chars() {
+        if is_word_char(c) {
+            word.push(c);
+        } else {
+            flush(&mut word, out);
+            out.push(c);
+        }
+    }
+    flush(&mut word, out);
+}
+
+/// One resource binding of a compute shader, as reflected from the WGSL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BindingKind {
+    /// A small parameter struct, bound with a dynamic offset; `size` bytes.
+    Params {
+        size: u64,
+    },
+    Storage {
+        read_only: bool,
+    },
+}
+
+/// Parses and validates WGSL with naga; returns the module and a readable error naming the shader.
+pub fn parse_and_validate(
+    name: &str,
+    wgsl: &str,
+) -> Result<(naga::Module, naga::valid::ModuleInfo)> {
+    let module = naga::front::wgsl::parse_str(wgsl).map_err(|e| GpuError::Shader {
+        shader: name.to_string(),
+        message: e.emit_to_string(wgsl),
+    })?;
+    let info = naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::all(),
+    )
+    .validate(&module)
+    .map_err(|e| GpuError::Shader {
+        shader: name.to_string(),
+        message: e.emit_to_string(wgsl),
+    })?;
+    Ok((module, info))
+}
+
+/// The bindings of group 0, by binding index.
+pub fn reflect_bindings(name: &str, module: &naga::Module) -> Result<Vec<(u32, BindingKind)>> {
+    let mut out = Vec::new();
+    for (_, var) in module.global_variables.iter() {
+        let Some(binding) = &var.binding else {
+            continue;
+        };
+        if binding.group != 0 {
+            return Err(GpuError::Shader {
+                shader: name.to_string(),
+                message: format!(
+                    "binding in group {}: kernels use group 0 only",
+                    binding.group
+                ),
+            });
+        }
+        let kind = match var.space {
+            naga::AddressSpace::Uniform => BindingKind::Params {
+                size: module.types[var.ty].inner.size(module.to_ctx()) as u64,
+            },
+            naga::AddressSpace::Storage { access } => BindingKind::Storage {
+                read_only: !access.contains(naga::StorageAccess::STORE),
+            },
+            other => {
+                return Err(GpuError::Shader {
+                    shader: name.to_string(),
+                    message: format!("unsupported binding space {other:?}"),
+                })
+            }
+        };
+        out.push((binding.binding, kind));
+    }
+    out.sort_by_key(|b| b.0);
+    Ok(out)
+}

@@ -1,0 +1,232 @@
+//! A tensor: a GPU buffer, a shape and a storage type. Arithmetic happens in kernels, in f32.
+
+use std::sync::Arc;
+
+use half::f16;
+
+use crate::error::{shape_err, GpuError, Result};
+use crate::gpu::Gpu;
+use crate::pool::{PooledBuffer, TENSOR_USAGE};
+
+/// Storage type of a tensor's elements. Kernels always accumulate in f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    F16,
+}
+
+impl DType {
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 => 2,
+        }
+    }
+    /// The WGSL scalar type of this storage.
+    pub fn wgsl(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+        }
+    }
+}
+
+impl std::fmt::Display for DType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.wgsl())
+    }
+}
+
+/// A dense, row-major tensor on the GPU. Cloning shares the buffer.
+#[derive(Clone)]
+pub struct Tensor {
+    buf: Arc<PooledBuffer>,
+    shape: Vec<usize>,
+    dtype: DType,
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor({:?}, {})", self.shape, self.dtype)
+    }
+}
+
+impl Tensor {
+    /// An uninitialised tensor (contents are whatever the pooled buffer held).
+    pub fn empty(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Self> {
+        let numel: usize = shape.iter().product();
+        let bytes = (numel * dtype.size()) as u64;
+        gpu.check_buffer_size(&format!("a {dtype} tensor of shape {shape:?}"), bytes)?;
+        let buf = gpu.pool.take(&gpu.device, bytes, TENSOR_USAGE, "tensor");
+        Ok(Self {
+            buf,
+            shape: shape.to_vec(),
+            dtype,
+        })
+    }
+
+    /// Uploads f32 values, converting to the storage type.
+    pub fn from_f32(gpu: &Gpu, shape: &[usize], data: &[f32], dtype: DType) -> Result<Self> {
+        let numel: usize = shape.iter().product();
+        if numel != data.len() {
+            return Err(shape_err(
+                "Tensor::from_f32",
+                format!("shape {shape:?} holds {numel} values, {} given", data.len()),
+            ));
+        }
+        let t = Self::empty(gpu, shape, dtype)?;
+        t.write_f32(gpu, data)?;
+        Ok(t)
+    }
+
+    /// Uploads raw little-endian bytes already in the storage type.
+    pub fn from_bytes(gpu: &Gpu, shape: &[usize], dtype: DType, bytes: &[u8]) -> Result<Self> {
+        let t = Self::empty(gpu, shape, dtype)?;
+        if bytes.len() != t.bytes() as usize {
+            return Err(shape_err(
+                "Tensor::from_bytes",
+                format!(
+                    "shape {shape:?} of {dtype} needs {} bytes, {} given",
+                    t.bytes(),
+                    bytes.len()
+                ),
+            ));
+        }
+        write_padded(gpu, t.buffer(), bytes);
+        Ok(t)
+    }
+
+    /// Overwrites the contents with f32 values converted to the storage type.
+    pub fn write_f32(&self, gpu: &Gpu, data: &[f32]) -> Result<()> {
+        if data.len() != self.numel() {
+            return Err(shape_err(
+                "Tensor::write_f32",
+                format!(
+                    "{:?} holds {} values, {} given",
+                    self.shape,
+                    self.numel(),
+                    data.len()
+                ),
+            ));
+        }
+        match self.dtype {
+            DType::F32 => write_padded(gpu, self.buffer(), bytemuck::cast_slice(data)),
+            DType::F16 => {
+                let h: Vec<f16> = data.iter().map(|&x| f16::from_f32(x)).collect();
+                write_padded(gpu, self.buffer(), bytemuck::cast_slice(&h));
+            }
+        }
+        Ok(())
+    }
+
+    /// Fills every element with NaN, so a test can tell which outputs a kernel never wrote.
+    pub fn poison(&self, gpu: &Gpu) {
+        let n = self.buf.size as usize;
+        let bytes: Vec<u8> = match self.dtype {
+            DType::F32 => f32::NAN
+                .to_le_bytes()
+                .iter()
+                .copied()
+                .cycle()
+                .take(n)
+                .collect(),
+            DType::F16 => f16::NAN
+                .to_le_bytes()
+                .iter()
+                .copied()
+                .cycle()
+                .take(n)
+                .collect(),
+        };
+        gpu.queue.write_buffer(self.buffer(), 0, &bytes);
+    }
+
+    /// Downloads and converts to f32 (waits for all submitted work).
+    pub fn to_vec_f32(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        let bytes = self.to_bytes(gpu)?;
+        Ok(match self.dtype {
+            DType::F32 => bytemuck::pod_collect_to_vec::<u8, f32>(&bytes),
+            DType::F16 => bytemuck::pod_collect_to_vec::<u8, f16>(&bytes)
+                .into_iter()
+                .map(f16::to_f32)
+                .collect(),
+        })
+    }
+
+    /// Downloads the raw bytes of the storage type (waits for all submitted work).
+    pub fn to_bytes(&self, gpu: &Gpu) -> Result<Vec<u8>> {
+        let size = self.bytes();
+        let copy_size = size.div_ceil(4) * 4;
+        let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("download"),
+            size: copy_size.max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(self.buffer(), 0, &staging, 0, copy_size);
+        gpu.queue.submit([enc.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging
+            .slice(..)
+            .map_async(wgpu::MapMode::Read, move |r| drop(tx.send(r)));
+        gpu.wait()?;
+        rx.recv()
+            .map_err(|_| GpuError::DeviceLost("buffer mapping never completed".into()))?
+            .map_err(|e| GpuError::Wgpu(format!("mapping a download buffer: {e}")))?;
+        let data = staging
+            .slice(..)
+            .get_mapped_range()
+            .map_err(|e| GpuError::Wgpu(format!("reading a download buffer: {e}")))?
+            .to_vec();
+        staging.unmap();
+        Ok(data[..size as usize].to_vec())
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    /// Bytes of the elements (the buffer may be a little larger).
+    pub fn bytes(&self) -> u64 {
+        (self.numel() * self.dtype.size()) as u64
+    }
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buf.buffer
+    }
+    pub(crate) fn pooled(&self) -> &Arc<PooledBuffer> {
+        &self.buf
+    }
+
+    /// The same buffer seen with another shape of the same element count.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Self> {
+        let numel: usize = shape.iter().product();
+        if numel != self.numel() {
+            return Err(shape_err(
+                "Tensor::reshape",
+                format!("{:?} cannot become {shape:?}", self.shape),
+            ));
+        }
+        Ok(Self {
+            buf: self.buf.clone(),
+            shape: shape.to_vec(),
+            dtype: self.dtype,
+        })
+    }
+}
+
+/// `queue.write_buffer` wants a multiple of 4 bytes; f16 tensors of odd length are padded.
+fn write_padded(gpu: &Gpu, buffer: &wgpu::Buffer, bytes: &[u8]) {
+    if bytes.len() % 4 == 0 {
+        gpu.queue.write_buffer(buffer, 0, bytes);
+    } else {
+        let mut padded = bytes.to_vec();
+        padded.resize(bytes.len().div_ceil(4) * 4, 0);
+        gpu.queue.write_buffer(buffer, 0, &padded);
+    }
+}

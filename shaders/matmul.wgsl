@@ -1,0 +1,117 @@
+// Y = X W^T + b with a fused epilogue, the Linear layer of PyTorch.
+//   X: [M, K] (X_T storage), W: [N, K] as PyTorch stores Linear weights (W_T), b: [N],
+//   Y: [M, N] (Y_T). Accumulation in f32 whatever the storage.
+// EPILOGUE: 0 none, 1 GELU(tanh), 2 SiLU, 3 Y = Y + gate * (X W^T + b) (residual update, gate: [N] f32).
+// Portable tiling: a 64 x 64 output tile per workgroup of 16 x 16 threads, 4 x 4 outputs per thread,
+// K in steps of 16 through workgroup memory.
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<X_T>;
+@group(0) @binding(2) var<storage, read> w: array<W_T>;
+#if HAS_BIAS
+@group(0) @binding(3) var<storage, read> bias: array<B_T>;
+#endif
+#if HAS_GATE
+@group(0) @binding(4) var<storage, read> gate: array<f32>;
+#endif
+@group(0) @binding(5) var<storage, read_write> y: array<Y_T>;
+
+const BM: u32 = 64u;
+const BN: u32 = 64u;
+const BK: u32 = 16u;
+
+var<workgroup> tile_x: array<f32, 1024>; // [BK][BM]
+var<workgroup> tile_w: array<f32, 1024>; // [BK][BN]
+
+fn gelu_tanh(v: f32) -> f32 {
+    let u = 0.7978845608028654 * (v + 0.044715 * v * v * v);
+    return 0.5 * v * (1.0 + tanh(clamp(u, -15.0, 15.0)));
+}
+
+fn silu(v: f32) -> f32 {
+    return v / (1.0 + exp(-v));
+}
+
+@compute @workgroup_size(16, 16, 1)
+fn main(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    let row0 = wg.y * BM;
+    let col0 = wg.x * BN;
+    var acc: array<array<f32, 4>, 4>;
+    for (var i = 0u; i < 4u; i++) {
+        for (var j = 0u; j < 4u; j++) {
+            acc[i][j] = 0.0;
+        }
+    }
+    // Each thread stages 4 consecutive k of one row of X and one row of W per K step.
+    let load_r = tid / 4u;
+    let load_k = (tid % 4u) * 4u;
+    for (var k0 = 0u; k0 < p.k; k0 += BK) {
+        for (var e = 0u; e < 4u; e++) {
+            let kk = k0 + load_k + e;
+            let xr = row0 + load_r;
+            var xv = 0.0;
+            if (xr < p.m && kk < p.k) {
+                xv = f32(x[xr * p.k + kk]);
+            }
+            tile_x[(load_k + e) * BM + load_r] = xv;
+            let wr = col0 + load_r;
+            var wv = 0.0;
+            if (wr < p.n && kk < p.k) {
+                wv = f32(w[wr * p.k + kk]);
+            }
+            tile_w[(load_k + e) * BN + load_r] = wv;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            var a: array<f32, 4>;
+            var b: array<f32, 4>;
+            for (var i = 0u; i < 4u; i++) {
+                a[i] = tile_x[kk * BM + lid.y + 16u * i];
+                b[i] = tile_w[kk * BN + lid.x + 16u * i];
+            }
+            for (var i = 0u; i < 4u; i++) {
+                for (var j = 0u; j < 4u; j++) {
+                    acc[i][j] = fma(a[i], b[j], acc[i][j]);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let r = row0 + lid.y + 16u * i;
+        if (r >= p.m) {
+            continue;
+        }
+        for (var j = 0u; j < 4u; j++) {
+            let c = col0 + lid.x + 16u * j;
+            if (c >= p.n) {
+                continue;
+            }
+            var v = acc[i][j];
+#if HAS_BIAS
+            v += f32(bias[c]);
+#endif
+#if EPI_GELU
+            v = gelu_tanh(v);
+#endif
+#if EPI_SILU
+            v = silu(v);
+#endif
+#if HAS_GATE
+            v = f32(y[r * p.n + c]) + gate[c] * v;
+#endif
+            y[r * p.n + c] = Y_T(v);
+        }
+    }
+}
