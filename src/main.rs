@@ -1,1 +1,52 @@
-fn main() {}
+//! The `vdit` command.
+
+mod bench_kernels;
+mod gpu_args;
+mod info;
+
+use clap::{Parser, Subcommand};
+
+use gpu_args::GpuArgs;
+
+#[derive(Parser)]
+#[command(name = "vdit", version, about = "Video diffusion transformers on any GPU (wgpu)")]
+struct Cli {
+    #[command(flatten)]
+    gpu: GpuArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List adapters and show the chosen one's features and limits.
+    Info,
+    /// Time kernels or models with GPU timestamp queries.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Every core kernel at Wan2.1 1.3B shapes.
+    Kernels(bench_kernels::KernelBenchArgs),
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Info => info::run(&cli.gpu),
+        Command::Bench(b) => match b {
+            BenchCommand::Kernels(a) => cli
+                .gpu
+                .open()
+                .map_err(Into::into)
+                .and_then(|gpu| bench_kernels::run(&gpu, a)),
+        },
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,127 @@
+//! `vdit bench kernels`: every core kernel at the shapes of a Wan2.1 1.3B forward
+//! (32760 tokens x 1536, FFN 8960), timed by the profiler, printed as a table.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use vdit_wgpu::kernels::matmul::{matmul, Epilogue};
+use vdit_wgpu::testing::Rng;
+use vdit_wgpu::{DType, Gpu, Profiler, Recorder, Tensor};
+
+#[derive(Args, Debug, Clone)]
+pub struct KernelBenchArgs {
+    /// Tokens (rows). 32760 is 81 frames at 480x832.
+    #[arg(long, default_value_t = 32760)]
+    pub tokens: usize,
+    /// Model width.
+    #[arg(long, default_value_t = 1536)]
+    pub dim: usize,
+    /// FFN width.
+    #[arg(long, default_value_t = 8960)]
+    pub ffn: usize,
+    /// Storage precision of activations and weights: f32, f16 or both.
+    #[arg(long, default_value = "both")]
+    pub precision: String,
+    /// Timed repetitions of each kernel (after one warm-up).
+    #[arg(long, default_value_t = 5)]
+    pub iters: usize,
+    /// Only kernels whose label contains this text.
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// Write the per-kernel statistics as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write a Chrome trace of every timed launch.
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+}
+
+type Record<'a> = Box<dyn Fn(&mut Recorder) -> vdit_wgpu::Result<()> + 'a>;
+
+/// A tensor of random values (never zeros: zeros can run faster than real data).
+fn random(gpu: &Gpu, rng: &mut Rng, shape: &[usize], scale: f32, dtype: DType) -> vdit_wgpu::Result<Tensor> {
+    let n: usize = shape.iter().product();
+    Tensor::from_f32(gpu, shape, &rng.vec_uniform(n, scale), dtype)
+}
+
+fn cases<'a>(gpu: &'a Gpu, a: &KernelBenchArgs, dt: DType) -> vdit_wgpu::Result<Vec<(String, Record<'a>)>> {
+    let mut rng = Rng::new(0x5eed);
+    let (n, d, f) = (a.tokens, a.dim, a.ffn);
+    let x = random(gpu, &mut rng, &[n, d], 1.0, dt)?;
+    let h = random(gpu, &mut rng, &[n, f], 1.0, dt)?;
+    let w_dd = random(gpu, &mut rng, &[d, d], 0.03, dt)?;
+    let w_fd = random(gpu, &mut rng, &[f, d], 0.03, dt)?;
+    let w_df = random(gpu, &mut rng, &[d, f], 0.01, dt)?;
+    let b_d = random(gpu, &mut rng, &[d], 0.1, dt)?;
+    let b_f = random(gpu, &mut rng, &[f], 0.1, dt)?;
+    let gate = random(gpu, &mut rng, &[d], 1.0, DType::F32)?;
+    let y_dd = Tensor::empty(gpu, &[n, d], dt)?;
+    let y_fd = Tensor::empty(gpu, &[n, f], dt)?;
+    let resid = random(gpu, &mut rng, &[n, d], 1.0, DType::F32)?;
+    let mut out: Vec<(String, Record<'a>)> = Vec::new();
+    let b_d2 = b_d.clone();
+    out.push((
+        format!("matmul qkv/out {n}x{d}x{d}"),
+        Box::new(move |r| matmul(r, &x, &w_dd, Some(&b_d), None, &y_dd, Epilogue::None)),
+    ));
+    let x2 = random(gpu, &mut rng, &[n, d], 1.0, dt)?;
+    out.push((
+        format!("matmul ffn-up+gelu {n}x{f}x{d}"),
+        Box::new(move |r| matmul(r, &x2, &w_fd, Some(&b_f), None, &y_fd, Epilogue::GeluTanh)),
+    ));
+    out.push((
+        format!("matmul ffn-down+residual {n}x{d}x{f}"),
+        Box::new(move |r| matmul(r, &h, &w_df, Some(&b_d2), Some(&gate), &resid, Epilogue::ResidualGate)),
+    ));
+    Ok(out)
+}
+
+pub fn run(gpu: &Gpu, a: &KernelBenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let precisions: Vec<DType> = match a.precision.as_str() {
+        "f32" => vec![DType::F32],
+        "f16" => vec![DType::F16],
+        "both" => vec![DType::F32, DType::F16],
+        other => return Err(format!("--precision must be f32, f16 or both, not '{other}'").into()),
+    };
+    println!("device: {}", gpu.describe());
+    let mut profiler = Profiler::new(gpu);
+    for dt in precisions {
+        if dt == DType::F16 && !gpu.caps.shader_f16 {
+            println!("skipping f16: the adapter lacks SHADER_F16");
+            continue;
+        }
+        for (label, record) in cases(gpu, a, dt)? {
+            if a.filter.as_ref().is_some_and(|f| !label.contains(f.as_str())) {
+                continue;
+            }
+            // Warm-up: pipeline creation and first-touch costs stay out of the numbers.
+            let mut rec = Recorder::new(gpu);
+            record(&mut rec)?;
+            rec.run()?;
+            for _ in 0..a.iters {
+                let mut rec = Recorder::new(gpu);
+                record(&mut rec)?;
+                rec.submit(Some(&mut profiler))?;
+            }
+            log::info!("{label} ({dt}) done");
+        }
+        gpu.trim_pool();
+    }
+    print!("{}", profiler.table());
+    if let Some(path) = &a.json {
+        let json = serde_json::json!({
+            "device": gpu.describe(),
+            "backend": format!("{:?}", gpu.info.backend),
+            "tokens": a.tokens, "dim": a.dim, "ffn": a.ffn,
+            "clock": profiler.clock(),
+            "kernels": profiler.stats(),
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&json)?)
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    if let Some(path) = &a.trace {
+        std::fs::write(path, serde_json::to_string(&profiler.chrome_trace())?)
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
