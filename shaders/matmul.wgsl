@@ -1,7 +1,8 @@
 // Y = X W^T + b with a fused epilogue, the Linear layer of PyTorch.
 //   X: [M, K] (X_T storage), W: [N, K] as PyTorch stores Linear weights (W_T), b: [N],
 //   Y: [M, N] (Y_T). Accumulation in f32 whatever the storage.
-// EPILOGUE: 0 none, 1 GELU(tanh), 2 SiLU, 3 Y = Y + gate * (X W^T + b) (residual update, gate: [N] f32).
+// Epilogues: EPI_GELU (GELU tanh), EPI_SILU, HAS_RESIDUAL (Y = Y + (X W^T + b), in place) and
+// HAS_GATE with it (Y = Y + gate * (X W^T + b); gate: N f32 values from element gate_offset).
 // Portable tiling: a 64 x 64 output tile per workgroup of 16 x 16 threads, 4 x 4 outputs per thread,
 // K in steps of 16 through workgroup memory.
 
@@ -9,7 +10,7 @@ struct Params {
     m: u32,
     n: u32,
     k: u32,
-    _pad: u32,
+    gate_offset: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -109,7 +110,10 @@ fn main(
             v = silu(v);
 #endif
 #if HAS_GATE
-            v = f32(y[r * p.n + c]) + gate[c] * v;
+            v = gate[p.gate_offset + c] * v;
+#endif
+#if HAS_RESIDUAL
+            v += f32(y[r * p.n + c]);
 #endif
             y[r * p.n + c] = Y_T(v);
         }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use vdit_wgpu::kernels::matmul::{matmul, Epilogue};
+use vdit_wgpu::kernels::Row;
 use vdit_wgpu::testing::Rng;
 use vdit_wgpu::{DType, Gpu, Profiler, Recorder, Tensor};
 
@@ -39,12 +40,22 @@ pub struct KernelBenchArgs {
 type Record<'a> = Box<dyn Fn(&mut Recorder) -> vdit_wgpu::Result<()> + 'a>;
 
 /// A tensor of random values (never zeros: zeros can run faster than real data).
-fn random(gpu: &Gpu, rng: &mut Rng, shape: &[usize], scale: f32, dtype: DType) -> vdit_wgpu::Result<Tensor> {
+fn random(
+    gpu: &Gpu,
+    rng: &mut Rng,
+    shape: &[usize],
+    scale: f32,
+    dtype: DType,
+) -> vdit_wgpu::Result<Tensor> {
     let n: usize = shape.iter().product();
     Tensor::from_f32(gpu, shape, &rng.vec_uniform(n, scale), dtype)
 }
 
-fn cases<'a>(gpu: &'a Gpu, a: &KernelBenchArgs, dt: DType) -> vdit_wgpu::Result<Vec<(String, Record<'a>)>> {
+fn cases<'a>(
+    gpu: &'a Gpu,
+    a: &KernelBenchArgs,
+    dt: DType,
+) -> vdit_wgpu::Result<Vec<(String, Record<'a>)>> {
     let mut rng = Rng::new(0x5eed);
     let (n, d, f) = (a.tokens, a.dim, a.ffn);
     let x = random(gpu, &mut rng, &[n, d], 1.0, dt)?;
@@ -62,16 +73,25 @@ fn cases<'a>(gpu: &'a Gpu, a: &KernelBenchArgs, dt: DType) -> vdit_wgpu::Result<
     let b_d2 = b_d.clone();
     out.push((
         format!("matmul qkv/out {n}x{d}x{d}"),
-        Box::new(move |r| matmul(r, &x, &w_dd, Some(&b_d), None, &y_dd, Epilogue::None)),
+        Box::new(move |r| matmul(r, &x, &w_dd, Some(&b_d), &y_dd, Epilogue::None)),
     ));
     let x2 = random(gpu, &mut rng, &[n, d], 1.0, dt)?;
     out.push((
         format!("matmul ffn-up+gelu {n}x{f}x{d}"),
-        Box::new(move |r| matmul(r, &x2, &w_fd, Some(&b_f), None, &y_fd, Epilogue::GeluTanh)),
+        Box::new(move |r| matmul(r, &x2, &w_fd, Some(&b_f), &y_fd, Epilogue::GeluTanh)),
     ));
     out.push((
         format!("matmul ffn-down+residual {n}x{d}x{f}"),
-        Box::new(move |r| matmul(r, &h, &w_df, Some(&b_d2), Some(&gate), &resid, Epilogue::ResidualGate)),
+        Box::new(move |r| {
+            matmul(
+                r,
+                &h,
+                &w_df,
+                Some(&b_d2),
+                &resid,
+                Epilogue::ResidualGate(Row::whole(&gate)),
+            )
+        }),
     ));
     Ok(out)
 }
@@ -91,7 +111,10 @@ pub fn run(gpu: &Gpu, a: &KernelBenchArgs) -> Result<(), Box<dyn std::error::Err
             continue;
         }
         for (label, record) in cases(gpu, a, dt)? {
-            if a.filter.as_ref().is_some_and(|f| !label.contains(f.as_str())) {
+            if a.filter
+                .as_ref()
+                .is_some_and(|f| !label.contains(f.as_str()))
+            {
                 continue;
             }
             // Warm-up: pipeline creation and first-touch costs stay out of the numbers.

@@ -1,1 +1,12 @@
 //! vdit-model: Wan2.1 text-to-video on vdit-wgpu.
+//!
+//! - [`weights`]: safetensors checkpoints in the original, diffusers and ComfyUI layouts.
+//! - [`dit`]: the diffusion transformer.
+//! - [`plan`]: the per-layer attention plan (softmax, linear, hybrid, chunk-recurrent hybrid).
+
+pub mod dit;
+pub mod error;
+pub mod plan;
+pub mod weights;
+
+pub use error::{ModelError, Result};

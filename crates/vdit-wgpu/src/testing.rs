@@ -92,6 +92,7 @@ pub fn round_f16(v: &[f32]) -> Vec<f32> {
 #[track_caller]
 pub fn assert_close(case: &str, seed: u64, got: &[f32], want: &[f64], tol: f64) {
     let err = rel_l2(got, want);
+    eprintln!("{case}: relative L2 error {err:.3e} (tolerance {tol:.1e})");
     assert!(
         err <= tol,
         "{case}: relative L2 error {err:.3e} > {tol:.1e} (replay with VDIT_TEST_SEED={seed})"

@@ -4,20 +4,60 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{shape_err, GpuError, Result};
+use crate::kernels::{require_distinct, to_u32, Row};
 use crate::profiler::Cost;
 use crate::recorder::{Dispatch, Recorder};
 use crate::shader::{defines, Defines};
 use crate::tensor::{DType, Tensor};
 
 /// What happens to each output after the bias.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Epilogue {
+#[derive(Clone, Copy, Debug)]
+pub enum Epilogue<'a> {
     None,
     GeluTanh,
     Silu,
-    /// `y = y + gate * (x W^T + b)`: the output tensor holds the residual and is updated in place.
-    /// The gate is an f32 vector of length N.
+    /// `y = y + (x W^T + b)`: the output tensor holds the residual and is updated in place.
+    Residual,
+    /// `y = y + gate * (x W^T + b)`, the gate an f32 row of N values (e.g. a row of a modulation
+    /// table); the output tensor holds the residual and is updated in place.
+    ResidualGate(Row<'a>),
+}
+
+impl Epilogue<'_> {
+    fn name(&self) -> &'static str {
+        match self {
+            Epilogue::None => "",
+            Epilogue::GeluTanh => "+gelu",
+            Epilogue::Silu => "+silu",
+            Epilogue::Residual => "+residual",
+            Epilogue::ResidualGate(_) => "+gated residual",
+        }
+    }
+    fn reads_output(&self) -> bool {
+        matches!(self, Epilogue::Residual | Epilogue::ResidualGate(_))
+    }
+}
+
+/// The epilogue kinds, without their operands (variant selection and tests).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EpilogueKind {
+    None,
+    GeluTanh,
+    Silu,
+    Residual,
     ResidualGate,
+}
+
+impl From<&Epilogue<'_>> for EpilogueKind {
+    fn from(e: &Epilogue<'_>) -> Self {
+        match e {
+            Epilogue::None => Self::None,
+            Epilogue::GeluTanh => Self::GeluTanh,
+            Epilogue::Silu => Self::Silu,
+            Epilogue::Residual => Self::Residual,
+            Epilogue::ResidualGate(_) => Self::ResidualGate,
+        }
+    }
 }
 
 #[repr(C)]
@@ -26,20 +66,27 @@ struct Params {
     m: u32,
     n: u32,
     k: u32,
-    _pad: u32,
+    gate_offset: u32,
 }
 
-fn matmul_defines(x: DType, w: DType, b: Option<DType>, y: DType, epi: Epilogue) -> Defines {
+fn matmul_defines(x: DType, w: DType, b: Option<DType>, y: DType, epi: EpilogueKind) -> Defines {
     let mut d = defines(&[("X_T", x.wgsl()), ("W_T", w.wgsl()), ("Y_T", y.wgsl())]);
     if let Some(b) = b {
         d.insert("HAS_BIAS".into(), "1".into());
         d.insert("B_T".into(), b.wgsl().into());
     }
-    match epi {
-        Epilogue::None => {}
-        Epilogue::GeluTanh => drop(d.insert("EPI_GELU".into(), "1".into())),
-        Epilogue::Silu => drop(d.insert("EPI_SILU".into(), "1".into())),
-        Epilogue::ResidualGate => drop(d.insert("HAS_GATE".into(), "1".into())),
+    let flag = match epi {
+        EpilogueKind::None => None,
+        EpilogueKind::GeluTanh => Some("EPI_GELU"),
+        EpilogueKind::Silu => Some("EPI_SILU"),
+        EpilogueKind::Residual => Some("HAS_RESIDUAL"),
+        EpilogueKind::ResidualGate => Some("HAS_GATE"),
+    };
+    if let Some(flag) = flag {
+        d.insert(flag.into(), "1".into());
+    }
+    if epi == EpilogueKind::ResidualGate {
+        d.insert("HAS_RESIDUAL".into(), "1".into());
     }
     d
 }
@@ -55,29 +102,29 @@ pub fn variants() -> Vec<Defines> {
         (F16, F16, F32),
     ] {
         for epi in [
-            Epilogue::None,
-            Epilogue::GeluTanh,
-            Epilogue::Silu,
-            Epilogue::ResidualGate,
+            EpilogueKind::None,
+            EpilogueKind::GeluTanh,
+            EpilogueKind::Silu,
+            EpilogueKind::Residual,
+            EpilogueKind::ResidualGate,
         ] {
             v.push(matmul_defines(x, w, Some(w), y, epi));
         }
-        v.push(matmul_defines(x, w, None, y, Epilogue::None));
+        v.push(matmul_defines(x, w, None, y, EpilogueKind::None));
     }
     v
 }
 
 /// Records `y = epilogue(x w^T + bias)`. `x`: [.., K] (any leading dims, M rows), `w`: [N, K],
-/// `bias`: [N], `y`: [.., N] with the same rows. With `ResidualGate`, `gate`: [N] f32 and `y`
-/// holds the residual on entry.
+/// `bias`: [N], `y`: [.., N] with the same rows. With the residual epilogues `y` holds the
+/// residual on entry and is updated in place.
 pub fn matmul(
     rec: &mut Recorder,
     x: &Tensor,
     w: &Tensor,
     bias: Option<&Tensor>,
-    gate: Option<&Tensor>,
     y: &Tensor,
-    epilogue: Epilogue,
+    epilogue: Epilogue<'_>,
 ) -> Result<()> {
     let op = "matmul";
     let (&k, x_rows) = x
@@ -106,18 +153,12 @@ pub fn matmul(
             ));
         }
     }
-    let needs_gate = epilogue == Epilogue::ResidualGate;
-    match (gate, needs_gate) {
-        (Some(g), true) if g.numel() == n && g.dtype() == DType::F32 => {}
-        (Some(g), true) => {
-            return Err(shape_err(
-                op,
-                format!("gate must be {n} f32 values, got {g:?}"),
-            ))
-        }
-        (None, true) => return Err(shape_err(op, "the residual epilogue needs a gate")),
-        (Some(_), false) => return Err(shape_err(op, "a gate needs the residual epilogue")),
-        (None, false) => {}
+    let (gate, gate_offset) = match &epilogue {
+        Epilogue::ResidualGate(row) => (Some(row.tensor), row.offset(op, "gate", n)?),
+        _ => (None, 0),
+    };
+    for input in [x, w].into_iter().chain(bias).chain(gate) {
+        require_distinct(op, input, y)?;
     }
     let gpu = rec.gpu();
     let any_f16 = [Some(x), Some(w), bias, Some(y)]
@@ -131,11 +172,12 @@ pub fn matmul(
         ));
     }
     let params = Params {
-        m: m as u32,
-        n: n as u32,
-        k: k as u32,
-        _pad: 0,
+        m: to_u32(op, m)?,
+        n: to_u32(op, n)?,
+        k: to_u32(op, k)?,
+        gate_offset,
     };
+    to_u32(op, m * k.max(n))?;
     let mut tensors: Vec<&Tensor> = vec![x, w];
     tensors.extend(bias);
     tensors.extend(gate);
@@ -143,7 +185,7 @@ pub fn matmul(
     let el = |t: &Tensor| t.dtype().size() as f64;
     let bytes = m as f64 * k as f64 * el(x)
         + n as f64 * k as f64 * el(w)
-        + m as f64 * n as f64 * el(y) * if needs_gate { 2.0 } else { 1.0 };
+        + m as f64 * n as f64 * el(y) * if epilogue.reads_output() { 2.0 } else { 1.0 };
     rec.dispatch(Dispatch {
         shader: "matmul",
         entry: "main",
@@ -152,15 +194,30 @@ pub fn matmul(
             w.dtype(),
             bias.map(|b| b.dtype()),
             y.dtype(),
-            epilogue,
+            EpilogueKind::from(&epilogue),
         ),
         constants: vec![],
         params: bytemuck::bytes_of(&params),
         tensors: &tensors,
         workgroups: [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1],
-        label: format!("matmul {}x{}x{} {}w", m, n, k, w.dtype()).into(),
+        label: format!("matmul{} {m}x{n}x{k} {}", epilogue.name(), w.dtype()).into(),
         cost: Cost::new(2.0 * m as f64 * n as f64 * k as f64, bytes),
     })
+}
+
+/// The epilogue of `matmul_reference`, with its operands as host slices.
+#[derive(Clone, Copy, Debug)]
+pub enum ReferenceEpilogue<'a> {
+    None,
+    GeluTanh,
+    Silu,
+    Residual {
+        residual: &'a [f32],
+    },
+    ResidualGate {
+        residual: &'a [f32],
+        gate: &'a [f32],
+    },
 }
 
 /// CPU float64 reference of `matmul`.
@@ -168,12 +225,8 @@ pub fn matmul_reference(
     x: &[f32],
     w: &[f32],
     bias: Option<&[f32]>,
-    gate: Option<&[f32]>,
-    residual: Option<&[f32]>,
-    m: usize,
-    n: usize,
-    k: usize,
-    epilogue: Epilogue,
+    (m, n, k): (usize, usize, usize),
+    epilogue: ReferenceEpilogue<'_>,
 ) -> Vec<f64> {
     let mut out = vec![0.0f64; m * n];
     for r in 0..m {
@@ -186,11 +239,12 @@ pub fn matmul_reference(
                 acc += b[c] as f64;
             }
             out[r * n + c] = match epilogue {
-                Epilogue::None => acc,
-                Epilogue::GeluTanh => crate::kernels::gelu_tanh_f64(acc),
-                Epilogue::Silu => acc / (1.0 + (-acc).exp()),
-                Epilogue::ResidualGate => {
-                    residual.unwrap()[r * n + c] as f64 + gate.unwrap()[c] as f64 * acc
+                ReferenceEpilogue::None => acc,
+                ReferenceEpilogue::GeluTanh => crate::kernels::gelu_tanh_f64(acc),
+                ReferenceEpilogue::Silu => crate::kernels::silu_f64(acc),
+                ReferenceEpilogue::Residual { residual } => residual[r * n + c] as f64 + acc,
+                ReferenceEpilogue::ResidualGate { residual, gate } => {
+                    residual[r * n + c] as f64 + gate[c] as f64 * acc
                 }
             };
         }
@@ -203,18 +257,23 @@ mod tests {
     use super::*;
     use crate::testing::*;
 
-    fn check(
+    struct Case {
         m: usize,
         n: usize,
         k: usize,
-        xt: DType,
-        wt: DType,
-        yt: DType,
-        epi: Epilogue,
+        x: DType,
+        w: DType,
+        y: DType,
+        epi: EpilogueKind,
         bias: bool,
-    ) {
+    }
+
+    fn check(c: Case) {
+        let Case {
+            m, n, k, epi, bias, ..
+        } = c;
         let gpu = test_gpu();
-        if [xt, wt, yt].contains(&DType::F16) && !gpu.caps.shader_f16 {
+        if [c.x, c.w, c.y].contains(&DType::F16) && !gpu.caps.shader_f16 {
             eprintln!("skipping f16 case: adapter lacks SHADER_F16");
             return;
         }
@@ -223,53 +282,63 @@ mod tests {
         let mut xv = rng.vec_normal(m * k, 1.0);
         let mut wv = rng.vec_normal(n * k, 1.0 / (k as f32).sqrt());
         let mut bv = rng.vec_normal(n, 0.5);
-        let gv = rng.vec_normal(n, 1.0);
+        // Gates live in row 1 of a [2, N] table, as in a modulation table.
+        let gv = rng.vec_normal(2 * n, 1.0);
         let mut rv = rng.vec_normal(m * n, 1.0);
         // The reference sees exactly the values the GPU stores.
-        if xt == DType::F16 {
+        if c.x == DType::F16 {
             xv = round_f16(&xv);
         }
-        if wt == DType::F16 {
+        if c.w == DType::F16 {
             wv = round_f16(&wv);
             bv = round_f16(&bv);
         }
-        if yt == DType::F16 {
+        if c.y == DType::F16 {
             rv = round_f16(&rv);
         }
-        let x = Tensor::from_f32(gpu, &[m, k], &xv, xt).unwrap();
-        let w = Tensor::from_f32(gpu, &[n, k], &wv, wt).unwrap();
-        let b = Tensor::from_f32(gpu, &[n], &bv, wt).unwrap();
-        let g = Tensor::from_f32(gpu, &[n], &gv, DType::F32).unwrap();
-        let y = if epi == Epilogue::ResidualGate {
-            Tensor::from_f32(gpu, &[m, n], &rv, yt).unwrap()
+        let x = Tensor::from_f32(gpu, &[m, k], &xv, c.x).unwrap();
+        let w = Tensor::from_f32(gpu, &[n, k], &wv, c.w).unwrap();
+        let b = Tensor::from_f32(gpu, &[n], &bv, c.w).unwrap();
+        let g = Tensor::from_f32(gpu, &[2, n], &gv, DType::F32).unwrap();
+        let reads_output = matches!(epi, EpilogueKind::Residual | EpilogueKind::ResidualGate);
+        let y = if reads_output {
+            Tensor::from_f32(gpu, &[m, n], &rv, c.y).unwrap()
         } else {
-            let y = Tensor::empty(gpu, &[m, n], yt).unwrap();
+            let y = Tensor::empty(gpu, &[m, n], c.y).unwrap();
             y.poison(gpu);
             y
         };
+        let (gpu_epi, ref_epi) = match epi {
+            EpilogueKind::None => (Epilogue::None, ReferenceEpilogue::None),
+            EpilogueKind::GeluTanh => (Epilogue::GeluTanh, ReferenceEpilogue::GeluTanh),
+            EpilogueKind::Silu => (Epilogue::Silu, ReferenceEpilogue::Silu),
+            EpilogueKind::Residual => (
+                Epilogue::Residual,
+                ReferenceEpilogue::Residual { residual: &rv },
+            ),
+            EpilogueKind::ResidualGate => (
+                Epilogue::ResidualGate(Row::of(&g, 1)),
+                ReferenceEpilogue::ResidualGate {
+                    residual: &rv,
+                    gate: &gv[n..],
+                },
+            ),
+        };
         let mut rec = Recorder::new(gpu);
-        let gate = (epi == Epilogue::ResidualGate).then_some(&g);
-        matmul(&mut rec, &x, &w, bias.then_some(&b), gate, &y, epi).unwrap();
+        matmul(&mut rec, &x, &w, bias.then_some(&b), &y, gpu_epi).unwrap();
         rec.run().unwrap();
         let got = y.to_vec_f32(gpu).unwrap();
-        let want = matmul_reference(
-            &xv,
-            &wv,
-            bias.then_some(&bv[..]),
-            Some(&gv),
-            Some(&rv),
-            m,
-            n,
-            k,
-            epi,
-        );
-        let tol = if yt == DType::F16 || xt == DType::F16 {
+        let want = matmul_reference(&xv, &wv, bias.then_some(&bv[..]), (m, n, k), ref_epi);
+        let tol = if c.y == DType::F16 || c.x == DType::F16 {
             2e-3
         } else {
             1e-5
         };
         assert_close(
-            &format!("matmul {m}x{n}x{k} x:{xt} w:{wt} y:{yt} {epi:?} bias:{bias}"),
+            &format!(
+                "matmul {m}x{n}x{k} x:{} w:{} y:{} {epi:?} bias:{bias}",
+                c.x, c.w, c.y
+            ),
             seed,
             &got,
             &want,
@@ -277,80 +346,92 @@ mod tests {
         );
     }
 
+    use DType::{F16, F32};
+
     #[test]
     fn matmul_f32_odd_sizes_all_epilogues() {
         for epi in [
-            Epilogue::None,
-            Epilogue::GeluTanh,
-            Epilogue::Silu,
-            Epilogue::ResidualGate,
+            EpilogueKind::None,
+            EpilogueKind::GeluTanh,
+            EpilogueKind::Silu,
+            EpilogueKind::Residual,
+            EpilogueKind::ResidualGate,
         ] {
-            check(67, 45, 33, DType::F32, DType::F32, DType::F32, epi, true);
+            check(Case {
+                m: 67,
+                n: 45,
+                k: 33,
+                x: F32,
+                w: F32,
+                y: F32,
+                epi,
+                bias: true,
+            });
         }
-        check(
-            1,
-            1,
-            1,
-            DType::F32,
-            DType::F32,
-            DType::F32,
-            Epilogue::None,
-            false,
-        );
-        check(
-            130,
-            77,
-            129,
-            DType::F32,
-            DType::F32,
-            DType::F32,
-            Epilogue::None,
-            false,
-        );
+        check(Case {
+            m: 1,
+            n: 1,
+            k: 1,
+            x: F32,
+            w: F32,
+            y: F32,
+            epi: EpilogueKind::None,
+            bias: false,
+        });
+        check(Case {
+            m: 130,
+            n: 77,
+            k: 129,
+            x: F32,
+            w: F32,
+            y: F32,
+            epi: EpilogueKind::None,
+            bias: false,
+        });
     }
 
     #[test]
     fn matmul_f16_storage() {
-        check(
-            67,
-            45,
-            33,
-            DType::F16,
-            DType::F16,
-            DType::F16,
-            Epilogue::GeluTanh,
-            true,
-        );
-        check(
-            70,
-            129,
-            50,
-            DType::F32,
-            DType::F16,
-            DType::F32,
-            Epilogue::ResidualGate,
-            true,
-        );
-        check(
-            65,
-            64,
-            17,
-            DType::F16,
-            DType::F16,
-            DType::F32,
-            Epilogue::None,
-            true,
-        );
+        check(Case {
+            m: 67,
+            n: 45,
+            k: 33,
+            x: F16,
+            w: F16,
+            y: F16,
+            epi: EpilogueKind::GeluTanh,
+            bias: true,
+        });
+        check(Case {
+            m: 70,
+            n: 129,
+            k: 50,
+            x: F32,
+            w: F16,
+            y: F32,
+            epi: EpilogueKind::ResidualGate,
+            bias: true,
+        });
+        check(Case {
+            m: 65,
+            n: 64,
+            k: 17,
+            x: F16,
+            w: F16,
+            y: F32,
+            epi: EpilogueKind::None,
+            bias: true,
+        });
     }
 
     #[test]
     fn matmul_rejects_mismatched_shapes() {
         let gpu = test_gpu();
-        let x = Tensor::empty(gpu, &[4, 8], DType::F32).unwrap();
-        let w = Tensor::empty(gpu, &[5, 7], DType::F32).unwrap();
-        let y = Tensor::empty(gpu, &[4, 5], DType::F32).unwrap();
+        let x = Tensor::empty(gpu, &[4, 8], F32).unwrap();
+        let w = Tensor::empty(gpu, &[5, 7], F32).unwrap();
+        let y = Tensor::empty(gpu, &[4, 5], F32).unwrap();
         let mut rec = Recorder::new(gpu);
-        let err = matmul(&mut rec, &x, &w, None, None, &y, Epilogue::None).unwrap_err();
+        let err = matmul(&mut rec, &x, &w, None, &y, Epilogue::None).unwrap_err();
         assert!(err.to_string().contains("w [N, 8]"), "{err}");
     }
 }

@@ -1,0 +1,185 @@
+//! The Wan2.1 diffusion transformer (T2V 1.3B and 14B), one struct per module of the reference.
+//!
+//! - [`WanDit`]: the weights on the GPU, loaded from any supported checkpoint layout.
+//! - [`DitRunner`]: the activations of one latent shape, allocated once; `forward` records a
+//!   whole forward pass into a [`Recorder`].
+//! - [`ContextCache`]: the text embedding and every block's cross-attention keys and values,
+//!   computed once per prompt and reused by all denoising steps.
+
+mod forward;
+mod layers;
+mod time;
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use vdit_wgpu::{DType, Gpu, Tensor};
+
+pub use forward::{ContextCache, DitRunner};
+pub use layers::{Attention, Block, Linear};
+pub use time::timestep_sinusoid;
+
+use crate::error::Result;
+use crate::plan::AttentionPlan;
+use crate::weights::{Checkpoint, DitConfig};
+
+/// Storage precision of weights and activations. The residual stream, norms, modulation and
+/// the time embedding are f32 in both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    F32,
+    F16,
+}
+
+impl Precision {
+    /// f16 where the adapter has it, else f32.
+    pub fn best_for(gpu: &Gpu) -> Self {
+        if gpu.caps.shader_f16 {
+            Precision::F16
+        } else {
+            Precision::F32
+        }
+    }
+    pub fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::F16 => DType::F16,
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "f32" => Some(Precision::F32),
+            "f16" => Some(Precision::F16),
+            _ => None,
+        }
+    }
+}
+
+/// The DiT's weights on the GPU.
+pub struct WanDit {
+    pub config: DitConfig,
+    pub precision: Precision,
+    pub plan: AttentionPlan,
+    /// The Conv3d patch embedding as a Linear over flattened patches: [dim, C*pt*ph*pw].
+    pub(crate) patch_embedding: Linear,
+    pub(crate) text_1: Linear,
+    pub(crate) text_2: Linear,
+    pub(crate) time_1: Linear,
+    pub(crate) time_2: Linear,
+    pub(crate) time_proj: Linear,
+    pub(crate) blocks: Vec<Block>,
+    /// The head's (shift, scale) table [2, dim], f32.
+    pub(crate) head_table: Tensor,
+    pub(crate) proj_out: Linear,
+}
+
+/// Uploads checkpoint tensors and remembers which were used.
+pub(crate) struct Loader<'a> {
+    pub gpu: &'a Gpu,
+    pub ckpt: &'a Checkpoint,
+    pub dtype: DType,
+    pub used: HashSet<String>,
+}
+
+impl Loader<'_> {
+    /// The tensor `name` (canonical, diffusers naming), checked to be `shape`, in `dtype`.
+    pub fn tensor(&mut self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        self.used.insert(name.to_string());
+        Ok(self.ckpt.upload(self.gpu, name, shape, dtype)?)
+    }
+}
+
+impl WanDit {
+    /// Loads a DiT from a transformer folder, a checkpoint root holding `transformer/`, or a
+    /// safetensors file (original, diffusers or ComfyUI layout), with softmax attention.
+    pub fn load(gpu: &Gpu, path: &Path, precision: Precision) -> Result<Self> {
+        Self::load_with_config(gpu, path, None, precision)
+    }
+
+    /// As [`WanDit::load`], with the sizes given instead of read from a `config.json` beside
+    /// the weights or inferred from tensor shapes (needed for single files of unusual sizes).
+    pub fn load_with_config(
+        gpu: &Gpu,
+        path: &Path,
+        config: Option<DitConfig>,
+        precision: Precision,
+    ) -> Result<Self> {
+        let folder = path.join("transformer");
+        let path = if folder.is_dir() { folder.as_path() } else { path };
+        let ckpt = Checkpoint::open(path)?;
+        let config = match config {
+            Some(c) => c,
+            None => ckpt.config()?,
+        };
+        Self::from_checkpoint(gpu, &ckpt, config, precision)
+    }
+
+    pub fn from_checkpoint(
+        gpu: &Gpu,
+        ckpt: &Checkpoint,
+        config: DitConfig,
+        precision: Precision,
+    ) -> Result<Self> {
+        if precision == Precision::F16 && !gpu.caps.shader_f16 {
+            return Err(vdit_wgpu::GpuError::MissingFeature(
+                "--precision f16".into(),
+                "SHADER_F16",
+            )
+            .into());
+        }
+        let c = &config;
+        let mut ld = Loader {
+            gpu,
+            ckpt,
+            dtype: precision.dtype(),
+            used: HashSet::new(),
+        };
+        let patch_in = c.in_channels * c.patch_volume();
+        let wd = precision.dtype();
+        let patch_weight = ld.tensor(
+            "patch_embedding.weight",
+            &[c.dim, c.in_channels, c.patch[0], c.patch[1], c.patch[2]],
+            wd,
+        )?;
+        let patch_embedding = Linear {
+            weight: patch_weight.reshape(&[c.dim, patch_in])?,
+            bias: ld.tensor("patch_embedding.bias", &[c.dim], wd)?,
+        };
+        let text_1 = Linear::load(&mut ld, "condition_embedder.text_embedder.linear_1", c.dim, c.text_dim, wd)?;
+        let text_2 = Linear::load(&mut ld, "condition_embedder.text_embedder.linear_2", c.dim, c.dim, wd)?;
+        // The time embedding stays f32: it sets every modulation.
+        let f32 = DType::F32;
+        let time_1 = Linear::load(&mut ld, "condition_embedder.time_embedder.linear_1", c.dim, c.freq_dim, f32)?;
+        let time_2 = Linear::load(&mut ld, "condition_embedder.time_embedder.linear_2", c.dim, c.dim, f32)?;
+        let time_proj = Linear::load(&mut ld, "condition_embedder.time_proj", 6 * c.dim, c.dim, f32)?;
+        let blocks = (0..c.layers)
+            .map(|i| Block::load(&mut ld, c, i))
+            .collect::<Result<Vec<_>>>()?;
+        let head_table = ld
+            .tensor("scale_shift_table", &[1, 2, c.dim], f32)?
+            .reshape(&[2, c.dim])?;
+        let proj_out = Linear::load(&mut ld, "proj_out", c.out_channels * c.patch_volume(), c.dim, wd)?;
+        ckpt.check_all_used(&ld.used)?;
+        Ok(Self {
+            plan: AttentionPlan::softmax(c.layers),
+            config,
+            precision,
+            patch_embedding,
+            text_1,
+            text_2,
+            time_1,
+            time_2,
+            time_proj,
+            blocks,
+            head_table,
+            proj_out,
+        })
+    }
+
+    /// Replaces the attention plan (checked against the model's sizes).
+    pub fn set_plan(&mut self, plan: AttentionPlan) -> Result<()> {
+        plan.check(&self.config)?;
+        self.plan = plan;
+        Ok(())
+    }
+}

@@ -1,0 +1,81 @@
+//! The DiT against diffusers' WanTransformer3DModel on tiny random-weight configs
+//! (goldens made by tools/make_dit_goldens.py), through every checkpoint layout.
+
+use std::path::{Path, PathBuf};
+
+use vdit_model::dit::{Precision, WanDit};
+use vdit_model::weights::{DitConfig, WeightFile};
+use vdit_wgpu::testing::{assert_close, test_gpu};
+use vdit_wgpu::{DType, Recorder, Tensor};
+
+fn golden_dir(config: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/goldens/dit").join(config)
+}
+
+fn read(file: &WeightFile, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let view = file.get(name).unwrap();
+    (file.info(name).unwrap().shape().to_vec(), view.to_f32().unwrap())
+}
+
+/// Runs the DiT of `config` loaded from `weights` and compares with the golden `expected`.
+fn check(name: &str, weights: &str, precision: Precision, expected: &str, tol: f64) {
+    let gpu = test_gpu();
+    if precision == Precision::F16 && !gpu.caps.shader_f16 {
+        eprintln!("skipping f16: the adapter lacks SHADER_F16");
+        return;
+    }
+    let dir = golden_dir(name);
+    let io = WeightFile::open(dir.join("io.safetensors")).unwrap();
+    // A single file of a non-standard size carries no config: take the diffusers one.
+    let config = DitConfig::from_json_file(dir.join("diffusers/config.json")).unwrap();
+    let dit = WanDit::load_with_config(gpu, &dir.join(weights), Some(config), precision).unwrap();
+    let (latent_shape, latent) = read(&io, "latent");
+    let (context_shape, context) = read(&io, "context");
+    let (_, t) = read(&io, "timestep");
+    let (_, want) = read(&io, expected);
+    let latent = Tensor::from_f32(gpu, &latent_shape, &latent, DType::F32).unwrap();
+    let context = Tensor::from_f32(gpu, &context_shape, &context, DType::F32).unwrap();
+    let velocity = Tensor::empty(gpu, &latent_shape, DType::F32).unwrap();
+    velocity.poison(gpu);
+    let shape: [usize; 4] = latent_shape.clone().try_into().unwrap();
+    let runner = dit.runner(gpu, shape).unwrap();
+    let mut rec = Recorder::new(gpu);
+    let cache = dit.prepare_context(&mut rec, &context).unwrap();
+    rec.run().unwrap();
+    let mut rec = Recorder::new(gpu);
+    runner.forward(&mut rec, &latent, t[0], &cache, &velocity).unwrap();
+    rec.run().unwrap();
+    let got = velocity.to_vec_f32(gpu).unwrap();
+    let want: Vec<f64> = want.iter().map(|&v| v as f64).collect();
+    assert_close(
+        &format!("DiT {name} from {weights} in {precision:?}"),
+        0,
+        &got,
+        &want,
+        tol,
+    );
+}
+
+#[test]
+fn dit_f32_matches_diffusers_in_diffusers_layout() {
+    check("tiny", "diffusers", Precision::F32, "velocity", 1e-4);
+    check("heads3", "diffusers", Precision::F32, "velocity", 1e-4);
+}
+
+#[test]
+fn dit_f32_matches_diffusers_in_original_layout() {
+    check("tiny", "original", Precision::F32, "velocity", 1e-4);
+}
+
+#[test]
+fn dit_f16_matches_diffusers() {
+    check("tiny", "diffusers", Precision::F16, "velocity", 2e-2);
+    check("tiny", "original", Precision::F16, "velocity", 2e-2);
+}
+
+#[test]
+fn dit_reads_comfyui_bf16_and_sharded_f16_checkpoints() {
+    let comfy = "comfyui/wan2.1_t2v_tiny_bfloat16.safetensors";
+    check("tiny", comfy, Precision::F32, "velocity_bfloat16_weights", 1e-4);
+    check("heads3", "original_float16_sharded", Precision::F32, "velocity", 2e-2);
+}
