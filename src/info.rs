@@ -39,7 +39,10 @@ pub fn run(gpu_args: &GpuArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     println!("limits:");
-    println!("  max buffer size:                 {:.2} GiB", gib(l.max_buffer_size));
+    println!(
+        "  max buffer size:                 {:.2} GiB",
+        gib(l.max_buffer_size)
+    );
     println!(
         "  max storage binding size:        {:.2} GiB",
         gib(l.max_storage_buffer_binding_size)
@@ -54,7 +57,9 @@ pub fn run(gpu_args: &GpuArgs) -> Result<(), Box<dyn std::error::Error>> {
     );
     println!(
         "  workgroup size x/y/z:            {}/{}/{}",
-        l.max_compute_workgroup_size_x, l.max_compute_workgroup_size_y, l.max_compute_workgroup_size_z
+        l.max_compute_workgroup_size_x,
+        l.max_compute_workgroup_size_y,
+        l.max_compute_workgroup_size_z
     );
     println!(
         "  workgroups per dimension:        {}",

@@ -1,6 +1,7 @@
 //! The `vdit` command.
 
 mod bench_kernels;
+mod dit_forward;
 mod gpu_args;
 mod info;
 
@@ -9,7 +10,11 @@ use clap::{Parser, Subcommand};
 use gpu_args::GpuArgs;
 
 #[derive(Parser)]
-#[command(name = "vdit", version, about = "Video diffusion transformers on any GPU (wgpu)")]
+#[command(
+    name = "vdit",
+    version,
+    about = "Video diffusion transformers on any GPU (wgpu)"
+)]
 struct Cli {
     #[command(flatten)]
     gpu: GpuArgs,
@@ -21,6 +26,8 @@ struct Cli {
 enum Command {
     /// List adapters and show the chosen one's features and limits.
     Info,
+    /// One DiT forward pass: latent, timestep and context in, velocity out (safetensors).
+    DitForward(dit_forward::DitForwardArgs),
     /// Time kernels or models with GPU timestamp queries.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -32,11 +39,19 @@ enum BenchCommand {
     Kernels(bench_kernels::KernelBenchArgs),
 }
 
+type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+fn with_gpu(args: &GpuArgs, f: impl FnOnce(&vdit_wgpu::Gpu) -> CliResult) -> CliResult {
+    let gpu = args.open()?;
+    f(&gpu)
+}
+
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Info => info::run(&cli.gpu),
+        Command::DitForward(a) => with_gpu(&cli.gpu, |gpu| dit_forward::run(gpu, a)),
         Command::Bench(b) => match b {
             BenchCommand::Kernels(a) => cli
                 .gpu

@@ -9,12 +9,17 @@ use vdit_wgpu::testing::{assert_close, test_gpu};
 use vdit_wgpu::{DType, Recorder, Tensor};
 
 fn golden_dir(config: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/goldens/dit").join(config)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("assets/goldens/dit")
+        .join(config)
 }
 
 fn read(file: &WeightFile, name: &str) -> (Vec<usize>, Vec<f32>) {
     let view = file.get(name).unwrap();
-    (file.info(name).unwrap().shape().to_vec(), view.to_f32().unwrap())
+    (
+        file.info(name).unwrap().shape().to_vec(),
+        view.to_f32().unwrap(),
+    )
 }
 
 /// Runs the DiT of `config` loaded from `weights` and compares with the golden `expected`.
@@ -43,7 +48,9 @@ fn check(name: &str, weights: &str, precision: Precision, expected: &str, tol: f
     let cache = dit.prepare_context(&mut rec, &context).unwrap();
     rec.run().unwrap();
     let mut rec = Recorder::new(gpu);
-    runner.forward(&mut rec, &latent, t[0], &cache, &velocity).unwrap();
+    runner
+        .forward(&mut rec, &latent, t[0], &cache, &velocity)
+        .unwrap();
     rec.run().unwrap();
     let got = velocity.to_vec_f32(gpu).unwrap();
     let want: Vec<f64> = want.iter().map(|&v| v as f64).collect();
@@ -76,6 +83,18 @@ fn dit_f16_matches_diffusers() {
 #[test]
 fn dit_reads_comfyui_bf16_and_sharded_f16_checkpoints() {
     let comfy = "comfyui/wan2.1_t2v_tiny_bfloat16.safetensors";
-    check("tiny", comfy, Precision::F32, "velocity_bfloat16_weights", 1e-4);
-    check("heads3", "original_float16_sharded", Precision::F32, "velocity", 2e-2);
+    check(
+        "tiny",
+        comfy,
+        Precision::F32,
+        "velocity_bfloat16_weights",
+        1e-4,
+    );
+    check(
+        "heads3",
+        "original_float16_sharded",
+        Precision::F32,
+        "velocity",
+        2e-2,
+    );
 }

@@ -9,25 +9,38 @@ use vdit_wgpu::shader::{all_shaders, parse_and_validate, preprocess};
 
 fn translate_everywhere(label: &str, wgsl: &str) -> Result<(), String> {
     let (module, info) = parse_and_validate(label, wgsl).map_err(|e| e.to_string())?;
-    let (module, info) =
-        naga::back::pipeline_constants::process_overrides(&module, &info, None, &Default::default())
-            .map_err(|e| format!("{label}: overrides: {e}"))?;
+    let (module, info) = naga::back::pipeline_constants::process_overrides(
+        &module,
+        &info,
+        None,
+        &Default::default(),
+    )
+    .map_err(|e| format!("{label}: overrides: {e}"))?;
     spv::write_vec(&module, &info, &spv::Options::default(), None)
         .map_err(|e| format!("{label}: SPIR-V: {e}"))?;
     let msl_options = msl::Options {
         lang_version: (2, 4),
         ..Default::default()
     };
-    msl::write_string(&module, &info, &msl_options, &msl::PipelineOptions::default())
-        .map_err(|e| format!("{label}: MSL: {e}"))?;
+    msl::write_string(
+        &module,
+        &info,
+        &msl_options,
+        &msl::PipelineOptions::default(),
+    )
+    .map_err(|e| format!("{label}: MSL: {e}"))?;
     let hlsl_options = hlsl::Options {
         shader_model: hlsl::ShaderModel::V6_2, // 16-bit types need SM 6.2
         ..Default::default()
     };
     let mut hlsl_out = String::new();
-    hlsl::Writer::new(&mut hlsl_out, &hlsl_options, &hlsl::PipelineOptions::default())
-        .write(&module, &info, None)
-        .map_err(|e| format!("{label}: HLSL: {e}"))?;
+    hlsl::Writer::new(
+        &mut hlsl_out,
+        &hlsl_options,
+        &hlsl::PipelineOptions::default(),
+    )
+    .write(&module, &info, None)
+    .map_err(|e| format!("{label}: HLSL: {e}"))?;
     Ok(())
 }
 
@@ -51,7 +64,12 @@ fn every_shader_variant_reaches_vulkan_metal_and_dx12() {
             }
         }
     }
-    assert!(failures.is_empty(), "{} of {count} variants failed:\n{}", failures.len(), failures.join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {count} variants failed:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
     eprintln!("{count} shader variants translated to SPIR-V, MSL and HLSL");
 }
 
@@ -66,5 +84,8 @@ fn every_wgsl_file_is_registered() {
         })
         .collect();
     let registered: BTreeSet<String> = all_shaders().iter().map(|s| s.name.to_string()).collect();
-    assert_eq!(on_disk, registered, "shaders/ and the shader registry disagree");
+    assert_eq!(
+        on_disk, registered,
+        "shaders/ and the shader registry disagree"
+    );
 }

@@ -7,6 +7,7 @@
 pub mod dit;
 pub mod error;
 pub mod plan;
+pub mod tensor_file;
 pub mod weights;
 
 pub use error::{ModelError, Result};

@@ -34,8 +34,13 @@ use crate::weights::{DitConfig, WeightSet};
 pub enum LayerAttention {
     Softmax,
     Linear,
-    Hybrid { rate: u32 },
-    Rehyat { chunk_frames: u32, overlap_frames: u32 },
+    Hybrid {
+        rate: u32,
+    },
+    Rehyat {
+        chunk_frames: u32,
+        overlap_frames: u32,
+    },
 }
 
 impl LayerAttention {
@@ -111,7 +116,10 @@ impl AttentionPlan {
 
     /// The same mode on the first `count` layers, softmax on the rest, with feature maps
     /// supplied by the caller (benchmarks with random weights).
-    pub fn with_layers(layers: Vec<LayerAttention>, features: Vec<Option<FeatureMapWeights>>) -> Self {
+    pub fn with_layers(
+        layers: Vec<LayerAttention>,
+        features: Vec<Option<FeatureMapWeights>>,
+    ) -> Self {
         Self { layers, features }
     }
 
@@ -165,7 +173,9 @@ impl AttentionPlan {
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let file: PlanFile = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
         let default = match &file.default {
-            Some(s) => LayerAttention::parse(s).ok_or_else(|| err(format!("unknown mode '{s}'")))?,
+            Some(s) => {
+                LayerAttention::parse(s).ok_or_else(|| err(format!("unknown mode '{s}'")))?
+            }
             None => LayerAttention::Softmax,
         };
         let mut layers = vec![default; config.layers];
@@ -188,12 +198,12 @@ impl AttentionPlan {
             layers[a..=b].fill(parsed);
         }
         let needs = layers.iter().any(|l| l.needs_features());
-        let mut features: Vec<Option<FeatureMapWeights>> = (0..config.layers).map(|_| None).collect();
+        let mut features: Vec<Option<FeatureMapWeights>> =
+            (0..config.layers).map(|_| None).collect();
         if needs {
-            let kind = file
-                .feature_map
-                .as_deref()
-                .ok_or_else(|| err("a linear, hybrid or rehyat layer needs \"feature_map\"".into()))?;
+            let kind = file.feature_map.as_deref().ok_or_else(|| {
+                err("a linear, hybrid or rehyat layer needs \"feature_map\"".into())
+            })?;
             let weights = match kind {
                 "elu1" => None,
                 "hedgehog" | "poly" => {
@@ -246,7 +256,8 @@ impl AttentionPlan {
                     phi_q: load("phi_q")?,
                     phi_k: load("phi_k")?,
                 };
-                f.validate(h, d).map_err(|e| err(format!("layer {i}: {e}")))?;
+                f.validate(h, d)
+                    .map_err(|e| err(format!("layer {i}: {e}")))?;
                 features[i] = Some(f);
             }
         }
@@ -260,13 +271,24 @@ mod tests {
 
     #[test]
     fn parses_modes() {
-        assert_eq!(LayerAttention::parse("softmax"), Some(LayerAttention::Softmax));
-        assert_eq!(LayerAttention::parse("hybrid:2"), Some(LayerAttention::Hybrid { rate: 2 }));
+        assert_eq!(
+            LayerAttention::parse("softmax"),
+            Some(LayerAttention::Softmax)
+        );
+        assert_eq!(
+            LayerAttention::parse("hybrid:2"),
+            Some(LayerAttention::Hybrid { rate: 2 })
+        );
         assert_eq!(
             LayerAttention::parse("rehyat:3:1"),
-            Some(LayerAttention::Rehyat { chunk_frames: 3, overlap_frames: 1 })
+            Some(LayerAttention::Rehyat {
+                chunk_frames: 3,
+                overlap_frames: 1
+            })
         );
-        for bad in ["", "hybrid", "hybrid:0", "hybrid:x", "rehyat:3", "linear:2", "flash"] {
+        for bad in [
+            "", "hybrid", "hybrid:0", "hybrid:x", "rehyat:3", "linear:2", "flash",
+        ] {
             assert_eq!(LayerAttention::parse(bad), None, "{bad}");
         }
     }

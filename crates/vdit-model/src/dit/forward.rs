@@ -27,7 +27,11 @@ pub struct ContextCache {
 
 impl ContextCache {
     pub fn bytes(&self) -> u64 {
-        self.keys.iter().chain(&self.values).map(Tensor::bytes).sum()
+        self.keys
+            .iter()
+            .chain(&self.values)
+            .map(Tensor::bytes)
+            .sum()
     }
 }
 
@@ -64,7 +68,10 @@ impl WanDit {
         let c = &self.config;
         let gpu = rec.gpu();
         let &[rows, width] = context.shape() else {
-            return Err(input_err("context", format!("must be [L, {}], got {context:?}", c.text_dim)));
+            return Err(input_err(
+                "context",
+                format!("must be [L, {}], got {context:?}", c.text_dim),
+            ));
         };
         if width != c.text_dim || context.dtype() != DType::F32 {
             return Err(input_err(
@@ -75,8 +82,10 @@ impl WanDit {
         let act = self.precision.dtype();
         let hidden = Tensor::empty(gpu, &[rows, c.dim], act)?;
         let embedded = Tensor::empty(gpu, &[rows, c.dim], act)?;
-        self.text_1.forward(rec, context, &hidden, Epilogue::GeluTanh)?;
-        self.text_2.forward(rec, &hidden, &embedded, Epilogue::None)?;
+        self.text_1
+            .forward(rec, context, &hidden, Epilogue::GeluTanh)?;
+        self.text_2
+            .forward(rec, &hidden, &embedded, Epilogue::None)?;
         let mut keys = Vec::with_capacity(self.blocks.len());
         let mut values = Vec::with_capacity(self.blocks.len());
         for block in &self.blocks {
@@ -97,7 +106,14 @@ impl WanDit {
         let c = &self.config;
         let [ch, f, h, w] = latent_shape;
         let [pt, ph, pw] = c.patch;
-        if ch != c.in_channels || f == 0 || f % pt != 0 || h == 0 || h % ph != 0 || w == 0 || w % pw != 0 {
+        if ch != c.in_channels
+            || f == 0
+            || f % pt != 0
+            || h == 0
+            || h % ph != 0
+            || w == 0
+            || w % pw != 0
+        {
             return Err(input_err(
                 "latent",
                 format!(
@@ -112,7 +128,12 @@ impl WanDit {
         let f32 = DType::F32;
         let empty = |shape: &[usize], dt| Tensor::empty(gpu, shape, dt);
         let frame_tokens = grid[1] * grid[2];
-        let modes: Vec<AttentionMode> = self.plan.layers().iter().map(|l| l.mode(frame_tokens)).collect();
+        let modes: Vec<AttentionMode> = self
+            .plan
+            .layers()
+            .iter()
+            .map(|l| l.mode(frame_tokens))
+            .collect();
         let mut workspaces = HashMap::new();
         for (layer, mode) in modes.iter().enumerate() {
             let key = format!("{mode:?}");
@@ -161,7 +182,14 @@ impl DitRunner<'_> {
     /// GPU bytes of the activations.
     pub fn bytes(&self) -> u64 {
         let mut t = [
-            &self.patches, &self.x, &self.h, &self.q, &self.k, &self.v, &self.o, &self.ffn,
+            &self.patches,
+            &self.x,
+            &self.h,
+            &self.q,
+            &self.k,
+            &self.v,
+            &self.o,
+            &self.ffn,
             &self.out_tokens,
         ]
         .iter()
@@ -185,7 +213,12 @@ impl DitRunner<'_> {
         let dit = self.dit;
         let c = &dit.config;
         let gpu = rec.gpu();
-        let out_shape = [c.out_channels, self.latent_shape[1], self.latent_shape[2], self.latent_shape[3]];
+        let out_shape = [
+            c.out_channels,
+            self.latent_shape[1],
+            self.latent_shape[2],
+            self.latent_shape[3],
+        ];
         if latent.shape() != self.latent_shape || latent.dtype() != DType::F32 {
             return Err(input_err(
                 "latent",
@@ -206,12 +239,16 @@ impl DitRunner<'_> {
         }
 
         // Time embedding: sinusoid -> Linear, SiLU -> Linear = temb; SiLU -> Linear = e0 [6, dim].
-        self.sinusoid.write_f32(gpu, &timestep_sinusoid(timestep, c.freq_dim))?;
+        self.sinusoid
+            .write_f32(gpu, &timestep_sinusoid(timestep, c.freq_dim))?;
         let e_hidden = &self.temb_silu; // scratch, overwritten below
-        dit.time_1.forward(rec, &self.sinusoid, e_hidden, Epilogue::Silu)?;
-        dit.time_2.forward(rec, e_hidden, &self.temb, Epilogue::None)?;
+        dit.time_1
+            .forward(rec, &self.sinusoid, e_hidden, Epilogue::Silu)?;
+        dit.time_2
+            .forward(rec, e_hidden, &self.temb, Epilogue::None)?;
         unary(rec, Unary::Silu, &self.temb, &self.temb_silu)?;
-        dit.time_proj.forward(rec, &self.temb_silu, &self.e0, Epilogue::None)?;
+        dit.time_proj
+            .forward(rec, &self.temb_silu, &self.e0, Epilogue::None)?;
         let e0 = self.e0.reshape(&[6, c.dim])?;
         for (block, m) in dit.blocks.iter().zip(&self.block_mod) {
             binary(rec, Binary::Add, &block.table, &e0, m)?;
@@ -221,7 +258,8 @@ impl DitRunner<'_> {
 
         // Patch embedding: a Conv3d with kernel = stride = patch is a matmul over patches.
         patchify(rec, latent, &self.patches, c.patch)?;
-        dit.patch_embedding.forward(rec, &self.patches, &self.x, Epilogue::None)?;
+        dit.patch_embedding
+            .forward(rec, &self.patches, &self.x, Epilogue::None)?;
 
         for (i, block) in dit.blocks.iter().enumerate() {
             self.block(rec, i, block, &self.block_mod[i], context)?;
@@ -233,7 +271,8 @@ impl DitRunner<'_> {
             scale: Row::of(&self.head_mod, 1),
         };
         layer_norm(rec, &self.x, None, Some(head_mod), c.eps, &self.h)?;
-        dit.proj_out.forward(rec, &self.h, &self.out_tokens, Epilogue::None)?;
+        dit.proj_out
+            .forward(rec, &self.h, &self.out_tokens, Epilogue::None)?;
         unpatchify(rec, &self.out_tokens, velocity, c.patch)?;
         Ok(())
     }
@@ -264,16 +303,32 @@ impl DitRunner<'_> {
         a.to_v.forward(rec, &self.h, &self.v, Epilogue::None)?;
         rms_norm_in_place(rec, &self.q, Some(&a.norm_q), c.eps)?;
         rms_norm_in_place(rec, &self.k, Some(&a.norm_k), c.eps)?;
-        let (q, k, v, o) = (by_head(&self.q)?, by_head(&self.k)?, by_head(&self.v)?, by_head(&self.o)?);
+        let (q, k, v, o) = (
+            by_head(&self.q)?,
+            by_head(&self.k)?,
+            by_head(&self.v)?,
+            by_head(&self.o)?,
+        );
         rope_in_place(rec, &q, &self.rope)?;
         rope_in_place(rec, &k, &self.rope)?;
         let mode = self.modes[index];
         let ws = &self.workspaces[&format!("{mode:?}")];
         match mode {
             AttentionMode::Softmax => softmax_attention(rec, &q, &k, &v, scale, &o)?,
-            _ => attention(rec, &mode, &q, &k, &v, scale, dit.plan.features(index), &o, ws)?,
+            _ => attention(
+                rec,
+                &mode,
+                &q,
+                &k,
+                &v,
+                scale,
+                dit.plan.features(index),
+                &o,
+                ws,
+            )?,
         }
-        a.to_out.forward(rec, &self.o, &self.x, Epilogue::ResidualGate(Row::of(m, 2)))?;
+        a.to_out
+            .forward(rec, &self.o, &self.x, Epilogue::ResidualGate(Row::of(m, 2)))?;
 
         // Cross-attention to the prompt, on the affine LayerNorm, added ungated.
         let a = &block.cross_attn;
@@ -284,13 +339,28 @@ impl DitRunner<'_> {
         layer_norm(rec, &self.x, Some(affine), None, c.eps, &self.h)?;
         a.to_q.forward(rec, &self.h, &self.q, Epilogue::None)?;
         rms_norm_in_place(rec, &self.q, Some(&a.norm_q), c.eps)?;
-        softmax_attention(rec, &q, &context.keys[index], &context.values[index], scale, &o)?;
-        a.to_out.forward(rec, &self.o, &self.x, Epilogue::Residual)?;
+        softmax_attention(
+            rec,
+            &q,
+            &context.keys[index],
+            &context.values[index],
+            scale,
+            &o,
+        )?;
+        a.to_out
+            .forward(rec, &self.o, &self.x, Epilogue::Residual)?;
 
         // Feed-forward on the modulated LayerNorm, gated back into the residual.
         layer_norm(rec, &self.x, None, Some(modulation(3, 4)), c.eps, &self.h)?;
-        block.ffn_up.forward(rec, &self.h, &self.ffn, Epilogue::GeluTanh)?;
-        block.ffn_down.forward(rec, &self.ffn, &self.x, Epilogue::ResidualGate(Row::of(m, 5)))?;
+        block
+            .ffn_up
+            .forward(rec, &self.h, &self.ffn, Epilogue::GeluTanh)?;
+        block.ffn_down.forward(
+            rec,
+            &self.ffn,
+            &self.x,
+            Epilogue::ResidualGate(Row::of(m, 5)),
+        )?;
         Ok(())
     }
 }

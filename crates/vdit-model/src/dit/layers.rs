@@ -14,14 +14,26 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub(crate) fn load(ld: &mut Loader, name: &str, out: usize, inp: usize, dtype: DType) -> Result<Self> {
+    pub(crate) fn load(
+        ld: &mut Loader,
+        name: &str,
+        out: usize,
+        inp: usize,
+        dtype: DType,
+    ) -> Result<Self> {
         Ok(Self {
             weight: ld.tensor(&format!("{name}.weight"), &[out, inp], dtype)?,
             bias: ld.tensor(&format!("{name}.bias"), &[out], dtype)?,
         })
     }
 
-    pub fn forward(&self, rec: &mut Recorder, x: &Tensor, y: &Tensor, epilogue: Epilogue<'_>) -> Result<()> {
+    pub fn forward(
+        &self,
+        rec: &mut Recorder,
+        x: &Tensor,
+        y: &Tensor,
+        epilogue: Epilogue<'_>,
+    ) -> Result<()> {
         Ok(matmul(rec, x, &self.weight, Some(&self.bias), y, epilogue)?)
     }
 }
@@ -70,7 +82,11 @@ impl Block {
         let wd = ld.dtype;
         Ok(Self {
             table: ld
-                .tensor(&format!("{p}.scale_shift_table"), &[1, 6, c.dim], DType::F32)?
+                .tensor(
+                    &format!("{p}.scale_shift_table"),
+                    &[1, 6, c.dim],
+                    DType::F32,
+                )?
                 .reshape(&[6, c.dim])?,
             self_attn: Attention::load(ld, &format!("{p}.attn1"), c.dim)?,
             cross_attn: Attention::load(ld, &format!("{p}.attn2"), c.dim)?,

@@ -105,7 +105,11 @@ impl WanDit {
         precision: Precision,
     ) -> Result<Self> {
         let folder = path.join("transformer");
-        let path = if folder.is_dir() { folder.as_path() } else { path };
+        let path = if folder.is_dir() {
+            folder.as_path()
+        } else {
+            path
+        };
         let ckpt = Checkpoint::open(path)?;
         let config = match config {
             Some(c) => c,
@@ -145,20 +149,56 @@ impl WanDit {
             weight: patch_weight.reshape(&[c.dim, patch_in])?,
             bias: ld.tensor("patch_embedding.bias", &[c.dim], wd)?,
         };
-        let text_1 = Linear::load(&mut ld, "condition_embedder.text_embedder.linear_1", c.dim, c.text_dim, wd)?;
-        let text_2 = Linear::load(&mut ld, "condition_embedder.text_embedder.linear_2", c.dim, c.dim, wd)?;
+        let text_1 = Linear::load(
+            &mut ld,
+            "condition_embedder.text_embedder.linear_1",
+            c.dim,
+            c.text_dim,
+            wd,
+        )?;
+        let text_2 = Linear::load(
+            &mut ld,
+            "condition_embedder.text_embedder.linear_2",
+            c.dim,
+            c.dim,
+            wd,
+        )?;
         // The time embedding stays f32: it sets every modulation.
         let f32 = DType::F32;
-        let time_1 = Linear::load(&mut ld, "condition_embedder.time_embedder.linear_1", c.dim, c.freq_dim, f32)?;
-        let time_2 = Linear::load(&mut ld, "condition_embedder.time_embedder.linear_2", c.dim, c.dim, f32)?;
-        let time_proj = Linear::load(&mut ld, "condition_embedder.time_proj", 6 * c.dim, c.dim, f32)?;
+        let time_1 = Linear::load(
+            &mut ld,
+            "condition_embedder.time_embedder.linear_1",
+            c.dim,
+            c.freq_dim,
+            f32,
+        )?;
+        let time_2 = Linear::load(
+            &mut ld,
+            "condition_embedder.time_embedder.linear_2",
+            c.dim,
+            c.dim,
+            f32,
+        )?;
+        let time_proj = Linear::load(
+            &mut ld,
+            "condition_embedder.time_proj",
+            6 * c.dim,
+            c.dim,
+            f32,
+        )?;
         let blocks = (0..c.layers)
             .map(|i| Block::load(&mut ld, c, i))
             .collect::<Result<Vec<_>>>()?;
         let head_table = ld
             .tensor("scale_shift_table", &[1, 2, c.dim], f32)?
             .reshape(&[2, c.dim])?;
-        let proj_out = Linear::load(&mut ld, "proj_out", c.out_channels * c.patch_volume(), c.dim, wd)?;
+        let proj_out = Linear::load(
+            &mut ld,
+            "proj_out",
+            c.out_channels * c.patch_volume(),
+            c.dim,
+            wd,
+        )?;
         ckpt.check_all_used(&ld.used)?;
         Ok(Self {
             plan: AttentionPlan::softmax(c.layers),
