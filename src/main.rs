@@ -1,5 +1,6 @@
 //! The `vdit` command.
 
+mod bench_dit;
 mod bench_kernels;
 mod dit_forward;
 mod gpu_args;
@@ -37,6 +38,8 @@ enum Command {
 enum BenchCommand {
     /// Every core kernel at Wan2.1 1.3B shapes.
     Kernels(bench_kernels::KernelBenchArgs),
+    /// One DiT forward at full size with random weights.
+    Dit(bench_dit::DitBenchArgs),
 }
 
 type CliResult = Result<(), Box<dyn std::error::Error>>;
@@ -53,11 +56,8 @@ fn main() {
         Command::Info => info::run(&cli.gpu),
         Command::DitForward(a) => with_gpu(&cli.gpu, |gpu| dit_forward::run(gpu, a)),
         Command::Bench(b) => match b {
-            BenchCommand::Kernels(a) => cli
-                .gpu
-                .open()
-                .map_err(Into::into)
-                .and_then(|gpu| bench_kernels::run(&gpu, a)),
+            BenchCommand::Kernels(a) => with_gpu(&cli.gpu, |gpu| bench_kernels::run(gpu, a)),
+            BenchCommand::Dit(a) => with_gpu(&cli.gpu, |gpu| bench_dit::run(gpu, a)),
         },
     };
     if let Err(e) = result {

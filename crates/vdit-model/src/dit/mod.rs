@@ -73,10 +73,16 @@ pub struct WanDit {
     pub(crate) proj_out: Linear,
 }
 
-/// Uploads checkpoint tensors and remembers which were used.
+/// Where the weights come from: a checkpoint, or random values (benchmarks need no download).
+pub(crate) enum WeightSource<'a> {
+    Checkpoint(&'a Checkpoint),
+    Random(vdit_wgpu::testing::Rng),
+}
+
+/// Uploads tensors from a source and remembers which names were used.
 pub(crate) struct Loader<'a> {
     pub gpu: &'a Gpu,
-    pub ckpt: &'a Checkpoint,
+    pub source: WeightSource<'a>,
     pub dtype: DType,
     pub used: HashSet<String>,
 }
@@ -85,7 +91,24 @@ impl Loader<'_> {
     /// The tensor `name` (canonical, diffusers naming), checked to be `shape`, in `dtype`.
     pub fn tensor(&mut self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
         self.used.insert(name.to_string());
-        Ok(self.ckpt.upload(self.gpu, name, shape, dtype)?)
+        match &mut self.source {
+            WeightSource::Checkpoint(ckpt) => Ok(ckpt.upload(self.gpu, name, shape, dtype)?),
+            WeightSource::Random(rng) => {
+                // Scaled like a trained Linear (std ~ 1/sqrt(fan_in)); gains and tables near 1 and 0.
+                let fan_in = if shape.len() >= 2 {
+                    shape[1..].iter().product()
+                } else {
+                    1
+                };
+                let n: usize = shape.iter().product();
+                let values = if name.contains("norm") && name.ends_with("weight") {
+                    rng.vec_uniform(n, 0.1).iter().map(|v| 1.0 + v).collect()
+                } else {
+                    rng.vec_uniform(n, (3.0 / fan_in as f32).sqrt())
+                };
+                Ok(Tensor::from_f32(self.gpu, shape, &values, dtype)?)
+            }
+        }
     }
 }
 
@@ -124,6 +147,24 @@ impl WanDit {
         config: DitConfig,
         precision: Precision,
     ) -> Result<Self> {
+        let (dit, used) = Self::build(gpu, WeightSource::Checkpoint(ckpt), config, precision)?;
+        ckpt.check_all_used(&used)?;
+        Ok(dit)
+    }
+
+    /// A model of `config` with random weights (seeded): for benchmarks and tests of speed and
+    /// memory, where the values do not matter.
+    pub fn random(gpu: &Gpu, config: DitConfig, precision: Precision, seed: u64) -> Result<Self> {
+        let source = WeightSource::Random(vdit_wgpu::testing::Rng::new(seed));
+        Ok(Self::build(gpu, source, config, precision)?.0)
+    }
+
+    fn build(
+        gpu: &Gpu,
+        source: WeightSource<'_>,
+        config: DitConfig,
+        precision: Precision,
+    ) -> Result<(Self, HashSet<String>)> {
         if precision == Precision::F16 && !gpu.caps.shader_f16 {
             return Err(vdit_wgpu::GpuError::MissingFeature(
                 "--precision f16".into(),
@@ -131,10 +172,16 @@ impl WanDit {
             )
             .into());
         }
+        if !config.cross_attn_norm || !config.qk_norm {
+            return Err(crate::error::input_err(
+                "model config",
+                "only Wan2.1 T2V blocks (cross_attn_norm and qk_norm on) are supported",
+            ));
+        }
         let c = &config;
         let mut ld = Loader {
             gpu,
-            ckpt,
+            source,
             dtype: precision.dtype(),
             used: HashSet::new(),
         };
@@ -199,8 +246,8 @@ impl WanDit {
             c.dim,
             wd,
         )?;
-        ckpt.check_all_used(&ld.used)?;
-        Ok(Self {
+        let used = std::mem::take(&mut ld.used);
+        let dit = Self {
             plan: AttentionPlan::softmax(c.layers),
             config,
             precision,
@@ -213,7 +260,8 @@ impl WanDit {
             blocks,
             head_table,
             proj_out,
-        })
+        };
+        Ok((dit, used))
     }
 
     /// Replaces the attention plan (checked against the model's sizes).

@@ -1,0 +1,190 @@
+//! `vdit bench dit`: one DiT forward at full size with random weights (no checkpoint needed),
+//! as a per-kernel profile and a wall-clock total.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+use vdit_model::dit::WanDit;
+use vdit_model::plan::{AttentionPlan, LayerAttention};
+use vdit_model::weights::DitConfig;
+use vdit_wgpu::attention::{FeatureMap, FeatureMapWeights};
+use vdit_wgpu::testing::Rng;
+use vdit_wgpu::{DType, Gpu, Profiler, Recorder, Tensor};
+
+use crate::dit_forward::precision_arg;
+
+#[derive(Args, Debug, Clone)]
+pub struct DitBenchArgs {
+    /// wan2.1-t2v-1.3b, wan2.1-t2v-14b, or a config.json.
+    #[arg(long, default_value = "wan2.1-t2v-1.3b")]
+    pub config: String,
+    /// Random weights (the only source for now; kept explicit so results are never mistaken
+    /// for a real checkpoint's).
+    #[arg(long)]
+    pub random_weights: bool,
+    /// Latent frames, height and width: 21x60x104 is 81 frames at 480x832 (32760 tokens).
+    #[arg(long, default_value = "21x60x104")]
+    pub latent: String,
+    #[arg(long)]
+    pub precision: Option<String>,
+    /// Self-attention of every block: softmax, linear, hybrid:R or rehyat:TC:TO ...
+    #[arg(long, default_value = "softmax")]
+    pub attention: String,
+    /// ... applied to this many blocks (the first ones), the rest softmax. Default: all.
+    #[arg(long)]
+    pub blocks: Option<usize>,
+    /// Feature size of the random hedgehog feature maps.
+    #[arg(long, default_value_t = 128)]
+    pub feature_dim: usize,
+    /// Timed forwards (after one warm-up).
+    #[arg(long, default_value_t = 3)]
+    pub iters: usize,
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+}
+
+fn parse_latent(s: &str) -> Result<[usize; 3], String> {
+    let v: Vec<usize> = s.split('x').filter_map(|p| p.parse().ok()).collect();
+    v.try_into()
+        .map_err(|_| format!("--latent must be FxHxW, e.g. 21x60x104, not '{s}'"))
+}
+
+pub fn config_arg(name: &str) -> Result<DitConfig, Box<dyn std::error::Error>> {
+    Ok(match name {
+        "wan2.1-t2v-1.3b" => DitConfig::wan21_t2v_1_3b(),
+        "wan2.1-t2v-14b" => DitConfig::wan21_t2v_14b(),
+        path => DitConfig::from_json_file(path)?,
+    })
+}
+
+fn random_plan(
+    gpu: &Gpu,
+    a: &DitBenchArgs,
+    c: &DitConfig,
+    dtype: DType,
+) -> Result<AttentionPlan, Box<dyn std::error::Error>> {
+    let mode = LayerAttention::parse(&a.attention)
+        .ok_or_else(|| format!("--attention: unknown mode '{}'", a.attention))?;
+    let count = a.blocks.unwrap_or(c.layers).min(c.layers);
+    let mut rng = Rng::new(7);
+    let mut layers = vec![LayerAttention::Softmax; c.layers];
+    let mut features = Vec::new();
+    for (i, layer) in layers.iter_mut().enumerate() {
+        if i < count {
+            *layer = mode;
+        }
+        let needs = !matches!(
+            *layer,
+            LayerAttention::Softmax | LayerAttention::Hybrid { rate: 1 }
+        );
+        let mut hedgehog = || -> vdit_wgpu::Result<FeatureMap> {
+            let half = a.feature_dim / 2;
+            let w = rng.vec_uniform(c.heads * half * c.head_dim, 0.1);
+            let b = rng.vec_uniform(c.heads * half, 0.1);
+            Ok(FeatureMap::Hedgehog {
+                w: Tensor::from_f32(gpu, &[c.heads, half, c.head_dim], &w, dtype)?,
+                b: Tensor::from_f32(gpu, &[c.heads, half], &b, dtype)?,
+            })
+        };
+        features.push(if needs {
+            Some(FeatureMapWeights {
+                phi_q: hedgehog()?,
+                phi_k: hedgehog()?,
+            })
+        } else {
+            None
+        });
+    }
+    Ok(AttentionPlan::with_layers(layers, features))
+}
+
+pub fn run(gpu: &Gpu, a: &DitBenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if !a.random_weights {
+        return Err("vdit bench dit needs --random-weights (benchmarks of checkpoints come with vdit generate)".into());
+    }
+    let c = config_arg(&a.config)?;
+    let precision = precision_arg(gpu, a.precision.as_deref())?;
+    let [f, h, w] = parse_latent(&a.latent)?;
+    println!("device: {}", gpu.describe());
+    let t0 = Instant::now();
+    let mut dit = WanDit::random(gpu, c.clone(), precision, 1)?;
+    dit.set_plan(random_plan(gpu, a, &c, precision.dtype())?)?;
+    gpu.wait()?;
+    println!(
+        "weights: {:.1} s to build and upload",
+        t0.elapsed().as_secs_f64()
+    );
+    let shape = [c.in_channels, f, h, w];
+    let runner = dit.runner(gpu, shape)?;
+    let mut rng = Rng::new(3);
+    let n: usize = shape.iter().product();
+    let latent = Tensor::from_f32(gpu, &shape, &rng.vec_normal(n, 1.0), DType::F32)?;
+    let ctx_n = c.text_len * c.text_dim;
+    let context = Tensor::from_f32(
+        gpu,
+        &[c.text_len, c.text_dim],
+        &rng.vec_normal(ctx_n, 0.2),
+        DType::F32,
+    )?;
+    let velocity = Tensor::empty(gpu, &[c.out_channels, f, h, w], DType::F32)?;
+    let mut rec = Recorder::new(gpu);
+    let cache = dit.prepare_context(&mut rec, &context)?;
+    rec.run()?;
+    // Warm-up: pipelines compiled, buffers touched.
+    let mut rec = Recorder::new(gpu);
+    runner.forward(&mut rec, &latent, 500.0, &cache, &velocity)?;
+    rec.run()?;
+    let mut wall = Vec::new();
+    for _ in 0..a.iters {
+        let t = Instant::now();
+        let mut rec = Recorder::new(gpu);
+        runner.forward(&mut rec, &latent, 500.0, &cache, &velocity)?;
+        rec.run()?;
+        wall.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    wall.sort_by(f64::total_cmp);
+    let median = wall.get(wall.len() / 2).copied().unwrap_or(f64::NAN);
+    let mut profiler = Profiler::new(gpu);
+    let mut rec = Recorder::new(gpu);
+    runner.forward(&mut rec, &latent, 500.0, &cache, &velocity)?;
+    rec.submit(Some(&mut profiler))?;
+    print!("{}", profiler.table());
+    let (in_use, free) = gpu.pool_bytes();
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    println!(
+        "tokens {}  attention {} on {} blocks  precision {:?}",
+        runner.tokens(),
+        a.attention,
+        a.blocks.unwrap_or(c.layers).min(c.layers),
+        precision
+    );
+    println!(
+        "forward: {median:.1} ms wall (median of {}), kernel sum {:.1} ms",
+        wall.len(),
+        profiler.total_ms()
+    );
+    println!(
+        "GPU memory held by tensors: {:.2} GiB (+{:.2} GiB pooled free)",
+        gib(in_use),
+        gib(free)
+    );
+    if let Some(path) = &a.json {
+        let json = serde_json::json!({
+            "device": gpu.describe(), "config": a.config, "latent": shape, "tokens": runner.tokens(),
+            "precision": format!("{precision:?}"), "attention": a.attention,
+            "blocks": a.blocks.unwrap_or(c.layers).min(c.layers),
+            "wall_ms": wall, "median_ms": median, "kernel_sum_ms": profiler.total_ms(),
+            "tensor_bytes": in_use, "kernels": profiler.stats(),
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&json)?)
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    if let Some(path) = &a.trace {
+        std::fs::write(path, serde_json::to_string(&profiler.chrome_trace())?)
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
