@@ -336,6 +336,12 @@ impl Gpu {
         self.check_health()
     }
 
+    /// Releases the pool's free buffers and the cached bind groups that keep them alive.
+    pub fn trim_pool(&self) {
+        self.pipelines.clear_bind_groups();
+        self.pool.trim();
+    }
+
     /// Bytes currently held by the buffer pool (in use and free).
     pub fn pool_bytes(&self) -> (u64, u64) {
         self.pool.bytes()

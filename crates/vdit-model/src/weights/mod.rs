@@ -1,0 +1,41 @@
+//! Loading Wan DiT weights from safetensors checkpoints.
+//!
+//! - [`WeightFile`]: one memory-mapped safetensors file whose header is validated against the
+//!   file size before any tensor is read; nothing is ever read outside the mapping.
+//! - [`WeightSet`]: tensors by name across a single file, a sharded checkpoint
+//!   (`*.safetensors.index.json`) or a folder holding either.
+//! - [`TensorView`]: one tensor's bytes, converted from f64/f32/f16/bf16 to f32 values or to the
+//!   bytes of a GPU storage type (borrowed when no conversion is needed), and uploaded with a
+//!   shape check.
+//! - [`KeyLayout`] and [`Checkpoint`]: original, diffusers and ComfyUI key layouts, all looked up
+//!   by the canonical diffusers names.
+//! - [`DitConfig`]: the model sizes from either `config.json` format, presets, inference from
+//!   tensor shapes, and the list of tensors a config implies.
+//!
+//! Every error names the file, and the tensor where one is involved.
+
+mod checkpoint;
+mod config;
+mod convert;
+mod dtype;
+mod error;
+mod file;
+mod header;
+mod infer;
+mod layout;
+mod manifest;
+mod set;
+mod view;
+
+#[cfg(test)]
+mod tests;
+
+pub use checkpoint::Checkpoint;
+pub use config::DitConfig;
+pub use dtype::StoredDType;
+pub use error::{Result, WeightError};
+pub use file::WeightFile;
+pub use header::TensorInfo;
+pub use layout::{diffusers_to_original, original_to_diffusers, KeyLayout, Naming, COMFYUI_PREFIX};
+pub use set::WeightSet;
+pub use view::TensorView;

@@ -1,0 +1,101 @@
+//! A tensor borrowed from a memory-mapped file, with the conversions and the GPU upload.
+
+use std::borrow::Cow;
+use std::path::Path;
+
+use vdit_wgpu::{DType, Gpu, Tensor};
+
+use super::convert;
+use super::dtype::StoredDType;
+use super::error::{Result, WeightError};
+use super::header::TensorInfo;
+
+/// One tensor of an open file: its header entry, its bytes and the file it came from (for errors).
+#[derive(Clone, Copy, Debug)]
+pub struct TensorView<'a> {
+    info: &'a TensorInfo,
+    bytes: &'a [u8],
+    path: &'a Path,
+}
+
+impl<'a> TensorView<'a> {
+    /// `bytes` must be the tensor's bytes, as sliced by the owning file.
+    pub(crate) fn new(info: &'a TensorInfo, bytes: &'a [u8], path: &'a Path) -> Self {
+        Self { info, bytes, path }
+    }
+
+    /// The name stored in the file.
+    pub fn name(&self) -> &'a str {
+        self.info.name()
+    }
+    pub fn dtype(&self) -> StoredDType {
+        self.info.dtype()
+    }
+    pub fn shape(&self) -> &'a [usize] {
+        self.info.shape()
+    }
+    pub fn numel(&self) -> usize {
+        self.info.numel()
+    }
+    /// The raw little-endian bytes as stored.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+    /// The file holding the tensor.
+    pub fn path(&self) -> &'a Path {
+        self.path
+    }
+
+    /// Fails, naming the file and tensor, unless the shape is exactly `expected`.
+    pub fn check_shape(&self, expected: &[usize]) -> Result<()> {
+        if self.shape() == expected {
+            Ok(())
+        } else {
+            Err(WeightError::Shape {
+                path: self.path.to_path_buf(),
+                tensor: self.name().to_string(),
+                expected: expected.to_vec(),
+                found: self.shape().to_vec(),
+            })
+        }
+    }
+
+    /// The elements converted to f32.
+    pub fn to_f32(&self) -> Result<Vec<f32>> {
+        convert::to_f32_values(self.bytes, self.dtype()).ok_or_else(|| self.unsupported())
+    }
+
+    /// The elements as little-endian bytes of `storage`, ready for [`Tensor::from_bytes`].
+    /// Borrowed straight from the mapping when the file already stores that type.
+    pub fn to_storage(&self, storage: DType) -> Result<Cow<'a, [u8]>> {
+        let converted = match (storage, self.dtype()) {
+            (DType::F32, StoredDType::F32) | (DType::F16, StoredDType::F16) => {
+                return Ok(Cow::Borrowed(self.bytes))
+            }
+            (DType::F32, stored) => convert::to_f32_bytes(self.bytes, stored),
+            (DType::F16, stored) => convert::to_f16_bytes(self.bytes, stored),
+        };
+        converted.map(Cow::Owned).ok_or_else(|| self.unsupported())
+    }
+
+    /// Checks the shape against `expected_shape`, converts to `storage` and uploads.
+    pub fn upload(&self, gpu: &Gpu, expected_shape: &[usize], storage: DType) -> Result<Tensor> {
+        self.check_shape(expected_shape)?;
+        let bytes = self.to_storage(storage)?;
+        Tensor::from_bytes(gpu, expected_shape, storage, &bytes).map_err(|source| {
+            WeightError::Gpu {
+                path: self.path.to_path_buf(),
+                tensor: self.name().to_string(),
+                source,
+            }
+        })
+    }
+
+    fn unsupported(&self) -> WeightError {
+        WeightError::UnsupportedDType {
+            path: self.path.to_path_buf(),
+            tensor: self.name().to_string(),
+            dtype: self.dtype().to_string(),
+        }
+    }
+}

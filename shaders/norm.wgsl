@@ -1,0 +1,119 @@
+// Normalisation of each row of x [rows, cols] over its last dimension; arithmetic in f32.
+//   LAYER_NORM  y = (x - mean) / sqrt(var + eps), var the biased variance, then
+//                 HAS_WEIGHT + HAS_BIAS: * weight[c] + bias[c] (W_T storage)
+//                 MODULATE: * (1 + scale[c]) + shift[c] (f32 vectors read at element offsets)
+//   RMS_NORM    y = x / sqrt(mean(x^2) + eps), then HAS_WEIGHT: * weight[c]
+// IN_PLACE: x is not bound and y holds x on entry (each element is written by the thread that
+// read it, after the reductions, so updating in place is safe).
+// One workgroup per row with a tree reduction in workgroup memory. The mean is reduced before
+// the centred variance (two passes over the row) for accuracy with large means. Rows fold into a
+// 2D grid past max_compute_workgroups_per_dimension.
+
+struct Params {
+    rows: u32,
+    cols: u32,
+    eps: f32,
+    scale_offset: u32,
+    shift_offset: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+#ifndef IN_PLACE
+@group(0) @binding(1) var<storage, read> x: array<X_T>;
+#endif
+#if HAS_WEIGHT
+@group(0) @binding(2) var<storage, read> weight: array<W_T>;
+#endif
+#if HAS_BIAS
+@group(0) @binding(3) var<storage, read> bias: array<W_T>;
+#endif
+#if MODULATE
+@group(0) @binding(4) var<storage, read> scale: array<f32>;
+@group(0) @binding(5) var<storage, read> shift: array<f32>;
+#endif
+@group(0) @binding(6) var<storage, read_write> y: array<Y_T>;
+
+const WG: u32 = 256u;
+
+var<workgroup> partial: array<f32, 256>;
+
+// The sum of `v` over the workgroup; every thread gets it. Call from uniform control flow.
+fn workgroup_sum(v: f32, lid: u32) -> f32 {
+    partial[lid] = v;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
+        if (lid < stride) {
+            partial[lid] += partial[lid + stride];
+        }
+        workgroupBarrier();
+    }
+    let total = partial[0];
+    workgroupBarrier(); // the next call overwrites partial
+    return total;
+}
+
+fn load_x(i: u32) -> f32 {
+#ifdef IN_PLACE
+    return f32(y[i]);
+#else
+    return f32(x[i]);
+#endif
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn main(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = wg.y * nwg.x + wg.x;
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.cols;
+    let n = f32(p.cols);
+#if LAYER_NORM
+    var sum = 0.0;
+    for (var c = lid; c < p.cols; c += WG) {
+        sum += load_x(base + c);
+    }
+    let mean = workgroup_sum(sum, lid) / n;
+    var sum_sq = 0.0;
+    for (var c = lid; c < p.cols; c += WG) {
+        let d = load_x(base + c) - mean;
+        sum_sq += d * d;
+    }
+    let inv_std = inverseSqrt(workgroup_sum(sum_sq, lid) / n + p.eps);
+    for (var c = lid; c < p.cols; c += WG) {
+        var v = (load_x(base + c) - mean) * inv_std;
+#if HAS_WEIGHT
+        v *= f32(weight[c]);
+#endif
+#if HAS_BIAS
+        v += f32(bias[c]);
+#endif
+#if MODULATE
+        v = v * (1.0 + scale[p.scale_offset + c]) + shift[p.shift_offset + c];
+#endif
+        y[base + c] = Y_T(v);
+    }
+#endif
+#if RMS_NORM
+    var sum_sq = 0.0;
+    for (var c = lid; c < p.cols; c += WG) {
+        let v = load_x(base + c);
+        sum_sq += v * v;
+    }
+    let inv_rms = inverseSqrt(workgroup_sum(sum_sq, lid) / n + p.eps);
+    for (var c = lid; c < p.cols; c += WG) {
+        var v = load_x(base + c) * inv_rms;
+#if HAS_WEIGHT
+        v *= f32(weight[c]);
+#endif
+        y[base + c] = Y_T(v);
+    }
+#endif
+}
