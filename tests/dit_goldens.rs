@@ -94,7 +94,7 @@ fn dit_reads_comfyui_bf16_and_sharded_f16_checkpoints() {
         "heads3",
         "original_float16_sharded",
         Precision::F32,
-        "velocity",
-        2e-2,
+        "velocity_float16_weights",
+        1e-4,
     );
 }
