@@ -113,6 +113,20 @@ pub fn list_adapters(backend: Option<&str>) -> Result<Vec<wgpu::AdapterInfo>> {
     Ok(adapters.iter().map(|a| a.get_info()).collect())
 }
 
+fn coop_shapes(adapter: &wgpu::Adapter) -> Vec<CoopMatShape> {
+    adapter
+        .cooperative_matrix_properties()
+        .into_iter()
+        .map(|p| CoopMatShape {
+            m: p.m_size,
+            n: p.n_size,
+            k: p.k_size,
+            ab_type: format!("{:?}", p.ab_type).to_ascii_lowercase(),
+            cr_type: format!("{:?}", p.cr_type).to_ascii_lowercase(),
+        })
+        .collect()
+}
+
 fn device_type_rank(t: wgpu::DeviceType, low_power: bool) -> u32 {
     use wgpu::DeviceType::*;
     match (t, low_power) {
@@ -181,6 +195,30 @@ impl Gpu {
         Self::from_adapter(adapter, options)
     }
 
+    /// Wraps a device and queue an application already has (for example the one its window
+    /// renders with), so that generated frames can be drawn without leaving the GPU. The
+    /// capabilities are those the device was created with.
+    pub fn from_wgpu(adapter: wgpu::Adapter, device: wgpu::Device, queue: wgpu::Queue) -> Self {
+        let info = adapter.get_info();
+        let got = device.features();
+        let cooperative_matrix = if got.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
+            coop_shapes(&adapter)
+        } else {
+            Vec::new()
+        };
+        let caps = Capabilities {
+            shader_f16: got.contains(wgpu::Features::SHADER_F16),
+            subgroups: got.contains(wgpu::Features::SUBGROUP),
+            subgroup_min_size: info.subgroup_min_size,
+            subgroup_max_size: info.subgroup_max_size,
+            timestamps: got.contains(wgpu::Features::TIMESTAMP_QUERY),
+            timestamps_inside_passes: got.contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
+            cooperative_matrix,
+        };
+        let limits = device.limits();
+        Self::assemble(adapter, device, queue, info, limits, caps)
+    }
+
     /// Open a device on a chosen adapter, requesting its real limits and the allowed optional features.
     pub fn from_adapter(adapter: wgpu::Adapter, options: &GpuOptions) -> Result<Self> {
         let info = adapter.get_info();
@@ -222,17 +260,7 @@ impl Gpu {
             message: e.to_string(),
         })?;
         let cooperative_matrix = if coop {
-            adapter
-                .cooperative_matrix_properties()
-                .into_iter()
-                .map(|p| CoopMatShape {
-                    m: p.m_size,
-                    n: p.n_size,
-                    k: p.k_size,
-                    ab_type: format!("{:?}", p.ab_type).to_ascii_lowercase(),
-                    cr_type: format!("{:?}", p.cr_type).to_ascii_lowercase(),
-                })
-                .collect()
+            coop_shapes(&adapter)
         } else {
             Vec::new()
         };
@@ -246,6 +274,17 @@ impl Gpu {
             timestamps_inside_passes: got.contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
             cooperative_matrix,
         };
+        Ok(Self::assemble(adapter, device, queue, info, limits, caps))
+    }
+
+    fn assemble(
+        adapter: wgpu::Adapter,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        info: wgpu::AdapterInfo,
+        limits: wgpu::Limits,
+        caps: Capabilities,
+    ) -> Self {
         let lost = Arc::new(Mutex::new(None));
         {
             let lost = lost.clone();
@@ -264,8 +303,7 @@ impl Gpu {
                 }
             }));
         }
-        let pool = Arc::new(BufferPool::default());
-        Ok(Self {
+        Self {
             adapter,
             device,
             queue,
@@ -273,10 +311,10 @@ impl Gpu {
             limits,
             caps,
             pipelines: PipelineCache::default(),
-            pool,
+            pool: Arc::new(BufferPool::default()),
             lost,
             uncaptured,
-        })
+        }
     }
 
     /// A short description: name, backend, driver.

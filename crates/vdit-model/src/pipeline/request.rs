@@ -1,0 +1,132 @@
+//! What a generation is asked to make, checked before any work starts.
+
+use crate::error::{input_err, Result};
+use crate::tensor_file::HostTensor;
+
+/// The sampler of the denoising loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SamplerKind {
+    /// Flow-matching UniPC (bh2, order 2): the reference default.
+    UniPc,
+    /// Flow-matching Euler.
+    Euler,
+}
+
+/// A prompt as text (encoded by the text encoder) or as precomputed embeddings [L, text_dim].
+#[derive(Clone, Debug)]
+pub enum Prompt {
+    Text(String),
+    Embeddings(HostTensor),
+}
+
+/// One text-to-video generation.
+#[derive(Clone, Debug)]
+pub struct GenerateRequest {
+    pub prompt: Prompt,
+    /// `None`: the empty prompt (only encoded when guidance > 1).
+    pub negative_prompt: Option<Prompt>,
+    pub width: usize,
+    pub height: usize,
+    /// 4k + 1 frames.
+    pub frames: usize,
+    pub steps: usize,
+    /// Classifier-free guidance scale; 1.0 skips the unconditional pass.
+    pub guidance: f32,
+    pub flow_shift: f32,
+    pub sampler: SamplerKind,
+    pub seed: u64,
+}
+
+impl GenerateRequest {
+    /// Wan2.1's defaults (480x832, 81 frames, 50 steps, guidance 5, shift 3, UniPC).
+    pub fn new(prompt: Prompt) -> Self {
+        Self {
+            prompt,
+            negative_prompt: None,
+            width: 832,
+            height: 480,
+            frames: 81,
+            steps: 50,
+            guidance: 5.0,
+            flow_shift: 3.0,
+            sampler: SamplerKind::UniPc,
+            seed: 0,
+        }
+    }
+
+    /// Checks sizes and settings, naming the offending flag.
+    pub fn validate(&self) -> Result<()> {
+        for (flag, v) in [("--width", self.width), ("--height", self.height)] {
+            if v == 0 || v % 16 != 0 {
+                return Err(input_err(
+                    flag,
+                    format!(
+                        "{v} must be a positive multiple of 16 (the VAE's 8x and the patch's 2x)"
+                    ),
+                ));
+            }
+        }
+        if self.frames == 0 || (self.frames - 1) % 4 != 0 {
+            let below = self.frames.saturating_sub(1) / 4 * 4 + 1;
+            return Err(input_err(
+                "--frames",
+                format!(
+                    "{} must be 4k + 1 (for example {below} or {})",
+                    self.frames,
+                    below + 4
+                ),
+            ));
+        }
+        if self.steps == 0 {
+            return Err(input_err("--steps", "must be at least 1"));
+        }
+        if !(self.guidance.is_finite() && self.guidance >= 1.0) {
+            return Err(input_err(
+                "--guidance",
+                format!("{} must be a number >= 1", self.guidance),
+            ));
+        }
+        if !(self.flow_shift.is_finite() && self.flow_shift > 0.0) {
+            return Err(input_err(
+                "--flow-shift",
+                format!("{} must be positive", self.flow_shift),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The latent shape [16, F, H/8, W/8] for `channels` latent channels.
+    pub fn latent_shape(&self, channels: usize) -> [usize; 4] {
+        [
+            channels,
+            (self.frames - 1) / 4 + 1,
+            self.height / 8,
+            self.width / 8,
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_checked_with_the_flag_named() {
+        let ok = GenerateRequest::new(Prompt::Text("a fox".into()));
+        ok.validate().unwrap();
+        assert_eq!(ok.latent_shape(16), [16, 21, 60, 104]);
+        let mut r = ok.clone();
+        r.width = 830;
+        assert!(r.validate().unwrap_err().to_string().contains("--width"));
+        let mut r = ok.clone();
+        r.frames = 80;
+        let e = r.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("--frames") && e.contains("77") && e.contains("81"),
+            "{e}"
+        );
+        let mut r = ok;
+        r.guidance = 0.5;
+        assert!(r.validate().unwrap_err().to_string().contains("--guidance"));
+    }
+}
