@@ -3,9 +3,9 @@
 // (the softmax keys of hybrid{R}).
 //   phi: [rows, H, DF] f32 (row of key j is j - phi_lo), v: [Nk, H, D] (IO_T),
 //   partial: [chunks, H, DF, D + 1] f32, state: [H, DF, D + 1] f32 (column D holds z).
-// Entry `partial`: one workgroup per (head, chunk of keys, 64 x 64 tile of S), phi^T V as a
+// Entry `partial_main`: one workgroup per (head, chunk of keys, 64 x 64 tile of S), phi^T V as a
 //   tiled product through workgroup memory, 4 x 4 outputs per thread, f32 throughout.
-// Entry `reduce`: state = (accumulate ? state : 0) + sum over chunks of partial.
+// Entry `reduce_main`: state = (accumulate ? state : 0) + sum over chunks of partial.
 
 struct Params {
     heads: u32,
@@ -35,8 +35,17 @@ struct Params {
 const TB: u32 = 64u;
 const TK: u32 = 16u;
 
-var<workgroup> tile_a: array<f32, 1024>; // [TK][TB] phi
-var<workgroup> tile_b: array<f32, 1024>; // [TK][TB] v
+// Accumulators are named vectors: arrays indexed by loop counters may end in local memory.
+var<workgroup> tile_a: array<vec4<f32>, 256>; // [TK][TB / 4] phi
+var<workgroup> tile_b: array<vec4<f32>, 256>; // [TK][TB / 4] v
+
+fn store4(row: u32, e0: u32, val: vec4<f32>) {
+    for (var j = 0u; j < 4u; j++) {
+        if (e0 + j < p.d) {
+            partial[row + e0 + j] = val[j];
+        }
+    }
+}
 
 @compute @workgroup_size(16, 16, 1)
 fn partial_main(
@@ -60,60 +69,66 @@ fn partial_main(
     let j_lo = p.k_lo + chunk * p.chunk;
     let j_hi = min(j_lo + p.chunk, p.k_hi);
 
-    var acc: array<array<f32, 4>, 4>;
-    var zacc: array<f32, 4>;
+    // Thread (x, y) owns S rows f0 + 4y .. +3 (acc0..acc3) and columns e0 + 4x .. +3.
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    var z = vec4<f32>(0.0);
     // Each thread stages 4 consecutive columns of one key row per step.
     let load_r = tid / 16u;
-    let load_c = (tid % 16u) * 4u;
+    let load_c = tid % 16u;
     for (var j0 = j_lo; j0 < j_hi; j0 += TK) {
         let j = j0 + load_r;
         let keep = j < j_hi && !(p.rate > 1u && j % p.rate == 0u);
-        for (var e = 0u; e < 4u; e++) {
-            let f = f0 + load_c + e;
-            var a = 0.0;
-            if (keep && f < p.df) {
-                a = phi[((j - p.phi_lo) * p.heads + h) * p.df + f];
-            }
-            tile_a[load_r * TB + load_c + e] = a;
-            let dd = e0 + load_c + e;
-            var b = 0.0;
-            if (keep && dd < p.d) {
-                b = f32(v[(j * p.heads + h) * p.d + dd]);
-            }
-            tile_b[load_r * TB + load_c + e] = b;
-        }
-        workgroupBarrier();
-        for (var kk = 0u; kk < TK; kk++) {
-            var a: array<f32, 4>;
-            var b: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                a[i] = tile_a[kk * TB + lid.y + 16u * i];
-                b[i] = tile_b[kk * TB + lid.x + 16u * i];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                zacc[i] += a[i];
-                for (var jj = 0u; jj < 4u; jj++) {
-                    acc[i][jj] = fma(a[i], b[jj], acc[i][jj]);
+        var a = vec4<f32>(0.0);
+        var b = vec4<f32>(0.0);
+        if (keep) {
+            for (var e = 0u; e < 4u; e++) {
+                let f = f0 + 4u * load_c + e;
+                if (f < p.df) {
+                    a[e] = phi[((j - p.phi_lo) * p.heads + h) * p.df + f];
+                }
+                let dd = e0 + 4u * load_c + e;
+                if (dd < p.d) {
+                    b[e] = f32(v[(j * p.heads + h) * p.d + dd]);
                 }
             }
+        }
+        tile_a[load_r * 16u + load_c] = a;
+        tile_b[load_r * 16u + load_c] = b;
+        workgroupBarrier();
+        for (var kk = 0u; kk < TK; kk++) {
+            let a4 = tile_a[kk * 16u + lid.y];
+            let b4 = tile_b[kk * 16u + lid.x];
+            z += a4;
+            acc0 = fma(vec4<f32>(a4.x), b4, acc0);
+            acc1 = fma(vec4<f32>(a4.y), b4, acc1);
+            acc2 = fma(vec4<f32>(a4.z), b4, acc2);
+            acc3 = fma(vec4<f32>(a4.w), b4, acc3);
         }
         workgroupBarrier();
     }
     let base = (chunk * p.heads + h) * p.df;
-    for (var i = 0u; i < 4u; i++) {
-        let f = f0 + lid.y + 16u * i;
-        if (f >= p.df) {
-            continue;
-        }
-        let row = (base + f) * sw;
-        for (var jj = 0u; jj < 4u; jj++) {
-            let dd = e0 + lid.x + 16u * jj;
-            if (dd < p.d) {
-                partial[row + dd] = acc[i][jj];
+    let fr = f0 + 4u * lid.y;
+    let ec = e0 + 4u * lid.x;
+    if (fr < p.df) {
+        store4((base + fr) * sw, ec, acc0);
+    }
+    if (fr + 1u < p.df) {
+        store4((base + fr + 1u) * sw, ec, acc1);
+    }
+    if (fr + 2u < p.df) {
+        store4((base + fr + 2u) * sw, ec, acc2);
+    }
+    if (fr + 3u < p.df) {
+        store4((base + fr + 3u) * sw, ec, acc3);
+    }
+    if (et == 0u && lid.x == 0u) {
+        for (var i = 0u; i < 4u; i++) {
+            if (fr + i < p.df) {
+                partial[(base + fr + i) * sw + p.d] = z[i];
             }
-        }
-        if (et == 0u && lid.x == 0u) {
-            partial[row + p.d] = zacc[i];
         }
     }
 }

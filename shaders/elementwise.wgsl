@@ -38,10 +38,11 @@ struct Params {
 const WG: u32 = 256u;
 const PER_THREAD: u32 = 4u;
 
+// 0.5 v (1 + tanh(u)) written as v / (1 + exp(-2u)): the same function without the
+// cancellation of 1 + tanh(u) for negative v. exp may overflow to inf, giving -0 as it should.
 fn gelu_tanh(v: f32) -> f32 {
     let u = 0.7978845608028654 * (v + 0.044715 * v * v * v);
-    // Clamped: some tanh implementations overflow to NaN for large arguments.
-    return 0.5 * v * (1.0 + tanh(clamp(u, -15.0, 15.0)));
+    return v / (1.0 + exp(-2.0 * u));
 }
 
 fn silu(v: f32) -> f32 {

@@ -39,8 +39,8 @@ struct Params {
 const NT: u32 = 128u;
 
 #ifndef ELU1
-var<workgroup> xs: array<f32, XS_SIZE>; // [TT][D]
-var<workgroup> hs: array<f32, HS_SIZE>; // [TT][HID] (poly) or [TT][DF/2] (hedgehog u)
+var<workgroup> xs: array<f32, XS_SIZE>; // [TT][D + 1]
+var<workgroup> hs: array<f32, HS_SIZE>; // [TT][HID + 1] (poly) or [TT][DF/2] (hedgehog u)
 #endif
 #if HEDGEHOG
 var<workgroup> stats: array<f32, 64>; // per token: max u, min u, sum exp(u - max), sum exp(min - u)
@@ -64,6 +64,9 @@ fn main(
     let t0 = (wid % p.tiles) * TT;
     let hd = p.heads * p.d;
     let ntok = min(TT, p.tok_count - t0);
+    // Rows padded by one so that threads of different tokens hit different banks.
+    let xw = p.d + 1u;
+    let hw = p.hid + 1u;
 
 #if ELU1
     for (var e = tid; e < ntok * p.d; e += NT) {
@@ -80,22 +83,23 @@ fn main(
     for (var e = tid; e < ntok * p.d; e += NT) {
         let t = e / p.d;
         let dd = e % p.d;
-        xs[e] = f32(x[(p.tok_lo + t0 + t) * hd + h * p.d + dd]);
+        xs[t * xw + dd] = f32(x[(p.tok_lo + t0 + t) * hd + h * p.d + dd]);
     }
     workgroupBarrier();
 #endif
 
 #if HEDGEHOG
     let half_df = p.df / 2u;
+    // Neighbouring threads take neighbouring tokens of one output: the weight row is shared.
     for (var e = tid; e < ntok * half_df; e += NT) {
-        let t = e / half_df;
-        let f = e % half_df;
+        let t = e % ntok;
+        let f = e / ntok;
         let wrow = (h * half_df + f) * p.d;
         var u = f32(b1[h * half_df + f]);
         for (var dd = 0u; dd < p.d; dd++) {
-            u = fma(f32(w1[wrow + dd]), xs[t * p.d + dd], u);
+            u = fma(f32(w1[wrow + dd]), xs[t * xw + dd], u);
         }
-        hs[e] = u;
+        hs[t * half_df + f] = u;
     }
     workgroupBarrier();
     if (tid < ntok) {
@@ -134,23 +138,23 @@ fn main(
 
 #if POLY
     for (var e = tid; e < ntok * p.hid; e += NT) {
-        let t = e / p.hid;
-        let c = e % p.hid;
+        let t = e % ntok;
+        let c = e / ntok;
         let wrow = (h * p.hid + c) * p.d;
         var a = f32(b1[h * p.hid + c]);
         for (var dd = 0u; dd < p.d; dd++) {
-            a = fma(f32(w1[wrow + dd]), xs[t * p.d + dd], a);
+            a = fma(f32(w1[wrow + dd]), xs[t * xw + dd], a);
         }
-        hs[e] = gelu_tanh(a);
+        hs[t * hw + c] = gelu_tanh(a);
     }
     workgroupBarrier();
     for (var e = tid; e < ntok * p.df; e += NT) {
-        let t = e / p.df;
-        let f = e % p.df;
+        let t = e % ntok;
+        let f = e / ntok;
         let wrow = (h * p.df + f) * p.hid;
         var psi = f32(b2[h * p.df + f]);
         for (var c = 0u; c < p.hid; c++) {
-            psi = fma(f32(w2[wrow + c]), hs[t * p.hid + c], psi);
+            psi = fma(f32(w2[wrow + c]), hs[t * hw + c], psi);
         }
         // part n (0-based) is raised to the power n + 1
         var y = psi;

@@ -6,8 +6,14 @@
 
 pub mod dit;
 pub mod error;
+pub mod pipeline;
 pub mod plan;
+pub mod pth;
+pub mod scheduler;
 pub mod tensor_file;
+pub mod vae;
+pub mod text;
+pub mod video;
 pub mod weights;
 
 pub use error::{ModelError, Result};

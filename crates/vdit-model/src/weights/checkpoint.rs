@@ -6,9 +6,10 @@ use std::path::Path;
 
 use vdit_wgpu::{DType, Gpu, Tensor};
 
-use super::config::{parse_value, DitConfig};
+use super::config::{parse_value, DitConfig, ParsedConfig};
 use super::error::{Result, WeightError};
 use super::header::TensorInfo;
+use super::infer::ShapeFacts;
 use super::layout::KeyLayout;
 use super::set::WeightSet;
 use super::view::TensorView;
@@ -166,11 +167,12 @@ impl Checkpoint {
     }
 
     /// The model config: the `config.json` beside the weights when it is a Wan DiT config
-    /// (diffusers or original format), otherwise inferred from the tensor shapes; either way
-    /// checked against the tensors with [`Self::verify`].
+    /// (diffusers or original format), with the sizes it leaves out read off the tensor shapes;
+    /// otherwise inferred from the shapes entirely ([`DitConfig::infer`]). Either way checked
+    /// against the tensors with [`Self::verify`].
     pub fn config(&self) -> Result<DitConfig> {
         let path = self.set.folder().join("config.json");
-        let from_file = if path.is_file() {
+        let parsed = if path.is_file() {
             let text = std::fs::read_to_string(&path).map_err(|source| WeightError::Io {
                 path: path.clone(),
                 action: "cannot read",
@@ -194,8 +196,18 @@ impl Checkpoint {
         } else {
             None
         };
-        let config = match from_file {
-            Some(config) => config,
+        let config = match parsed {
+            Some(ParsedConfig {
+                mut config,
+                unstated,
+            }) => {
+                ShapeFacts::read(self)?.fill(&mut config, &unstated);
+                config.validate().map_err(|reason| WeightError::Config {
+                    path: path.clone(),
+                    reason,
+                })?;
+                config
+            }
             None => DitConfig::infer(self)?,
         };
         self.verify(&config)?;

@@ -93,7 +93,7 @@ impl DitConfig {
         let value: Value =
             serde_json::from_str(text).map_err(|e| config_err(format!("not valid JSON: {e}")))?;
         match parse_value(value) {
-            Ok(Some(config)) => Ok(config),
+            Ok(Some(parsed)) => Ok(parsed.config),
             Ok(None) => Err(config_err(
                 "not a Wan DiT config (neither WanTransformer3DModel nor WanModel fields)".into(),
             )),
@@ -141,21 +141,70 @@ impl DitConfig {
     }
 }
 
+/// A config field the tensor shapes also tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ShapeField {
+    Patch,
+    InChannels,
+    OutChannels,
+    TextDim,
+    FreqDim,
+    FfnDim,
+    Layers,
+    CrossAttnNorm,
+    QkNorm,
+}
+
+/// A config read from JSON, and the shape-given fields its JSON leaves out (those took the
+/// constructor defaults, which the tensors may contradict: published Wan2.1 `config.json` files
+/// carry no `text_dim` or `patch_size`).
+pub(crate) struct ParsedConfig {
+    pub config: DitConfig,
+    pub unstated: Vec<ShapeField>,
+}
+
 /// The config a JSON value describes: Ok(None) when it is not a Wan DiT config at all (for
 /// example the config of another model sitting beside the weights).
-pub(crate) fn parse_value(value: Value) -> Result<Option<DitConfig>, String> {
+pub(crate) fn parse_value(value: Value) -> Result<Option<ParsedConfig>, String> {
     let class = value.get("_class_name").and_then(Value::as_str);
     let has = |field: &str| value.get(field).is_some();
-    let config = match class {
-        Some("WanTransformer3DModel") => from_diffusers(value)?,
-        Some("WanModel") => from_original(value)?,
+    let diffusers = match class {
+        Some("WanTransformer3DModel") => true,
+        Some("WanModel") => false,
         Some(_) => return Ok(None),
-        None if has("num_attention_heads") => from_diffusers(value)?,
-        None if has("num_heads") && has("dim") => from_original(value)?,
+        None if has("num_attention_heads") => true,
+        None if has("num_heads") && has("dim") => false,
         None => return Ok(None),
     };
+    let keys: [(ShapeField, &str, &str); 9] = [
+        (ShapeField::Patch, "patch_size", "patch_size"),
+        (ShapeField::InChannels, "in_channels", "in_dim"),
+        (ShapeField::OutChannels, "out_channels", "out_dim"),
+        (ShapeField::TextDim, "text_dim", "text_dim"),
+        (ShapeField::FreqDim, "freq_dim", "freq_dim"),
+        (ShapeField::FfnDim, "ffn_dim", "ffn_dim"),
+        (ShapeField::Layers, "num_layers", "num_layers"),
+        (
+            ShapeField::CrossAttnNorm,
+            "cross_attn_norm",
+            "cross_attn_norm",
+        ),
+        (ShapeField::QkNorm, "qk_norm", "qk_norm"),
+    ];
+    let unstated = keys
+        .iter()
+        .filter(|(_, in_diffusers, in_original)| {
+            !has(if diffusers { in_diffusers } else { in_original })
+        })
+        .map(|(field, _, _)| *field)
+        .collect();
+    let config = if diffusers {
+        from_diffusers(value)?
+    } else {
+        from_original(value)?
+    };
     config.validate()?;
-    Ok(Some(config))
+    Ok(Some(ParsedConfig { config, unstated }))
 }
 
 /// diffusers' `WanTransformer3DModel` config; absent fields take its constructor defaults.

@@ -863,7 +863,7 @@ pub fn feature_map(
     let kind = fm.kind();
     let tt = [16usize, 8, 4, 2, 1]
         .into_iter()
-        .find(|&tt| kind == FeatureMapKind::Elu1 || tt * (d + hid) * 4 + 256 <= mem)
+        .find(|&tt| kind == FeatureMapKind::Elu1 || tt * (d + hid + 2) * 4 + 256 <= mem)
         .ok_or_else(|| GpuError::OverLimit {
             what: format!("a feature map of {d} -> {hid} values"),
             needed: ((d + hid) * 4 + 256) as u64,
@@ -872,7 +872,7 @@ pub fn feature_map(
         })?;
     let (xs, hs) = match kind {
         FeatureMapKind::Elu1 => (0, 0),
-        _ => (tt * d, tt * hid),
+        _ => (tt * (d + 1), tt * (hid + 1)),
     };
     let ntiles = tok_count.div_ceil(tt);
     let (workgroups, grid_x) = fold_grid(gpu, ntiles * h)?;

@@ -1,11 +1,14 @@
 //! The kernels: each module holds the launchers of one WGSL file of `shaders/`, its CPU float64
 //! reference, and the tests comparing the two.
 
+pub mod conv;
 pub mod elementwise;
+pub mod layout;
 pub mod matmul;
 pub mod norm;
 pub mod patch;
 pub mod rope;
+pub mod t5_attention;
 
 use crate::error::{shape_err, GpuError, Result};
 use crate::gpu::Gpu;
@@ -15,18 +18,24 @@ use crate::tensor::{DType, Tensor};
 /// The shader files of the core kernels (attention has its own list).
 pub fn core_shaders() -> Vec<ShaderFile> {
     vec![
+        crate::shader_file!("channels_last", layout::variants),
+        crate::shader_file!("conv", conv::variants),
+        crate::shader_file!("conv_cache", conv::history_variants),
         crate::shader_file!("elementwise", elementwise::variants),
         crate::shader_file!("matmul", matmul::variants),
         crate::shader_file!("norm", norm::variants),
         crate::shader_file!("patch", patch::variants),
         crate::shader_file!("rope", rope::variants),
+        crate::shader_file!("t5_attention", t5_attention::variants),
     ]
 }
 
 /// GELU with the tanh approximation, in f64 (the reference of the GPU's f32 version).
+/// `0.5 v (1 + tanh(u))` is computed as the identical `v / (1 + exp(-2u))`, which keeps its
+/// relative accuracy for negative v where `1 + tanh(u)` cancels (even in f64, from v < -6).
 pub fn gelu_tanh_f64(v: f64) -> f64 {
     let u = (2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v);
-    0.5 * v * (1.0 + u.tanh())
+    v / (1.0 + (-2.0 * u).exp())
 }
 
 /// SiLU in f64.
@@ -174,6 +183,18 @@ pub(crate) fn dtype_combinations(n: usize) -> Vec<Vec<DType>> {
 mod tests {
     use super::*;
     use crate::testing::test_gpu;
+
+    #[test]
+    fn gelu_reference_is_the_tanh_formula() {
+        for v in [-5.0, -1.3, -0.2, 0.0, 0.7, 2.0, 6.0] {
+            let u: f64 = (2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v);
+            let by_tanh = 0.5 * v * (1.0 + u.tanh());
+            assert!((gelu_tanh_f64(v) - by_tanh).abs() <= 1e-12 * by_tanh.abs().max(1e-3));
+        }
+        // Where 1 + tanh(u) rounds to 0 in f64, the value is still tiny and negative.
+        let far = gelu_tanh_f64(-9.0);
+        assert!(far < 0.0 && far > -1e-25, "{far}");
+    }
 
     #[test]
     fn folded_grid_covers_every_workgroup_within_the_limit() {

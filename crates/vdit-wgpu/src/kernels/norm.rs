@@ -132,7 +132,6 @@ fn launch(rec: &mut Recorder, l: Launch<'_>) -> Result<()> {
                 format!("x {x:?} and y {y:?} differ in shape"),
             ));
         }
-        require_distinct(op, x, y)?;
     }
     for (what, t) in [("weight", l.weight), ("bias", l.bias)] {
         if let Some(t) = t {
@@ -162,6 +161,9 @@ fn launch(rec: &mut Recorder, l: Launch<'_>) -> Result<()> {
     tensors.extend(l.bias);
     if let Some(m) = l.modulation {
         tensors.extend([m.scale.tensor, m.shift.tensor]);
+    }
+    for input in &tensors {
+        require_distinct(op, input, y)?;
     }
     tensors.push(y);
     require_f16_support(rec.gpu(), &format!("an f16 {op}"), &tensors)?;

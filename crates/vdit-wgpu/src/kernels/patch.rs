@@ -6,7 +6,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{folded_grid, require_f16_support, to_u32};
+use super::{folded_grid, require_distinct, require_f16_support, to_u32};
 use crate::error::{shape_err, Result};
 use crate::profiler::Cost;
 use crate::recorder::{Dispatch, Recorder};
@@ -28,6 +28,9 @@ struct Params {
     pw: u32,
     total: u32,
 }
+
+/// Latent elements one workgroup moves, one per thread (patch.wgsl).
+const ELEMENTS_PER_WORKGROUP: usize = 256;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Direction {
@@ -92,6 +95,7 @@ fn launch(
             ),
         ));
     }
+    require_distinct(op, src, dst)?;
     require_f16_support(rec.gpu(), &format!("an f16 {op}"), &[src, dst])?;
     let s = latent.shape();
     let total = latent.numel();
@@ -112,7 +116,7 @@ fn launch(
         constants: vec![],
         params: bytemuck::bytes_of(&params),
         tensors: &[src, dst],
-        workgroups: folded_grid(rec.gpu(), total.div_ceil(256)),
+        workgroups: folded_grid(rec.gpu(), total.div_ceil(ELEMENTS_PER_WORKGROUP)),
         label: format!("{op} {:?} {}->{}", s, src.dtype(), dst.dtype()).into(),
         cost: Cost::new(0.0, (src.bytes() + dst.bytes()) as f64),
     })
@@ -306,15 +310,7 @@ mod tests {
         embedded.poison(gpu);
         let mut rec = Recorder::new(gpu);
         patchify(&mut rec, &latent, &tokens, [pt, ph, pw]).unwrap();
-        matmul(
-            &mut rec,
-            &tokens,
-            &weight,
-            None,
-            &embedded,
-            Epilogue::None,
-        )
-        .unwrap();
+        matmul(&mut rec, &tokens, &weight, None, &embedded, Epilogue::None).unwrap();
         rec.run().unwrap();
         let got = embedded.to_vec_f32(gpu).unwrap();
         assert_close("conv3d as patchify + matmul", seed, &got, &want, 1e-5);

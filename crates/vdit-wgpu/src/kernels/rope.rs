@@ -86,6 +86,9 @@ struct Params {
     _pad: [u32; 3],
 }
 
+/// Pairs one workgroup rotates, one per thread (rope.wgsl).
+const PAIRS_PER_WORKGROUP: usize = 256;
+
 fn rope_defines(x: DType) -> Defines {
     defines(&[("X_T", x.wgsl())])
 }
@@ -139,7 +142,7 @@ pub fn rope_in_place(rec: &mut Recorder, x: &Tensor, table: &RopeTable) -> Resul
         constants: vec![],
         params: bytemuck::bytes_of(&params),
         tensors: &[&table.table, x],
-        workgroups: folded_grid(rec.gpu(), pairs_total.div_ceil(256)),
+        workgroups: folded_grid(rec.gpu(), pairs_total.div_ceil(PAIRS_PER_WORKGROUP)),
         label: format!("rope {n}x{heads}x{d} {}", x.dtype()).into(),
         cost: Cost::new(pairs_total as f64 * 6.0, 2.0 * x.bytes() as f64),
     })

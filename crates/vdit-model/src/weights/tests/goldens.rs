@@ -52,4 +52,9 @@ fn golden_checkpoints_open_in_every_layout() {
         (config.heads, config.head_dim, config.text_len),
         (3, 16, 24)
     );
+    // Published original configs carry no text_dim or patch_size: the shapes give them.
+    assert_eq!(
+        (config.text_dim, config.patch, config.freq_dim),
+        (24, [1, 2, 2], 64)
+    );
 }

@@ -1,0 +1,179 @@
+// Causal 3D convolution (a 2D one when kt = 1) as an implicit GEMM over channels-last frames.
+//   x: [T, in_h, in_w, cin] (X_T), the new input frames.
+//   cache (HAS_CACHE): [past, in_h, in_w, cin] (X_T), the previous input frames; only the last
+//     `valid` of them exist, the frames before those are the causal zero padding.
+//   w: [n, kt * kh * kw * cin] (W_T), taps-major: k = ((dt * kh + dy) * kw + dx) * cin + ci.
+//   bias (HAS_BIAS): [n] (W_T).
+//   y (Y_T): output row r = (t, oy, ox), column c; c splits into (s, ch) = (c / n_group,
+//     c % n_group) and lands at frame f0 + t * groups + s, pixel oy * out_w + ox, channel ch of a
+//     tensor with the given strides. This writes channels-last frames (groups 1), the two time
+//     halves of a time_conv interleaved as frames 2t, 2t + 1 (groups 2), or channel-first
+//     [n, F, H, W] video (chan_stride F * H * W).
+// Output frame t reads the virtual frames t .. t + kt - 1 of [cache, x] (past = kt - 1 frames of
+// cache first). The input is seen through a nearest upsampling by 2^up_shift, then zero-padded by
+// pad_h / pad_w on both sides. HAS_RESIDUAL adds the convolution to y in place; CLAMP_UNIT clamps
+// the result to [-1, 1]. Tiling as matmul.wgsl: 64 x 64 outputs per workgroup of 16 x 16
+// threads, 4 x 4 per thread, K in steps of 16 through workgroup memory; f32 accumulation.
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    cin: u32,
+    in_h: u32,
+    in_w: u32,
+    out_h: u32,
+    out_w: u32,
+    kh: u32,
+    kw: u32,
+    pad_h: u32,
+    pad_w: u32,
+    up_shift: u32,
+    past: u32,
+    valid: u32,
+    n_group: u32,
+    groups: u32,
+    f0: u32,
+    frame_stride: u32,
+    pix_stride: u32,
+    chan_stride: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<X_T>;
+#if HAS_CACHE
+@group(0) @binding(2) var<storage, read> cache: array<X_T>;
+#endif
+@group(0) @binding(3) var<storage, read> w: array<W_T>;
+#if HAS_BIAS
+@group(0) @binding(4) var<storage, read> bias: array<W_T>;
+#endif
+@group(0) @binding(5) var<storage, read_write> y: array<Y_T>;
+
+const BM: u32 = 64u;
+const BN: u32 = 64u;
+const BK: u32 = 16u;
+
+var<workgroup> tile_x: array<f32, 1024>; // [BK][BM]
+var<workgroup> tile_w: array<f32, 1024>; // [BK][BN]
+
+// One element of the implicit im2col matrix: output frame t at (oy, ox), reduction index kk.
+fn load_input(t: u32, oy: u32, ox: u32, kk: u32) -> f32 {
+    let tap = kk / p.cin;
+    let ci = kk - tap * p.cin;
+    let khw = p.kh * p.kw;
+    let dt = tap / khw;
+    let rem = tap - dt * khw;
+    let dy = rem / p.kw;
+    let dx = rem - dy * p.kw;
+    let iy = i32(oy + dy) - i32(p.pad_h);
+    let ix = i32(ox + dx) - i32(p.pad_w);
+    let vh = i32(p.in_h << p.up_shift);
+    let vw = i32(p.in_w << p.up_shift);
+    if (iy < 0 || ix < 0 || iy >= vh || ix >= vw) {
+        return 0.0;
+    }
+    let pix = (u32(iy) >> p.up_shift) * p.in_w + (u32(ix) >> p.up_shift);
+    let frame_elems = p.in_h * p.in_w * p.cin;
+    let v = t + dt;
+    if (v < p.past) {
+#if HAS_CACHE
+        if (v + p.valid < p.past) {
+            return 0.0;
+        }
+        return f32(cache[v * frame_elems + pix * p.cin + ci]);
+#else
+        return 0.0;
+#endif
+    }
+    return f32(x[(v - p.past) * frame_elems + pix * p.cin + ci]);
+}
+
+@compute @workgroup_size(16, 16, 1)
+fn main(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    let row0 = wg.y * BM;
+    let col0 = wg.x * BN;
+    let out_hw = p.out_h * p.out_w;
+    var acc: array<array<f32, 4>, 4>;
+    for (var i = 0u; i < 4u; i++) {
+        for (var j = 0u; j < 4u; j++) {
+            acc[i][j] = 0.0;
+        }
+    }
+    // Each thread stages 4 consecutive k of one output row and one weight row per K step; the
+    // row's position is decoded once.
+    let load_r = tid / 4u;
+    let load_k = (tid % 4u) * 4u;
+    let xr = row0 + load_r;
+    let t = xr / out_hw;
+    let opix = xr - t * out_hw;
+    let oy = opix / p.out_w;
+    let ox = opix - oy * p.out_w;
+    for (var k0 = 0u; k0 < p.k; k0 += BK) {
+        for (var e = 0u; e < 4u; e++) {
+            let kk = k0 + load_k + e;
+            var xv = 0.0;
+            if (xr < p.m && kk < p.k) {
+                xv = load_input(t, oy, ox, kk);
+            }
+            tile_x[(load_k + e) * BM + load_r] = xv;
+            let wr = col0 + load_r;
+            var wv = 0.0;
+            if (wr < p.n && kk < p.k) {
+                wv = f32(w[wr * p.k + kk]);
+            }
+            tile_w[(load_k + e) * BN + load_r] = wv;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            var a: array<f32, 4>;
+            var b: array<f32, 4>;
+            for (var i = 0u; i < 4u; i++) {
+                a[i] = tile_x[kk * BM + lid.y + 16u * i];
+                b[i] = tile_w[kk * BN + lid.x + 16u * i];
+            }
+            for (var i = 0u; i < 4u; i++) {
+                for (var j = 0u; j < 4u; j++) {
+                    acc[i][j] = fma(a[i], b[j], acc[i][j]);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let r = row0 + lid.y + 16u * i;
+        if (r >= p.m) {
+            continue;
+        }
+        let rt = r / out_hw;
+        let rpix = r - rt * out_hw;
+        for (var j = 0u; j < 4u; j++) {
+            let c = col0 + lid.x + 16u * j;
+            if (c >= p.n) {
+                continue;
+            }
+            let s = c / p.n_group;
+            let ch = c - s * p.n_group;
+            let frame = p.f0 + rt * p.groups + s;
+            let idx = frame * p.frame_stride + rpix * p.pix_stride + ch * p.chan_stride;
+            var v = acc[i][j];
+#if HAS_BIAS
+            v += f32(bias[c]);
+#endif
+#if HAS_RESIDUAL
+            v += f32(y[idx]);
+#endif
+#if CLAMP_UNIT
+            v = clamp(v, -1.0, 1.0);
+#endif
+            y[idx] = Y_T(v);
+        }
+    }
+}

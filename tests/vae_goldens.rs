@@ -1,0 +1,175 @@
+//! The Wan-VAE decoder against diffusers' AutoencoderKLWan on a tiny random-weight config
+//! (goldens made by tools/make_vae_goldens.py), through both key layouts.
+
+use std::path::{Path, PathBuf};
+
+use vdit_model::dit::Precision;
+use vdit_model::vae::{
+    diffusers_to_original, LatentScale, MemorySource, TensorSource, VaeConfig, VaeNaming, WanVae,
+};
+use vdit_model::weights::{WeightFile, WeightSet};
+use vdit_wgpu::testing::{assert_close, test_gpu};
+use vdit_wgpu::{DType, Tensor};
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/goldens/vae/tiny")
+}
+
+fn read(name: &str) -> (Vec<usize>, Vec<f32>) {
+    let io = WeightFile::open(golden_dir().join("io.safetensors")).unwrap();
+    let view = io.get(name).unwrap();
+    (view.shape().to_vec(), view.to_f32().unwrap())
+}
+
+fn config() -> VaeConfig {
+    VaeConfig::from_json_file(golden_dir().join("diffusers/config.json")).unwrap()
+}
+
+/// Decodes the golden latent with `vae` and compares with diffusers' frames.
+fn check(vae: &WanVae, what: &str, input: &str, scale: LatentScale, tol: f64) {
+    let gpu = test_gpu();
+    let (shape, latent) = read(input);
+    let (want_shape, want) = read("frames");
+    let latent = Tensor::from_f32(gpu, &shape, &latent, DType::F32).unwrap();
+    let frames = vae.decode(gpu, &latent, scale).unwrap();
+    assert_eq!(frames.shape(), &want_shape[..]);
+    let got = frames.to_vec_f32(gpu).unwrap();
+    let want: Vec<f64> = want.iter().map(|&v| v as f64).collect();
+    assert_close(what, 0, &got, &want, tol);
+    assert!(
+        got.iter().all(|v| (-1.0..=1.0).contains(v)),
+        "{what}: not clamped"
+    );
+}
+
+#[test]
+fn decoder_matches_diffusers_in_f32() {
+    let gpu = test_gpu();
+    let vae = WanVae::load(gpu, &golden_dir().join("diffusers"), Precision::F32).unwrap();
+    assert_eq!(vae.naming, VaeNaming::Diffusers);
+    assert_eq!(vae.config, config());
+    check(
+        &vae,
+        "VAE f32, normalised latent",
+        "latent",
+        LatentScale::Normalized,
+        1e-4,
+    );
+    check(
+        &vae,
+        "VAE f32, de-normalised latent",
+        "latent_denormalized",
+        LatentScale::Denormalized,
+        1e-4,
+    );
+}
+
+#[test]
+fn decoder_matches_diffusers_in_f16() {
+    let gpu = test_gpu();
+    if !gpu.caps.shader_f16 {
+        eprintln!("skipping f16: the adapter lacks SHADER_F16");
+        return;
+    }
+    let vae = WanVae::load(gpu, &golden_dir().join("diffusers"), Precision::F16).unwrap();
+    check(
+        &vae,
+        "VAE f16 storage",
+        "latent",
+        LatentScale::Normalized,
+        2e-2,
+    );
+}
+
+#[test]
+fn decoder_reads_the_original_pth() {
+    let gpu = test_gpu();
+    let path = golden_dir().join("original/Wan2.1_VAE.pth");
+    let vae = WanVae::load(gpu, &path, Precision::F32).unwrap();
+    assert_eq!(vae.naming, VaeNaming::Original);
+    // No config beside the .pth: the widths come from the tensors, the rest is Wan2.1's.
+    assert_eq!(vae.config, config());
+    check(
+        &vae,
+        "VAE f32 from the .pth",
+        "latent",
+        LatentScale::Normalized,
+        1e-4,
+    );
+}
+
+/// The diffusers tensors renamed to the original layout under ComfyUI-like prefix, in memory.
+fn renamed_source(prefix: &str) -> MemorySource {
+    let set = WeightSet::open(golden_dir().join("diffusers")).unwrap();
+    let mut source = MemorySource {
+        origin: "renamed".into(),
+        ..Default::default()
+    };
+    for name in set.tensor_names() {
+        let original = format!("{prefix}{}", diffusers_to_original(&name, 2));
+        source.tensors.insert(original, set.read(&name).unwrap());
+    }
+    source
+}
+
+#[test]
+fn decoder_reads_original_names_under_a_prefix() {
+    let gpu = test_gpu();
+    let source = renamed_source("first_stage_model.");
+    let vae = WanVae::from_source(gpu, &source, config(), Precision::F32).unwrap();
+    assert_eq!(vae.naming, VaeNaming::Original);
+    check(
+        &vae,
+        "VAE f32, prefixed original names",
+        "latent",
+        LatentScale::Normalized,
+        1e-4,
+    );
+}
+
+#[test]
+fn bad_inputs_have_clear_errors() {
+    let gpu = test_gpu();
+    let vae = WanVae::load(gpu, &golden_dir().join("diffusers"), Precision::F32).unwrap();
+    let latent = Tensor::empty(gpu, &[8, 3, 5, 7], DType::F32).unwrap();
+    let err = vae
+        .decode(gpu, &latent, LatentScale::Normalized)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("must be [16, F, H, W]"), "{err}");
+
+    let mut source = renamed_source("");
+    source
+        .tensors
+        .remove("decoder.upsamples.3.time_conv.weight");
+    let err = WanVae::from_source(gpu, &source, config(), Precision::F32)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("decoder.upsamples.3.time_conv.weight")
+            && err.contains("decoder.up_blocks.0.upsamplers.0.time_conv.weight"),
+        "{err}"
+    );
+
+    let mut source = renamed_source("");
+    source
+        .tensors
+        .insert("decoder.head.2.bias".into(), (vec![4], vec![0.0; 4]));
+    let err = WanVae::from_source(gpu, &source, config(), Precision::F32)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("decoder.head.2.bias") && err.contains("[3]"),
+        "{err}"
+    );
+
+    let empty = MemorySource::default();
+    let err = WanVae::from_source(gpu, &empty, config(), Precision::F32)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("not a Wan VAE"), "{err}");
+}
