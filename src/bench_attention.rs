@@ -316,7 +316,7 @@ pub fn run(gpu: &Gpu, args: &AttentionBenchArgs) -> Result<String, Box<dyn std::
             BenchPrecision::F32 => 1e-4,
             BenchPrecision::F16 => 2e-3,
         };
-        if !(e <= tol) {
+        if e.is_nan() || e > tol {
             return Err(
                 format!("{report}check failed: relative L2 error {e:.3e} > {tol:.0e}").into(),
             );

@@ -3,8 +3,6 @@
 mod bench_dit;
 mod bench_kernels;
 mod dit_forward;
-#[allow(dead_code)]
-mod vae_decode;
 mod gpu_args;
 mod info;
 

@@ -99,7 +99,13 @@ pub fn guide_in_place(
     v_uncond: &Tensor,
     guidance: f32,
 ) -> Result<()> {
-    Ok(axpby_in_place(rec, guidance, v_cond, 1.0 - guidance, v_uncond)?)
+    Ok(axpby_in_place(
+        rec,
+        guidance,
+        v_cond,
+        1.0 - guidance,
+        v_uncond,
+    )?)
 }
 
 /// Host version of [`guide_in_place`].
@@ -143,8 +149,14 @@ impl Update {
 enum History {
     /// Nothing yet (before the first step, or a sampler without history).
     Empty,
-    Gpu { last: Tensor, x0: [Tensor; 3] },
-    Host { last: Vec<f32>, x0: [Vec<f32>; 3] },
+    Gpu {
+        last: Tensor,
+        x0: [Tensor; 3],
+    },
+    Host {
+        last: Vec<f32>,
+        x0: [Vec<f32>; 3],
+    },
 }
 
 /// A sampler over a fixed schedule: call [`Sampler::step`] once per entry of
@@ -233,7 +245,12 @@ impl Sampler {
     /// Records one step: `sample` (the latent the model saw) is updated in place to the latent of
     /// the next timestep, from `model_output` (the guided velocity; f32 or f16, as `sample`).
     /// The sample must be the one the previous step wrote.
-    pub fn step(&mut self, rec: &mut Recorder, model_output: &Tensor, sample: &Tensor) -> Result<()> {
+    pub fn step(
+        &mut self,
+        rec: &mut Recorder,
+        model_output: &Tensor,
+        sample: &Tensor,
+    ) -> Result<()> {
         if model_output.shape() != sample.shape() {
             return Err(input_err(
                 "sampler step",
@@ -378,10 +395,16 @@ fn record_update<'a>(
 ) -> Result<()> {
     let dst = get(u.dst);
     let own = u.terms.iter().find(|t| t.1 == u.dst).map(|t| t.0);
-    let mut rest = u.terms.iter().filter(|t| t.1 != u.dst).map(|&(c, s)| (c as f32, get(s)));
+    let mut rest = u
+        .terms
+        .iter()
+        .filter(|t| t.1 != u.dst)
+        .map(|&(c, s)| (c as f32, get(s)));
     match own {
         Some(a) => {
-            let (b, y) = rest.next().expect("an update reads more than its destination");
+            let (b, y) = rest
+                .next()
+                .expect("an update reads more than its destination");
             axpby_in_place(rec, a as f32, dst, b, y)?;
         }
         None => {

@@ -74,7 +74,10 @@ impl Schedule {
         if sigmas.is_empty() {
             return Err(input_err("schedule", "needs at least one sigma"));
         }
-        if sigmas.iter().any(|s| !(s.is_finite() && *s > 0.0 && *s <= 1.0)) {
+        if sigmas
+            .iter()
+            .any(|s| !(s.is_finite() && *s > 0.0 && *s <= 1.0))
+        {
             return Err(input_err("schedule", "sigmas must lie in (0, 1]"));
         }
         Ok(Self::from_f32_sigmas(sigmas.to_vec()))
@@ -107,7 +110,10 @@ impl Schedule {
 
 fn check(steps: usize, shift: f64) -> Result<()> {
     if steps == 0 {
-        return Err(input_err("sampler", "the number of steps must be at least 1"));
+        return Err(input_err(
+            "sampler",
+            "the number of steps must be at least 1",
+        ));
     }
     if !(shift.is_finite() && shift > 0.0) {
         return Err(input_err(

@@ -117,7 +117,11 @@ fn loops() -> Vec<Loop> {
             let get = |what: &str| read(&file, &format!("{key}_{what}")).1;
             let s = golden_schedule(name, steps, 3.0);
             assert_bits(&format!("{key} sigmas"), s.sigmas(), &get("sigmas"));
-            assert_bits(&format!("{key} timesteps"), s.timesteps(), &get("timesteps"));
+            assert_bits(
+                &format!("{key} timesteps"),
+                s.timesteps(),
+                &get("timesteps"),
+            );
             let unipc = name == "unipc";
             out.push(Loop {
                 name,
@@ -128,8 +132,16 @@ fn loops() -> Vec<Loop> {
                 samples: rows(get("samples"), n),
                 outputs: rows(get("model_outputs"), n),
                 order: if unipc { get("order") } else { Vec::new() },
-                corrected: if unipc { rows(get("corrected"), n) } else { Vec::new() },
-                x0_pred: if unipc { rows(get("x0_pred"), n) } else { Vec::new() },
+                corrected: if unipc {
+                    rows(get("corrected"), n)
+                } else {
+                    Vec::new()
+                },
+                x0_pred: if unipc {
+                    rows(get("x0_pred"), n)
+                } else {
+                    Vec::new()
+                },
             });
         }
     }
@@ -149,7 +161,10 @@ fn sampler_for(l: &Loop) -> Sampler {
 fn check(case: &str, got: &[f32], want: &[f32], worst: &mut f64) {
     let err = rel_l2(got, &f64s(want));
     *worst = worst.max(err);
-    assert!(err <= TOL, "{case}: relative L2 error {err:.3e} > {TOL:.0e}");
+    assert!(
+        err <= TOL,
+        "{case}: relative L2 error {err:.3e} > {TOL:.0e}"
+    );
 }
 
 fn unipc_history(s: &Sampler, k: usize) -> (Vec<f32>, Vec<f32>) {
@@ -169,7 +184,12 @@ fn unipc_history(s: &Sampler, k: usize) -> (Vec<f32>, Vec<f32>) {
 /// Checks everything a step leaves against the goldens.
 fn check_step(l: &Loop, s: &Sampler, k: usize, sample: &[f32], output: &[f32], worst: &mut f64) {
     let case = format!("{} loop {} step {k}", l.name, l.steps);
-    check(&format!("{case} model output"), output, &l.outputs[k], worst);
+    check(
+        &format!("{case} model output"),
+        output,
+        &l.outputs[k],
+        worst,
+    );
     check(&format!("{case} sample"), sample, &l.samples[k + 1], worst);
     if l.name == "unipc" {
         assert_eq!(s.last_order() as f32, l.order[k], "{case} order");
@@ -231,7 +251,10 @@ fn gpu_loops_match_diffusers() {
 #[test]
 fn gpu_loop_in_one_submission() {
     let gpu = test_gpu();
-    let l = loops().into_iter().find(|l| l.name == "unipc" && l.steps == 50).unwrap();
+    let l = loops()
+        .into_iter()
+        .find(|l| l.name == "unipc" && l.steps == 50)
+        .unwrap();
     let mut s = sampler_for(&l);
     let sample = Tensor::from_f32(gpu, &l.shape, &l.initial, DType::F32).unwrap();
     let noise = Tensor::from_f32(gpu, &l.shape, &l.noise, DType::F32).unwrap();
@@ -244,7 +267,12 @@ fn gpu_loop_in_one_submission() {
     rec.run().unwrap();
     let mut worst = 0.0;
     let got = sample.to_vec_f32(gpu).unwrap();
-    check("unipc 50 steps, one submission", &got, &l.samples[50], &mut worst);
+    check(
+        "unipc 50 steps, one submission",
+        &got,
+        &l.samples[50],
+        &mut worst,
+    );
 }
 
 #[test]
@@ -287,7 +315,10 @@ fn f16_latents_step_with_f32_history() {
         eprintln!("skipping: adapter lacks SHADER_F16");
         return;
     }
-    let l = loops().into_iter().find(|l| l.name == "unipc" && l.steps == 6).unwrap();
+    let l = loops()
+        .into_iter()
+        .find(|l| l.name == "unipc" && l.steps == 6)
+        .unwrap();
     let mut s = sampler_for(&l);
     let sample = Tensor::from_f32(gpu, &l.shape, &l.initial, DType::F16).unwrap();
     let noise = Tensor::from_f32(gpu, &l.shape, &l.noise, DType::F32).unwrap();

@@ -78,7 +78,10 @@ pub(super) fn step_updates(sigmas: &[f32], k: usize, prev_order: usize) -> Vec<U
     let (cur, prev, prev2) = x0_slots(k);
     let mut ups = Vec::with_capacity(3);
 
-    ups.push(Update::new(cur, &[(1.0, Slot::Sample), (-sig(k), Slot::Output)]));
+    ups.push(Update::new(
+        cur,
+        &[(1.0, Slot::Sample), (-sig(k), Slot::Output)],
+    ));
 
     if k == 0 {
         ups.push(Update::new(Slot::Last, &[(1.0, Slot::Sample)]));

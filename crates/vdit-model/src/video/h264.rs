@@ -5,8 +5,8 @@
 //! repeating the edge pixels.
 
 use openh264::encoder::{
-    BitRate, Complexity, Encoder, EncoderConfig, FrameRate, FrameType, IntraFramePeriod,
-    RateControlMode, VuiConfig,
+    Complexity, Encoder, EncoderConfig, FrameRate, FrameType, IntraFramePeriod, RateControlMode,
+    VuiConfig,
 };
 use openh264::formats::YUVSlices;
 use openh264::{OpenH264API, Timestamp};
@@ -14,10 +14,6 @@ use openh264::{OpenH264API, Timestamp};
 /// Largest frame OpenH264 encodes (level 5.2).
 const MAX_LONG_SIDE: u32 = 3840;
 const MAX_SHORT_SIDE: u32 = 2160;
-
-/// Target bits per pixel per frame for the rate control: high enough that smooth generated
-/// content keeps its detail.
-const BITS_PER_PIXEL: f64 = 0.25;
 
 /// NAL unit types used here.
 pub(crate) const NAL_IDR: u8 = 5;
@@ -111,12 +107,12 @@ pub(crate) struct H264Encoder {
 impl H264Encoder {
     pub(crate) fn new(width: u32, height: u32, fps: u32) -> Result<Self, String> {
         check_size(width, height)?;
-        let (cw, ch) = coded_size(width, height);
-        let bitrate = (cw as f64 * ch as f64 * fps as f64 * BITS_PER_PIXEL).clamp(2.0e5, 1.0e8);
+        // Without rate control OpenH264 codes every picture at its base quantizer (26, adjusted
+        // per macroblock by adaptive quantization): constant quality, file size following the
+        // content, and no frame ever skipped.
         let config = EncoderConfig::new()
-            .bitrate(BitRate::from_bps(bitrate as u32))
             .max_frame_rate(FrameRate::from_hz(fps as f32))
-            .rate_control_mode(RateControlMode::Quality)
+            .rate_control_mode(RateControlMode::Off)
             .skip_frames(false)
             .complexity(Complexity::High)
             // A keyframe every two seconds keeps seeking cheap.
@@ -207,60 +203,5 @@ mod tests {
         let y = &out[..8];
         assert_eq!(y[2], y[3], "last column repeated");
         assert_eq!(&y[0..4], &y[4..8], "last row repeated");
-    }
-}
-
-#[cfg(test)]
-mod experiment {
-    use super::*;
-
-    #[test]
-    #[ignore]
-    fn rate_control_modes() {
-        let (w, h, n) = (832usize, 480usize, 33usize);
-        let mut frames = Vec::new();
-        for t in 0..n {
-            let mut f = Vec::with_capacity(w * h * 3);
-            for y in 0..h {
-                for x in 0..w {
-                    let (xf, yf, tf) = (x as f32, y as f32, t as f32);
-                    let hash = ((x / 3 * 7919 + y / 3 * 104729 + 13) % 251) as f32;
-                    let r = 128.0 + 60.0 * ((xf + 3.0 * tf) / 7.0).sin() + 0.3 * (hash - 125.0);
-                    let g = 128.0 + 60.0 * ((yf - 2.0 * tf) / 5.0).cos() * ((xf) / 40.0).sin();
-                    let b = 128.0 + 80.0 * ((xf + yf + 4.0 * tf) / 23.0).sin() + 0.2 * (hash - 125.0);
-                    f.extend([r, g, b].map(|v| v.clamp(0.0, 255.0) as u8));
-                }
-            }
-            frames.push(f);
-        }
-        for mode in [RateControlMode::Quality, RateControlMode::Off, RateControlMode::Bufferbased] {
-            let config = EncoderConfig::new()
-                .bitrate(BitRate::from_bps((w * h * 16) as u32 / 4))
-                .max_frame_rate(FrameRate::from_hz(16.0))
-                .rate_control_mode(mode)
-                .skip_frames(false)
-                .complexity(Complexity::High)
-                .intra_frame_period(IntraFramePeriod::from_num_frames(32));
-            let mut enc = Encoder::with_api_config(OpenH264API::from_source(), config).unwrap();
-            let mut dec = openh264::decoder::Decoder::new().unwrap();
-            let mut bytes = 0;
-            let mut psnr_sum = 0.0;
-            let start = std::time::Instant::now();
-            let mut yuv = Vec::new();
-            for f in &frames {
-                rgb_to_i420(f, w, h, &mut yuv);
-                let (y, c) = yuv.split_at(w * h);
-                let (u, v) = c.split_at(w * h / 4);
-                let src = YUVSlices::new((y, u, v), (w, h), (w, w / 2, w / 2));
-                let bs = enc.encode(&src).unwrap().to_vec();
-                bytes += bs.len();
-                let d = dec.decode(&bs).unwrap().unwrap();
-                let mut rgb = vec![0; w * h * 3];
-                d.write_rgb8(&mut rgb);
-                let mse: f64 = rgb.iter().zip(f).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum::<f64>() / rgb.len() as f64;
-                psnr_sum += 10.0 * (255.0f64 * 255.0 / mse).log10();
-            }
-            eprintln!("{mode:?}: {} kB, {:.2} dB, {:?}", bytes / 1000, psnr_sum / n as f64, start.elapsed());
-        }
     }
 }
