@@ -39,6 +39,7 @@ def main():
     ap.add_argument("--latent", default="21x60x104")
     ap.add_argument("--vdit", default=".device/bin/vdit")
     ap.add_argument("--timestep", type=float, default=500.0)
+    ap.add_argument("--vdit-precisions", default="f16,f32")
     args = ap.parse_args()
     from diffusers import WanTransformer3DModel
 
@@ -90,7 +91,7 @@ def main():
             model = m.float()
     del model
     torch.cuda.empty_cache()
-    for precision in ("f16", "f32"):
+    for precision in args.vdit_precisions.split(","):
         out_path = os.path.join(args.out, f"vdit_velocity_{precision}.safetensors")
         cmd = [args.vdit, "dit-forward", "--model", model_dir, "--latent", inputs, "--context", inputs,
                "--timestep", str(args.timestep), "--output", out_path, "--precision", precision]

@@ -1,10 +1,12 @@
 //! The `vdit` command.
 
+mod bench_attention;
 mod bench_dit;
 mod bench_kernels;
 mod dit_forward;
 mod gpu_args;
 mod info;
+mod vae_decode;
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +31,8 @@ enum Command {
     Info,
     /// One DiT forward pass: latent, timestep and context in, velocity out (safetensors).
     DitForward(dit_forward::DitForwardArgs),
+    /// Decode latents to frames with the Wan-VAE: latent in, frames [3, T, H, W] out (safetensors).
+    VaeDecode(vae_decode::VaeDecodeArgs),
     /// Time kernels or models with GPU timestamp queries.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -40,6 +44,8 @@ enum BenchCommand {
     Kernels(bench_kernels::KernelBenchArgs),
     /// One DiT forward at full size with random weights.
     Dit(bench_dit::DitBenchArgs),
+    /// One attention mode over sequence lengths, optionally checked against the CPU.
+    Attention(bench_attention::AttentionBenchArgs),
 }
 
 type CliResult = Result<(), Box<dyn std::error::Error>>;
@@ -55,9 +61,14 @@ fn main() {
     let result = match &cli.command {
         Command::Info => info::run(&cli.gpu),
         Command::DitForward(a) => with_gpu(&cli.gpu, |gpu| dit_forward::run(gpu, a)),
+        Command::VaeDecode(a) => with_gpu(&cli.gpu, |gpu| vae_decode::run(gpu, a)),
         Command::Bench(b) => match b {
             BenchCommand::Kernels(a) => with_gpu(&cli.gpu, |gpu| bench_kernels::run(gpu, a)),
             BenchCommand::Dit(a) => with_gpu(&cli.gpu, |gpu| bench_dit::run(gpu, a)),
+            BenchCommand::Attention(a) => with_gpu(&cli.gpu, |gpu| {
+                print!("{}", bench_attention::run(gpu, a)?);
+                Ok(())
+            }),
         },
     };
     if let Err(e) = result {
