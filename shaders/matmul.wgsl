@@ -33,7 +33,8 @@ var<workgroup> tile_w: array<f32, 1024>; // [BK][BN]
 
 fn gelu_tanh(v: f32) -> f32 {
     let u = 0.7978845608028654 * (v + 0.044715 * v * v * v);
-    return 0.5 * v * (1.0 + tanh(clamp(u, -15.0, 15.0)));
+    // 0.5 v (1 + tanh u) written as v * sigmoid(2u): no cancellation for negative v.
+    return v / (1.0 + exp(min(-2.0 * u, 80.0)));
 }
 
 fn silu(v: f32) -> f32 {
@@ -48,12 +49,12 @@ fn main(
 ) {
     let row0 = wg.y * BM;
     let col0 = wg.x * BN;
-    var acc: array<array<f32, 4>, 4>;
-    for (var i = 0u; i < 4u; i++) {
-        for (var j = 0u; j < 4u; j++) {
-            acc[i][j] = 0.0;
-        }
-    }
+    // Accumulators as named vectors, not arrays: some drivers put loop-indexed private arrays
+    // in slow local memory. Row i of this thread's 4 x 4 block is acc_i; column j is lane j.
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
     // Each thread stages 4 consecutive k of one row of X and one row of W per K step.
     let load_r = tid / 4u;
     let load_k = (tid % 4u) * 4u;
@@ -75,31 +76,35 @@ fn main(
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            var a: array<f32, 4>;
-            var b: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                a[i] = tile_x[kk * BM + lid.y + 16u * i];
-                b[i] = tile_w[kk * BN + lid.x + 16u * i];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i][j] = fma(a[i], b[j], acc[i][j]);
-                }
-            }
+            let xo = kk * BM + lid.y;
+            let wo = kk * BN + lid.x;
+            let a = vec4<f32>(tile_x[xo], tile_x[xo + 16u], tile_x[xo + 32u], tile_x[xo + 48u]);
+            let b = vec4<f32>(tile_w[wo], tile_w[wo + 16u], tile_w[wo + 32u], tile_w[wo + 48u]);
+            acc0 = fma(vec4<f32>(a.x), b, acc0);
+            acc1 = fma(vec4<f32>(a.y), b, acc1);
+            acc2 = fma(vec4<f32>(a.z), b, acc2);
+            acc3 = fma(vec4<f32>(a.w), b, acc3);
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 4u; i++) {
-        let r = row0 + lid.y + 16u * i;
-        if (r >= p.m) {
+    store_row(row0 + lid.y, col0 + lid.x, acc0);
+    store_row(row0 + lid.y + 16u, col0 + lid.x, acc1);
+    store_row(row0 + lid.y + 32u, col0 + lid.x, acc2);
+    store_row(row0 + lid.y + 48u, col0 + lid.x, acc3);
+}
+
+// Writes the 4 outputs of one row owned by a thread (columns c0, c0+16, c0+32, c0+48).
+fn store_row(r: u32, c0: u32, acc: vec4<f32>) {
+    if (r >= p.m) {
+        return;
+    }
+    for (var j = 0u; j < 4u; j++) {
+        let c = c0 + 16u * j;
+        if (c >= p.n) {
             continue;
         }
-        for (var j = 0u; j < 4u; j++) {
-            let c = col0 + lid.x + 16u * j;
-            if (c >= p.n) {
-                continue;
-            }
-            var v = acc[i][j];
+        {
+            var v = acc[j];
 #if HAS_BIAS
             v += f32(bias[c]);
 #endif

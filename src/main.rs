@@ -4,6 +4,8 @@ mod bench_attention;
 mod bench_dit;
 mod bench_kernels;
 mod dit_forward;
+mod encode_prompt;
+mod generate;
 mod gpu_args;
 mod info;
 mod vae_decode;
@@ -27,8 +29,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Text to video: prompt in, MP4 / WebP / GIF / PNG frames out.
+    Generate(Box<generate::GenerateArgs>),
     /// List adapters and show the chosen one's features and limits.
     Info,
+    /// Encode a prompt with the umT5 text encoder: `context` [512, 4096] out (safetensors).
+    EncodePrompt(encode_prompt::EncodePromptArgs),
     /// One DiT forward pass: latent, timestep and context in, velocity out (safetensors).
     DitForward(dit_forward::DitForwardArgs),
     /// Decode latents to frames with the Wan-VAE: latent in, frames [3, T, H, W] out (safetensors).
@@ -59,7 +65,9 @@ fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let result = match &cli.command {
+        Command::Generate(a) => with_gpu(&cli.gpu, |gpu| generate::run(gpu, a)),
         Command::Info => info::run(&cli.gpu),
+        Command::EncodePrompt(a) => with_gpu(&cli.gpu, |gpu| encode_prompt::run(gpu, a)),
         Command::DitForward(a) => with_gpu(&cli.gpu, |gpu| dit_forward::run(gpu, a)),
         Command::VaeDecode(a) => with_gpu(&cli.gpu, |gpu| vae_decode::run(gpu, a)),
         Command::Bench(b) => match b {

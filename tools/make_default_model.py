@@ -256,6 +256,20 @@ def build_tokenizer():
     )
     paragraphs = [p.strip() for p in TRAINING_TEXT.strip().split("\n\n")]
     tok.train_from_iterator(paragraphs, trainer=trainer)
+    # The trainer is not reproducible to the bit: its sums run in an unspecified order, and the
+    # single characters it keeps without learning a score for them (alphabet characters, rare
+    # letters) get made-up scores just below the lowest learned one, assigned in hash order. Round
+    # the scores, give all those characters one score below every other piece, and sort the pieces
+    # (after the special tokens) by score, then text, so tokenizer.json is the same on every run.
+    trained = json.loads(tok.to_str())["model"]
+    special = [(p, 0.0) for p, _ in trained["vocab"][: len(SPECIAL_TOKENS)]]
+    rest = [(p, round(sc, 4)) for p, sc in trained["vocab"][len(SPECIAL_TOKENS):]]
+    lowest_learned = min(sc for p, sc in rest if len(p) > 1)
+    filler = {p for p, sc in rest if len(p) == 1 and p != "\u2581" and sc < lowest_learned + 0.05}
+    filler_score = round(lowest_learned - 1.0, 2)
+    rest = [(p, filler_score if p in filler else sc) for p, sc in rest]
+    pieces = special + sorted(rest, key=lambda ps: (-ps[1], ps[0]))
+    tok.model = models.Unigram(pieces, unk_id=trained["unk_id"], byte_fallback=False)
     for i, t in enumerate(SPECIAL_TOKENS):
         assert tok.token_to_id(t) == i, f"{t} must have id {i}"
     tok.post_processor = processors.TemplateProcessing(

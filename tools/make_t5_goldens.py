@@ -2,8 +2,9 @@
 """Goldens for the umT5 text encoder and its tokenizer, produced by transformers' UMT5EncoderModel,
 and the malicious / broken PyTorch checkpoints the restricted unpickler must refuse.
 
-The real google/umt5-xxl tokenizer.json cannot be downloaded here, so the script trains a small
-Unigram tokenizer with the `tokenizers` package, shaped like the real one: NFKC and a
+The real google/umt5-xxl tokenizer.json cannot be downloaded here, so the script builds a small
+Unigram tokenizer with the `tokenizers` package (pieces and scores from counts over a short text
+written here), shaped like the real one: NFKC and a
 " {2,}" -> " " regex replacement as normalizer, Metaspace pre-tokenizer, `<pad>`=0, `</s>`=1,
 `<unk>`=2, and a post-processor appending `</s>`. A tiny random-weight UMT5EncoderModel with the
 real model's structure (gated-GELU, 32 buckets, max distance 128, a relative attention bias in
@@ -29,20 +30,21 @@ Run from the repository root:  python tools/make_t5_goldens.py
 """
 
 import html
-import io
 import json
 import math
 import os
+
 import shutil
+import unicodedata
 import zipfile
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 
 import ftfy
 import regex
 import tokenizers
 import torch
 from safetensors.torch import save_file
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
 from golden_utils import GOLDENS, rel, rel_l2, save_json, save_tensors, setup_torch, versions
@@ -68,7 +70,7 @@ CONFIG = dict(
     decoder_start_token_id=0,
 )
 
-# Training text for the tokenizer: prompts in the style video models see, a few other scripts.
+# The text the tokenizer's pieces are counted on: prompts in the style video models see, other scripts.
 CORPUS = [
     "A cat walks on the grass, realistic style, soft light, shallow depth of field.",
     "Two dogs run along a sunny beach while waves roll in; the camera tracks them slowly.",
@@ -118,20 +120,28 @@ def basic_clean(text):
 
 
 def build_tokenizer():
-    tok = Tokenizer(models.Unigram())
+    """A Unigram model built from piece counts of CORPUS (deterministic, unlike the trainer):
+    every character and the 300 most frequent 2- and 3-character pieces and whole words (words
+    carry the Metaspace prefix), scored by their log frequency."""
+    counts = Counter()
+    for line in CORPUS:
+        for word in unicodedata.normalize("NFKC", line).split():
+            w = "\u2581" + word
+            counts[w] += 2
+            for n in (1, 2, 3):
+                for i in range(len(w) - n + 1):
+                    counts[w[i : i + n]] += 1
+    chars = sorted(p for p in counts if len(p) == 1)
+    longer = sorted((p for p in counts if len(p) > 1), key=lambda p: (-counts[p], p))[:300]
+    total = sum(counts.values())
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    pieces += [(p, math.log(counts[p] / total)) for p in chars + longer]
+    tok = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
     tok.normalizer = normalizers.Sequence(
         [normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")]
     )
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
     tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
-    trainer = trainers.UnigramTrainer(
-        vocab_size=400,
-        special_tokens=["<pad>", "</s>", "<unk>"],
-        unk_token="<unk>",
-        shrinking_factor=0.75,
-        max_piece_length=8,
-    )
-    tok.train_from_iterator(CORPUS, trainer=trainer)
     tok.post_processor = processors.TemplateProcessing(
         single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
     )
@@ -275,12 +285,15 @@ def torch_save_payload(path, payload):
 
 def zip_like_torch(path, pickle_bytes, storages=()):
     """A zip laid out as torch.save lays it out (stored entries under `archive/`)."""
+    def entry(name):
+        return zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))  # reproducible files
+
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as z:
-        z.writestr("archive/data.pkl", pickle_bytes)
-        z.writestr("archive/byteorder", "little")
+        z.writestr(entry("archive/data.pkl"), pickle_bytes)
+        z.writestr(entry("archive/byteorder"), "little")
         for key, data in storages:
-            z.writestr(f"archive/data/{key}", data)
-        z.writestr("archive/version", "3\n")
+            z.writestr(entry(f"archive/data/{key}"), data)
+        z.writestr(entry("archive/version"), "3\n")
 
 
 def pickle_ops(*parts):
@@ -368,6 +381,45 @@ def write_malicious():
     }
 
 
+README_T5 = """# t5/ — the umT5 text encoder and tokenizer (tools/make_t5_goldens.py)
+
+A tiny random-weight UMT5EncoderModel (d_model 32, 4 heads x 8, d_ff 48, 3 layers, gated-GELU,
+32 buckets, max distance 128) and a small Unigram tokenizer built by the script (the real
+google/umt5-xxl tokenizer.json cannot be downloaded here). Weights hold bfloat16 values, so all
+copies below are the same numbers and share one golden.
+
+- `tokenizer/tokenizer.json`: NFKC + " {2,}" -> " " normalizer, Metaspace, `<pad>` 0, `</s>` 1,
+  `<unk>` 2, `</s>` appended by the post-processor.
+- `text_encoder/`: `save_pretrained` output (config.json, 2 shards + index), f32, HF names.
+- `comfyui/umt5_tiny_fp16.safetensors`: one file, HF names, float16.
+- `original/models_t5_umt5-xxl-enc-bf16.pth`: torch.save of the Wan2.1 names in bfloat16; block 0's
+  q is a strided (transposed) view, block 1's q/k/v share one storage at offsets.
+  `original/google/umt5-xxl/tokenizer.json`: the tokenizer where a Wan2.1 checkpoint keeps it.
+- `prompts.json`: per prompt (empty, short, markup, non_ascii, long > 512 tokens): the prompt,
+  the reference's cleaned text, the ids (EOS included, truncated to 512), the count.
+- `io.safetensors`: `<name>.hidden` [L, 32], transformers' output trimmed to the prompt's L rows
+  (run padded to 512 with the attention mask, as the Wan reference does); `buckets` [1023]: the
+  relative position bucket of j - i = -511..511.
+"""
+
+README_PTH = """# pth/ — checkpoints the restricted unpickler must refuse (tools/make_t5_goldens.py)
+
+Each malicious file would, if unpickled by Python, create the marker file listed in
+`goldens.json` (under /tmp); the tests check that loading fails, names the file and the global,
+and that no marker exists.
+
+- `posix_system.pth`, `builtins_eval.pth`, `builtins_exec.pth`: written by torch.save around an
+  object whose `__reduce__` calls os.system / eval / exec (pickled as `posix.system`,
+  `__builtin__.eval`, `__builtin__.exec`), next to a real tensor.
+- `os_system.pth`: hand-written pickle with `GLOBAL os.system` + `REDUCE`.
+- `stack_global_getattr.pth`: protocol 4 `STACK_GLOBAL builtins.getattr`.
+- `reduce_storage_class.pth`: `REDUCE` of an allowed global that is not an allowed callable
+  (`torch.FloatStorage(...)`).
+- `inst_os_system.pth`: the `INST` opcode (builds arbitrary objects).
+- `valid.pth`: a valid one-tensor checkpoint; `truncated.pth`: its first two thirds.
+"""
+
+
 def main():
     setup_torch()
     gen = torch.Generator().manual_seed(SEED)
@@ -441,6 +493,8 @@ def main():
 
     pth = write_malicious()
     save_json(PTH_OUT / "goldens.json", pth)
+    (PTH_OUT / "README.md").write_text(README_PTH)
+    (OUT / "README.md").write_text(README_T5)
     save_json(
         OUT / "goldens.json",
         dict(

@@ -11,8 +11,8 @@ pub mod plan;
 pub mod pth;
 pub mod scheduler;
 pub mod tensor_file;
-pub mod vae;
 pub mod text;
+pub mod vae;
 pub mod video;
 pub mod weights;
 

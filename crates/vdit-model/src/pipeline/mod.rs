@@ -1,7 +1,12 @@
 //! Text-to-video generation: prompt encoding, the denoising loop, decoding, and the video.
 
+pub mod generate;
 pub mod noise;
+pub mod paths;
 pub mod request;
 
+pub use crate::scheduler::SamplerKind;
+pub use generate::{CancelToken, Pipeline, Progress, Silent, Stage, Video};
 pub use noise::gaussian_noise;
-pub use request::{GenerateRequest, Prompt, SamplerKind};
+pub use paths::{ModelDefaults, ModelPaths};
+pub use request::{GenerateRequest, Prompt};

@@ -1,16 +1,8 @@
 //! What a generation is asked to make, checked before any work starts.
 
 use crate::error::{input_err, Result};
+use crate::scheduler::SamplerKind;
 use crate::tensor_file::HostTensor;
-
-/// The sampler of the denoising loop.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SamplerKind {
-    /// Flow-matching UniPC (bh2, order 2): the reference default.
-    UniPc,
-    /// Flow-matching Euler.
-    Euler,
-}
 
 /// A prompt as text (encoded by the text encoder) or as precomputed embeddings [L, text_dim].
 #[derive(Clone, Debug)]

@@ -10,7 +10,8 @@
 //!
 //! ```ignore
 //! let mut sampler = Sampler::new(SamplerKind::UniPc, steps, shift)?;
-//! for &t in sampler.timesteps().to_vec().iter() {
+//! while !sampler.is_done() {
+//!     let t = sampler.timesteps()[sampler.step_index()];
 //!     let mut rec = Recorder::new(gpu);
 //!     dit.forward(&mut rec, &latent, t, &cond, &v)?;
 //!     if needs_uncond(guidance) {

@@ -94,7 +94,7 @@ pub fn relative_bias_attention(
 ) -> Result<()> {
     let op = "relative_bias_attention";
     let rows = q.shape().first().copied().unwrap_or(0);
-    let width = if rows == 0 { 0 } else { q.numel() / rows };
+    let width = q.numel().checked_div(rows).unwrap_or(0);
     for (name, t) in [("k", k), ("v", v), ("o", o)] {
         if t.shape() != q.shape() {
             return Err(shape_err(

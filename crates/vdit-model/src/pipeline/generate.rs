@@ -1,0 +1,289 @@
+//! The generation loop: prompt -> context, noise -> denoised latent, latent -> frames.
+//!
+//! Every tensor stays on the GPU from the first step to the last frame; the host only records
+//! and submits. The parts are loaded one after another and dropped when done (text encoder,
+//! then DiT, then VAE), so the peak memory is that of the largest part and its activations.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use vdit_wgpu::{DType, Gpu, Recorder, Tensor};
+
+use super::noise::gaussian_noise;
+use super::paths::ModelPaths;
+use super::request::{GenerateRequest, Prompt};
+use crate::dit::{Precision, WanDit};
+use crate::error::{input_err, ModelError, Result};
+use crate::plan::AttentionPlan;
+use crate::scheduler::{guide_in_place, needs_uncond, Sampler};
+use crate::text::{PromptTokenizer, Residency, UmT5Encoder};
+use crate::vae::{LatentScale, WanVae};
+
+/// The stages a generation reports progress for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    EncodingPrompt,
+    Denoising,
+    Decoding,
+}
+
+/// Progress callbacks; every method has a default that ignores it.
+pub trait Progress {
+    /// A stage starts with `total` units of work.
+    fn begin(&mut self, _stage: Stage, _total: usize) {}
+    /// `done` of the stage's units are finished.
+    fn advance(&mut self, _stage: Stage, _done: usize) {}
+    fn end(&mut self, _stage: Stage) {}
+    /// After each denoising step: the current latent [16, F, H/8, W/8] (f32, on the GPU), for
+    /// apps that show previews. Decoding it with the VAE is the caller's choice.
+    fn preview(&mut self, _step: usize, _latent: &Tensor) {}
+}
+
+/// Progress that reports nothing.
+pub struct Silent;
+impl Progress for Silent {}
+
+/// A flag another thread sets to stop a generation between two steps.
+#[derive(Clone, Debug, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+    fn check(&self) -> Result<()> {
+        if self.is_cancelled() {
+            Err(ModelError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// A generated video on the GPU: f32 [3, frames, height, width] in [-1, 1].
+pub struct Video {
+    pub frames: Tensor,
+    pub fps: u32,
+}
+
+/// A text-to-video model ready to generate on one device.
+pub struct Pipeline<'g> {
+    gpu: &'g Gpu,
+    paths: ModelPaths,
+    precision: Precision,
+    plan: Option<std::path::PathBuf>,
+    /// Frames per second of the written video (16 for Wan2.1).
+    pub fps: u32,
+}
+
+impl<'g> Pipeline<'g> {
+    pub fn new(gpu: &'g Gpu, paths: ModelPaths, precision: Precision) -> Self {
+        let fps = paths.defaults.as_ref().and_then(|d| d.fps).unwrap_or(16);
+        Self {
+            gpu,
+            paths,
+            precision,
+            plan: None,
+            fps,
+        }
+    }
+
+    /// Self-attention per block from a plan file (see `crate::plan`).
+    pub fn with_attention_plan(mut self, plan: std::path::PathBuf) -> Self {
+        self.plan = Some(plan);
+        self
+    }
+
+    pub fn paths(&self) -> &ModelPaths {
+        &self.paths
+    }
+
+    /// Runs a whole generation. `progress` hears about each stage and step; `cancel` stops it
+    /// between steps with `ModelError::Cancelled`.
+    pub fn generate(
+        &self,
+        request: &GenerateRequest,
+        progress: &mut dyn Progress,
+        cancel: &CancelToken,
+    ) -> Result<Video> {
+        request.validate()?;
+        let gpu = self.gpu;
+        let dit_path = self
+            .paths
+            .dit
+            .as_ref()
+            .ok_or_else(|| input_err("model", "no DiT weights given"))?;
+        let mut dit = WanDit::load(gpu, dit_path, self.precision)?;
+        if let Some(plan) = &self.plan {
+            let plan = AttentionPlan::load(gpu, plan, &dit.config, self.precision.dtype())?;
+            dit.set_plan(plan)?;
+        }
+        let c = dit.config.clone();
+        let guided = needs_uncond(request.guidance);
+
+        // Prompts -> contexts [text_len, text_dim] on the host, then each block's K/V on the GPU.
+        progress.begin(Stage::EncodingPrompt, 1 + guided as usize);
+        let negative = request
+            .negative_prompt
+            .clone()
+            .unwrap_or(Prompt::Text(String::new()));
+        let mut prompts = vec![&request.prompt];
+        if guided {
+            prompts.push(&negative);
+        }
+        let contexts = self.encode_prompts(&prompts, c.text_dim, c.text_len)?;
+        let mut caches = Vec::new();
+        for (i, ctx) in contexts.iter().enumerate() {
+            cancel.check()?;
+            let mut rec = Recorder::new(gpu);
+            caches.push(dit.prepare_context(&mut rec, ctx)?);
+            rec.submit(None)?;
+            progress.advance(Stage::EncodingPrompt, i + 1);
+        }
+        progress.end(Stage::EncodingPrompt);
+
+        // Denoising.
+        let shape = request.latent_shape(c.in_channels);
+        let runner = dit.runner(gpu, shape)?;
+        let numel: usize = shape.iter().product();
+        let latent = Tensor::from_f32(
+            gpu,
+            &shape,
+            &gaussian_noise(request.seed, numel),
+            DType::F32,
+        )?;
+        let v_cond = Tensor::empty(gpu, &shape, DType::F32)?;
+        let v_uncond = Tensor::empty(gpu, &shape, DType::F32)?;
+        let mut sampler = Sampler::new(request.sampler, request.steps, request.flow_shift as f64)?;
+        let timesteps = sampler.timesteps().to_vec();
+        progress.begin(Stage::Denoising, timesteps.len());
+        for (step, &t) in timesteps.iter().enumerate() {
+            cancel.check()?;
+            let mut rec = Recorder::new(gpu);
+            runner.forward(&mut rec, &latent, t, &caches[0], &v_cond)?;
+            if guided {
+                runner.forward(&mut rec, &latent, t, &caches[1], &v_uncond)?;
+                guide_in_place(&mut rec, &v_cond, &v_uncond, request.guidance)?;
+            }
+            sampler.step(&mut rec, &v_cond, &latent)?;
+            rec.run()?;
+            progress.advance(Stage::Denoising, step + 1);
+            progress.preview(step, &latent);
+        }
+        progress.end(Stage::Denoising);
+        drop(runner);
+        drop((caches, v_cond, v_uncond));
+        drop(dit);
+        gpu.trim_pool();
+
+        // Decoding, one latent frame at a time.
+        cancel.check()?;
+        progress.begin(Stage::Decoding, 1);
+        let vae_path = self
+            .paths
+            .vae
+            .as_ref()
+            .ok_or_else(|| input_err("model", "no VAE weights given"))?;
+        let vae = WanVae::load(gpu, vae_path, self.precision)?;
+        let frames = vae.decode(gpu, &latent, LatentScale::Normalized)?;
+        gpu.wait()?;
+        progress.advance(Stage::Decoding, 1);
+        progress.end(Stage::Decoding);
+        Ok(Video {
+            frames,
+            fps: self.fps,
+        })
+    }
+
+    /// Each prompt as a context [text_len, text_dim]: embeddings are zero-padded (or rejected
+    /// when too long), texts go through the text encoder.
+    fn encode_prompts(
+        &self,
+        prompts: &[&Prompt],
+        text_dim: usize,
+        text_len: usize,
+    ) -> Result<Vec<Tensor>> {
+        let mut out = Vec::new();
+        let mut texts = Vec::new();
+        for p in prompts {
+            match p {
+                Prompt::Embeddings(e) => {
+                    if e.shape.len() != 2 || e.shape[1] != text_dim || e.shape[0] > text_len {
+                        return Err(input_err(
+                            "prompt embeddings",
+                            format!("must be [L <= {text_len}, {text_dim}], got {:?}", e.shape),
+                        ));
+                    }
+                    let mut data = e.data.clone();
+                    data.resize(text_len * text_dim, 0.0);
+                    out.push(Some(Tensor::from_f32(
+                        self.gpu,
+                        &[text_len, text_dim],
+                        &data,
+                        DType::F32,
+                    )?));
+                }
+                Prompt::Text(t) => {
+                    texts.push((out.len(), t.clone()));
+                    out.push(None);
+                }
+            }
+        }
+        if !texts.is_empty() {
+            let encoded = self.encode_texts(
+                &texts.iter().map(|t| t.1.as_str()).collect::<Vec<_>>(),
+                text_dim,
+                text_len,
+            )?;
+            for ((slot, _), e) in texts.iter().zip(encoded) {
+                out[*slot] = Some(e);
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|o| o.expect("every prompt encoded"))
+            .collect())
+    }
+
+    /// Runs the text encoder on `texts` one layer at a time, then frees it before the DiT runs.
+    fn encode_texts(
+        &self,
+        texts: &[&str],
+        text_dim: usize,
+        text_len: usize,
+    ) -> Result<Vec<Tensor>> {
+        let path = self.paths.text_encoder.as_ref().ok_or_else(|| {
+            input_err(
+                "prompt",
+                "the model has no text encoder: pass --text-encoder, or --prompt-embeds",
+            )
+        })?;
+        let mut encoder = UmT5Encoder::load(self.gpu, path, self.precision, Residency::Streamed)?;
+        if let Some(t) = &self.paths.tokenizer {
+            encoder.set_tokenizer(PromptTokenizer::from_file(PromptTokenizer::find(t)?)?);
+        }
+        if encoder.config().d_model != text_dim {
+            return Err(input_err(
+                path.display().to_string(),
+                format!(
+                    "the text encoder gives {} features, the DiT takes {text_dim}",
+                    encoder.config().d_model
+                ),
+            ));
+        }
+        let contexts = encoder.encode_batch(self.gpu, texts)?;
+        encoder.free(self.gpu);
+        for c in &contexts {
+            if c.shape() != [text_len, text_dim] {
+                return Err(input_err(
+                    "prompt",
+                    format!("context {c:?}, the DiT takes [{text_len}, {text_dim}]"),
+                ));
+            }
+        }
+        Ok(contexts)
+    }
+}

@@ -1,0 +1,212 @@
+//! `vdit generate`: text to video, with progress bars, written atomically.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use vdit_model::pipeline::{
+    CancelToken, GenerateRequest, ModelPaths, Pipeline, Progress, Prompt, SamplerKind, Stage,
+};
+use vdit_model::tensor_file::read_tensor;
+use vdit_model::video::{write_video, Frames};
+use vdit_wgpu::Gpu;
+
+use crate::dit_forward::precision_arg;
+
+#[derive(Args, Debug, Clone)]
+pub struct GenerateArgs {
+    /// A diffusers Wan folder or the original Wan2.1 folder. Without it (and without --dit),
+    /// the small embedded default model is used.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Explicit DiT weights (a file or folder), e.g. a ComfyUI checkpoint.
+    #[arg(long)]
+    pub dit: Option<PathBuf>,
+    /// Explicit VAE weights (diffusers vae/ folder, wan_2.1_vae.safetensors or Wan2.1_VAE.pth).
+    #[arg(long)]
+    pub vae: Option<PathBuf>,
+    /// Explicit text encoder weights (text_encoder/ folder, umt5 safetensors or .pth).
+    #[arg(long)]
+    pub text_encoder: Option<PathBuf>,
+    /// The tokenizer (tokenizer.json or its folder).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    #[arg(
+        long,
+        conflicts_with = "prompt_embeds",
+        required_unless_present = "prompt_embeds"
+    )]
+    pub prompt: Option<String>,
+    /// safetensors with the prompt's context [L, text_dim] (instead of --prompt).
+    #[arg(long)]
+    pub prompt_embeds: Option<PathBuf>,
+    #[arg(long, conflicts_with = "negative_prompt_embeds")]
+    pub negative_prompt: Option<String>,
+    #[arg(long)]
+    pub negative_prompt_embeds: Option<PathBuf>,
+    /// Width in pixels, a multiple of 16 [default: 832, or the model's own].
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Height in pixels, a multiple of 16 [default: 480, or the model's own].
+    #[arg(long)]
+    pub height: Option<usize>,
+    /// Frames, 4k + 1 [default: 81, or the model's own].
+    #[arg(long)]
+    pub frames: Option<usize>,
+    /// Frames per second of the video [default: 16].
+    #[arg(long)]
+    pub fps: Option<u32>,
+    /// Denoising steps [default: 50, or the model's own].
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Classifier-free guidance scale; 1.0 skips the unconditional pass [default: 5.0].
+    #[arg(long)]
+    pub guidance: Option<f32>,
+    /// Flow shift: 3.0 for 480p, 5.0 for 720p [default: 3.0].
+    #[arg(long)]
+    pub flow_shift: Option<f32>,
+    #[arg(long, default_value = "unipc")]
+    pub sampler: SamplerKind,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long)]
+    pub attention_plan: Option<PathBuf>,
+    /// Storage precision: f16 (default where the adapter has it) or f32.
+    #[arg(long)]
+    pub precision: Option<String>,
+    /// out.mp4, out.webp, out.gif, or a folder (ending in /) of PNG frames.
+    #[arg(long, default_value = "out.mp4")]
+    pub output: PathBuf,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// indicatif bars for each stage.
+struct Bars {
+    quiet: bool,
+    bar: Option<ProgressBar>,
+    started: Instant,
+}
+
+impl Progress for Bars {
+    fn begin(&mut self, stage: Stage, total: usize) {
+        self.started = Instant::now();
+        if self.quiet {
+            return;
+        }
+        let (name, template) = match stage {
+            Stage::EncodingPrompt => ("prompt", "{prefix:>9} [{bar:30}] {pos}/{len} {elapsed}"),
+            Stage::Denoising => (
+                "denoise",
+                "{prefix:>9} [{bar:30}] {pos}/{len} steps {per_sec} ETA {eta} ({elapsed})",
+            ),
+            Stage::Decoding => ("decode", "{prefix:>9} [{bar:30}] {elapsed}"),
+        };
+        let bar = ProgressBar::new(total as u64);
+        bar.set_style(
+            ProgressStyle::with_template(template)
+                .unwrap()
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(name);
+        bar.tick();
+        self.bar = Some(bar);
+    }
+    fn advance(&mut self, _stage: Stage, done: usize) {
+        if let Some(b) = &self.bar {
+            b.set_position(done as u64);
+        }
+    }
+    fn end(&mut self, stage: Stage) {
+        if let Some(b) = self.bar.take() {
+            b.finish();
+        }
+        log::info!("{stage:?}: {:.1} s", self.started.elapsed().as_secs_f64());
+    }
+}
+
+fn embeds(path: &PathBuf) -> Result<Prompt, Box<dyn std::error::Error>> {
+    Ok(Prompt::Embeddings(read_tensor(path, "context")?))
+}
+
+pub fn run(gpu: &Gpu, a: &GenerateArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let mut paths = match (&a.model, &a.dit) {
+        (Some(m), _) => ModelPaths::resolve(m)?,
+        (None, Some(_)) => ModelPaths::default(),
+        (None, None) => {
+            let p = ModelPaths::embedded_default()?;
+            if !a.quiet {
+                eprintln!("no --model given: using the small embedded default model (random weights; see README.md)");
+            }
+            p
+        }
+    };
+    for (flag, slot) in [
+        (&a.dit, &mut paths.dit),
+        (&a.vae, &mut paths.vae),
+        (&a.text_encoder, &mut paths.text_encoder),
+        (&a.tokenizer, &mut paths.tokenizer),
+    ] {
+        if let Some(p) = flag {
+            *slot = Some(p.clone());
+        }
+    }
+    let d = paths.defaults.clone().unwrap_or_default();
+    let prompt = match (&a.prompt, &a.prompt_embeds) {
+        (_, Some(p)) => embeds(p)?,
+        (Some(t), None) => Prompt::Text(t.clone()),
+        (None, None) => return Err("give --prompt or --prompt-embeds".into()),
+    };
+    let negative = match (&a.negative_prompt, &a.negative_prompt_embeds) {
+        (_, Some(p)) => Some(embeds(p)?),
+        (Some(t), None) => Some(Prompt::Text(t.clone())),
+        (None, None) => None,
+    };
+    let mut request = GenerateRequest::new(prompt);
+    request.negative_prompt = negative;
+    request.width = a.width.or(d.width).unwrap_or(832);
+    request.height = a.height.or(d.height).unwrap_or(480);
+    request.frames = a.frames.or(d.frames).unwrap_or(81);
+    request.steps = a.steps.or(d.steps).unwrap_or(50);
+    request.guidance = a.guidance.or(d.guidance).unwrap_or(5.0);
+    request.flow_shift = a.flow_shift.or(d.flow_shift).unwrap_or(3.0);
+    request.sampler = a.sampler;
+    request.seed = a.seed;
+    request.validate()?;
+    // Fail on an unwritable output before minutes of work.
+    vdit_model::video::VideoFormat::from_path(&a.output)?;
+    let precision = precision_arg(gpu, a.precision.as_deref())?;
+    let mut pipeline = Pipeline::new(gpu, paths, precision);
+    if let Some(fps) = a.fps {
+        pipeline.fps = fps;
+    }
+    if let Some(plan) = &a.attention_plan {
+        pipeline = pipeline.with_attention_plan(plan.clone());
+    }
+    let cancel = CancelToken::default();
+    let mut bars = Bars {
+        quiet: a.quiet,
+        bar: None,
+        started: Instant::now(),
+    };
+    let started = Instant::now();
+    let video = pipeline.generate(&request, &mut bars, &cancel)?;
+    let shape = video.frames.shape().to_vec();
+    let data = video.frames.to_vec_f32(gpu)?;
+    let frames = Frames::from_vae_output(&data, shape[1], shape[2], shape[3], video.fps);
+    write_video(&a.output, &frames)?;
+    if !a.quiet {
+        eprintln!(
+            "wrote {} ({} frames, {}x{}, {} fps) in {:.1} s",
+            a.output.display(),
+            shape[1],
+            shape[3],
+            shape[2],
+            video.fps,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,262 @@
+//! The umT5 encoder and tokenizer against transformers' UMT5EncoderModel on a tiny random-weight
+//! model with a small Unigram tokenizer (goldens made by tools/make_t5_goldens.py), through every
+//! weight layout; and the restricted unpickler against malicious and broken checkpoints.
+
+use std::path::{Path, PathBuf};
+
+use vdit_model::dit::Precision;
+use vdit_model::pth::PthFile;
+use vdit_model::text::{
+    clean_prompt, relative_position_bucket, PromptTokenizer, Residency, UmT5Encoder, TEXT_LEN,
+};
+use vdit_model::weights::WeightFile;
+use vdit_wgpu::testing::{rel_l2, test_gpu};
+
+fn goldens() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/goldens")
+}
+
+struct Prompt {
+    name: String,
+    prompt: String,
+    cleaned: String,
+    ids: Vec<u32>,
+}
+
+fn prompts() -> Vec<Prompt> {
+    let text = std::fs::read_to_string(goldens().join("t5/prompts.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| Prompt {
+            name: p["name"].as_str().unwrap().into(),
+            prompt: p["prompt"].as_str().unwrap().into(),
+            cleaned: p["cleaned"].as_str().unwrap().into(),
+            ids: p["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect(),
+        })
+        .collect()
+}
+
+fn golden_hidden(name: &str) -> Vec<f32> {
+    let io = WeightFile::open(goldens().join("t5/io.safetensors")).unwrap();
+    io.get(&format!("{name}.hidden")).unwrap().to_f32().unwrap()
+}
+
+#[test]
+fn clean_up_and_ids_match_the_reference() {
+    let tok = PromptTokenizer::from_file(goldens().join("t5/tokenizer")).unwrap();
+    let all = prompts();
+    assert!(
+        all.iter().any(|p| p.ids.len() == TEXT_LEN),
+        "a truncated prompt"
+    );
+    for p in &all {
+        assert_eq!(
+            clean_prompt(&p.prompt),
+            p.cleaned,
+            "clean-up of '{}'",
+            p.name
+        );
+        let ids = tok.encode(&p.prompt).unwrap();
+        assert_eq!(ids, p.ids, "ids of '{}'", p.name);
+        assert_eq!(*ids.last().unwrap(), tok.eos_id());
+    }
+}
+
+#[test]
+fn relative_position_buckets_match_the_reference() {
+    let io = WeightFile::open(goldens().join("t5/io.safetensors")).unwrap();
+    let want = io.get("buckets").unwrap().to_f32().unwrap();
+    let center = (want.len() / 2) as i64;
+    for (i, &w) in want.iter().enumerate() {
+        let got = relative_position_bucket(i as i64 - center, 32, 128);
+        assert_eq!(got as f32, w, "relative position {}", i as i64 - center);
+    }
+}
+
+/// Encodes every golden prompt's ids with the encoder at `weights` and checks each context:
+/// the prompt's rows against transformers within `tol` (relative L2), the rest exactly zero.
+/// Returns the worst error.
+fn check(weights: &str, precision: Precision, residency: Residency, tol: f64) -> f64 {
+    let gpu = test_gpu();
+    let enc = UmT5Encoder::load(gpu, &goldens().join(weights), precision, residency).unwrap();
+    let d = enc.config().d_model;
+    let all = prompts();
+    let ids: Vec<&[u32]> = all.iter().map(|p| p.ids.as_slice()).collect();
+    let contexts = enc.encode_ids(gpu, &ids).unwrap();
+    let mut worst: f64 = 0.0;
+    for (p, ctx) in all.iter().zip(&contexts) {
+        assert_eq!(ctx.shape(), &[TEXT_LEN, d]);
+        let got = ctx.to_vec_f32(gpu).unwrap();
+        let rows = p.ids.len();
+        assert!(
+            got[rows * d..].iter().all(|&x| x == 0.0),
+            "{weights} '{}': padding rows are not zero",
+            p.name
+        );
+        let want: Vec<f64> = golden_hidden(&p.name).iter().map(|&x| x as f64).collect();
+        let err = rel_l2(&got[..rows * d], &want);
+        eprintln!(
+            "{weights} {precision:?} {residency:?} '{}' ({rows} tokens): relative L2 {err:.2e}",
+            p.name
+        );
+        assert!(err <= tol, "{weights} '{}': {err:.3e} > {tol:.1e}", p.name);
+        worst = worst.max(err);
+    }
+    enc.free(gpu);
+    worst
+}
+
+#[test]
+fn f32_matches_transformers_in_hf_layout() {
+    check("t5/text_encoder", Precision::F32, Residency::Resident, 1e-4);
+}
+
+#[test]
+fn f32_matches_transformers_from_the_original_pth() {
+    check(
+        "t5/original/models_t5_umt5-xxl-enc-bf16.pth",
+        Precision::F32,
+        Residency::Streamed,
+        1e-4,
+    );
+}
+
+#[test]
+fn f32_matches_transformers_from_the_comfyui_file() {
+    check(
+        "t5/comfyui/umt5_tiny_fp16.safetensors",
+        Precision::F32,
+        Residency::Resident,
+        1e-4,
+    );
+}
+
+#[test]
+fn f16_weights_match_transformers() {
+    if !test_gpu().caps.shader_f16 {
+        eprintln!("skipping f16: the adapter lacks SHADER_F16");
+        return;
+    }
+    check("t5/text_encoder", Precision::F16, Residency::Streamed, 1e-3);
+    check(
+        "t5/original/models_t5_umt5-xxl-enc-bf16.pth",
+        Precision::F16,
+        Residency::Resident,
+        1e-3,
+    );
+}
+
+#[test]
+fn hf_and_pth_layouts_agree_and_prompts_encode_from_a_checkpoint_root() {
+    let gpu = test_gpu();
+    // A diffusers-style root (text_encoder/ + tokenizer/) and a Wan2.1 root (.pth + google/).
+    let hf = UmT5Encoder::load(
+        gpu,
+        &goldens().join("t5"),
+        Precision::F32,
+        Residency::Resident,
+    )
+    .unwrap();
+    let wan = UmT5Encoder::load(
+        gpu,
+        &goldens().join("t5/original"),
+        Precision::F32,
+        Residency::Streamed,
+    )
+    .unwrap();
+    assert_eq!(hf.config(), wan.config());
+    assert!(wan
+        .weights_path()
+        .ends_with("models_t5_umt5-xxl-enc-bf16.pth"));
+    let all = prompts();
+    let texts: Vec<&str> = all.iter().map(|p| p.prompt.as_str()).collect();
+    let a = hf.encode_batch(gpu, &texts).unwrap();
+    let b = wan.encode_batch(gpu, &texts).unwrap();
+    for ((p, a), b) in all.iter().zip(&a).zip(&b) {
+        let a = a.to_vec_f32(gpu).unwrap();
+        let b: Vec<f64> = b
+            .to_vec_f32(gpu)
+            .unwrap()
+            .iter()
+            .map(|&x| x as f64)
+            .collect();
+        let err = rel_l2(&a, &b);
+        assert!(
+            err < 1e-6,
+            "'{}': HF and .pth layouts differ by {err:.2e}",
+            p.name
+        );
+        let d = hf.config().d_model;
+        let want: Vec<f64> = golden_hidden(&p.name).iter().map(|&x| x as f64).collect();
+        let err = rel_l2(&a[..p.ids.len() * d], &want);
+        assert!(err < 1e-4, "'{}' from text: {err:.2e}", p.name);
+    }
+    let single = hf.encode(gpu, "").unwrap();
+    assert_eq!(single.shape(), &[TEXT_LEN, hf.config().d_model]);
+}
+
+// --- the restricted unpickler ------------------------------------------------------------------
+
+fn pth(name: &str) -> PathBuf {
+    goldens().join("pth").join(name)
+}
+
+#[test]
+fn malicious_checkpoints_are_refused_and_run_nothing() {
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(goldens().join("pth/goldens.json")).unwrap())
+            .unwrap();
+    let markers: Vec<String> = info["markers"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    for m in &markers {
+        let _ = std::fs::remove_file(m);
+    }
+    let cases = [
+        ("posix_system.pth", "posix.system"),
+        ("builtins_eval.pth", "__builtin__.eval"),
+        ("builtins_exec.pth", "__builtin__.exec"),
+        ("os_system.pth", "os.system"),
+        ("stack_global_getattr.pth", "builtins.getattr"),
+        ("reduce_storage_class.pth", "calls the storage class"),
+        ("inst_os_system.pth", "opcode 0x69"),
+    ];
+    for (file, what) in cases {
+        let err = PthFile::open(pth(file)).unwrap_err().to_string();
+        eprintln!("{file}: {err}");
+        assert!(
+            err.contains(file) && err.contains(what) && err.contains("nothing was executed"),
+            "{file}: {err}"
+        );
+        // Through the text encoder's loader as well.
+        let err = UmT5Encoder::load(test_gpu(), &pth(file), Precision::F32, Residency::Streamed)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains(what), "{file}: {err}");
+    }
+    for m in &markers {
+        assert!(!Path::new(m).exists(), "{m} was created");
+    }
+}
+
+#[test]
+fn a_truncated_checkpoint_is_an_error() {
+    let ok = PthFile::open(pth("valid.pth")).unwrap();
+    assert_eq!(
+        ok.get("weight").unwrap().to_f32(),
+        vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    );
+    let err = PthFile::open(pth("truncated.pth")).unwrap_err().to_string();
+    assert!(err.contains("truncated.pth"), "{err}");
+}
