@@ -4,8 +4,12 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use vdit_wgpu::kernels::elementwise::{binary_in_place, unary, Binary, Unary};
 use vdit_wgpu::kernels::matmul::{matmul, Epilogue};
-use vdit_wgpu::kernels::Row;
+use vdit_wgpu::kernels::norm::{layer_norm, rms_norm_in_place, Affine};
+use vdit_wgpu::kernels::patch::patchify;
+use vdit_wgpu::kernels::rope::{rope_in_place, RopeTable};
+use vdit_wgpu::kernels::{Modulation, Row};
 use vdit_wgpu::testing::Rng;
 use vdit_wgpu::{DType, Gpu, Profiler, Recorder, Tensor};
 
@@ -92,6 +96,88 @@ fn cases<'a>(
                 Epilogue::ResidualGate(Row::whole(&gate)),
             )
         }),
+    ));
+    // The rest of a block at the same shapes: norms, RoPE, attention-free elementwise work.
+    let heads = d / 128;
+    let (hd, grid_t) = (128, 21);
+    let residual = random(gpu, &mut rng, &[n, d], 1.0, DType::F32)?;
+    let table = random(gpu, &mut rng, &[6, d], 0.1, DType::F32)?;
+    let normed = Tensor::empty(gpu, &[n, d], dt)?;
+    let ln_weight = random(gpu, &mut rng, &[d], 1.0, DType::F32)?;
+    let ln_bias = random(gpu, &mut rng, &[d], 0.1, DType::F32)?;
+    let q = random(gpu, &mut rng, &[n, d], 1.0, dt)?;
+    let ffn_act = random(gpu, &mut rng, &[n, f], 1.0, dt)?;
+    let ffn_out = Tensor::empty(gpu, &[n, f], dt)?;
+    // RoPE over a token grid of the right size: 21 frames when the token count allows it.
+    let frames = if n % grid_t == 0 { grid_t } else { 1 };
+    let rows = (n / frames).max(1);
+    let rope_ok = heads > 0 && frames * rows == n;
+    let rope = if rope_ok {
+        Some(RopeTable::new(gpu, [frames, rows, 1], hd, 10000.0)?)
+    } else {
+        None
+    };
+    let patches_in = random(
+        gpu,
+        &mut rng,
+        &[16, frames, 2 * rows.min(4096), 2],
+        1.0,
+        DType::F32,
+    )?;
+    let patches_out = Tensor::empty(gpu, &[frames * rows.min(4096), 64], DType::F32)?;
+    {
+        let (residual, table, normed) = (residual.clone(), table.clone(), normed.clone());
+        out.push((
+            format!("layer_norm+modulation {n}x{d}"),
+            Box::new(move |r| {
+                let m = Modulation {
+                    shift: Row::of(&table, 0),
+                    scale: Row::of(&table, 1),
+                };
+                layer_norm(r, &residual, None, Some(m), 1e-6, &normed)
+            }),
+        ));
+    }
+    {
+        let (residual, normed) = (residual.clone(), normed.clone());
+        out.push((
+            format!("layer_norm affine {n}x{d}"),
+            Box::new(move |r| {
+                let affine = Affine {
+                    weight: &ln_weight,
+                    bias: &ln_bias,
+                };
+                layer_norm(r, &residual, Some(affine), None, 1e-6, &normed)
+            }),
+        ));
+    }
+    {
+        let q = q.clone();
+        let w = random(gpu, &mut rng, &[d], 1.0, DType::F32)?;
+        out.push((
+            format!("rms_norm {n}x{d}"),
+            Box::new(move |r| rms_norm_in_place(r, &q, Some(&w), 1e-6)),
+        ));
+    }
+    if let Some(rope) = rope {
+        let q = q.reshape(&[n, heads, hd])?;
+        out.push((
+            format!("rope {n}x{heads}x{hd}"),
+            Box::new(move |r| rope_in_place(r, &q, &rope)),
+        ));
+    }
+    out.push((
+        format!("gelu {n}x{f}"),
+        Box::new(move |r| unary(r, Unary::GeluTanh, &ffn_act, &ffn_out)),
+    ));
+    let row = random(gpu, &mut rng, &[d], 1.0, DType::F32)?;
+    out.push((
+        format!("add {n}x{d}"),
+        Box::new(move |r| binary_in_place(r, Binary::Add, &residual, &row)),
+    ));
+    out.push((
+        "patchify".to_string(),
+        Box::new(move |r| patchify(r, &patches_in, &patches_out, [1, 2, 2])),
     ));
     Ok(out)
 }
