@@ -45,9 +45,12 @@ pub fn run(gpu: &Gpu, a: &VaeDecodeArgs) -> Result<(), Box<dyn std::error::Error
     let started = std::time::Instant::now();
     let frames = vae.decode(gpu, &latent_t, scale)?;
     gpu.wait()?;
+    let (in_use, free) = gpu.pool_bytes();
+    // Freed buffers stay pooled, so in use + free is the most the decode held at once.
     log::info!(
-        "vae decode: {:.1} ms",
-        started.elapsed().as_secs_f64() * 1e3
+        "vae decode: {:.1} ms, GPU tensors at peak {:.2} GiB",
+        started.elapsed().as_secs_f64() * 1e3,
+        (in_use + free) as f64 / (1u64 << 30) as f64
     );
     let data = frames.to_vec_f32(gpu)?;
     if let Some(i) = data.iter().position(|v| !v.is_finite()) {
