@@ -127,7 +127,7 @@ impl Progress for Bars {
     }
 }
 
-fn embeds(path: &PathBuf) -> Result<Prompt, Box<dyn std::error::Error>> {
+fn embeds(path: &std::path::Path) -> Result<Prompt, Box<dyn std::error::Error>> {
     Ok(Prompt::Embeddings(read_tensor(path, "context")?))
 }
 

@@ -226,7 +226,7 @@ impl AttentionPlan {
                     };
                     let name = |s: &str| format!("blocks.{i}.attn1.{which}.{s}");
                     let up = |n: &str, rank: usize| -> Result<vdit_wgpu::Tensor> {
-                        let info = ws.info(&n).ok_or_else(|| {
+                        let info = ws.info(n).ok_or_else(|| {
                             err(format!("{}: no tensor '{n}'", ws.source().display()))
                         })?;
                         if info.shape().len() != rank || info.shape()[0] != h {
@@ -235,7 +235,7 @@ impl AttentionPlan {
                                 info.shape()
                             )));
                         }
-                        Ok(ws.get(&n)?.upload(gpu, info.shape(), dtype)?)
+                        Ok(ws.get(n)?.upload(gpu, info.shape(), dtype)?)
                     };
                     Ok(if kind == "hedgehog" {
                         FeatureMap::Hedgehog {
