@@ -14,6 +14,7 @@
 // pad_h / pad_w on both sides. HAS_RESIDUAL adds the convolution to y in place; CLAMP_UNIT clamps
 // the result to [-1, 1]. Tiling as matmul.wgsl: 64 x 64 outputs per workgroup of 16 x 16
 // threads, 4 x 4 per thread, K in steps of 16 through workgroup memory; f32 accumulation.
+// Convolutions with few output channels go to conv_direct.wgsl instead.
 
 struct Params {
     m: u32,

@@ -4,6 +4,7 @@ pub mod generate;
 pub mod noise;
 pub mod paths;
 pub mod request;
+pub mod texture;
 
 pub use crate::scheduler::SamplerKind;
 pub use generate::{CancelToken, Pipeline, Progress, Silent, Stage, Video};

@@ -163,3 +163,39 @@ fn flush(st: &mut Step) -> Result<()> {
     std::mem::replace(st.rec, Recorder::new(gpu)).submit(None)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dit::Precision;
+
+    /// Wall time of decoding a random latent [16, 3, 12, 20] with the embedded default model, in
+    /// f16 storage where the adapter has it; the first decode also compiles the pipelines:
+    /// `cargo test --release -p vdit-model vae_decode_timing -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn vae_decode_timing() {
+        let gpu = vdit_wgpu::testing::test_gpu();
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets/default-model");
+        let precision = if gpu.caps.shader_f16 {
+            Precision::F16
+        } else {
+            Precision::F32
+        };
+        let vae = WanVae::load(gpu, std::path::Path::new(root), precision).unwrap();
+        let shape = [16, 3, 12, 20];
+        let mut rng = vdit_wgpu::testing::Rng::new(1);
+        let data = rng.vec_normal(shape.iter().product(), 1.0);
+        let latent = Tensor::from_f32(gpu, &shape, &data, DType::F32).unwrap();
+        for run in 0..3 {
+            let started = std::time::Instant::now();
+            let video = vae.decode(gpu, &latent, LatentScale::Normalized).unwrap();
+            gpu.wait().unwrap();
+            println!(
+                "decode {run} ({precision:?}): {:.1} ms, {:?}",
+                started.elapsed().as_secs_f64() * 1e3,
+                video.shape()
+            );
+        }
+    }
+}

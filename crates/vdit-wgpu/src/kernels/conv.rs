@@ -7,6 +7,8 @@
 //! history for the next call. A nearest x2 upsampling of the input can be folded into the
 //! convolution, and the output can be written as channels-last frames, as the two time halves of
 //! a temporal upsampler interleaved (frames 2t, 2t + 1), or as channel-first video.
+//! Up to 32 output channels run on a direct kernel (4 pixels x 4, 8 or 16 channels per thread)
+//! instead of 64 x 64 GEMM tiles.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -112,6 +114,49 @@ struct Variant {
     clamp: bool,
 }
 
+/// How a call is computed: the 64 x 64 GEMM tiles of `conv.wgsl`, or `conv_direct.wgsl` with
+/// this many output channels per thread (4, 8 or 16).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tiling {
+    Gemm,
+    Direct(usize),
+}
+
+/// The direct kernel serves convolutions with at most this many output channels, where most of
+/// a 64-wide output tile would be idle.
+const DIRECT_MAX_N: usize = 32;
+
+fn tiling(n: usize) -> Tiling {
+    #[cfg(test)]
+    if let Some(forced) = FORCED_TILING.get() {
+        return forced;
+    }
+    match n {
+        0..=4 => Tiling::Direct(4),
+        5..=8 => Tiling::Direct(8),
+        _ if n <= DIRECT_MAX_N => Tiling::Direct(16),
+        _ => Tiling::Gemm,
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Set by tests to run a case through one particular kernel.
+    static FORCED_TILING: std::cell::Cell<Option<Tiling>> = const { std::cell::Cell::new(None) };
+}
+
+/// The defines of `conv_direct.wgsl` for `co` output channels per thread.
+fn direct_defines(v: Variant, co: usize) -> Defines {
+    let mut d = conv_defines(v);
+    if co >= 8 {
+        d.insert("CO_8".into(), "1".into());
+    }
+    if co >= 16 {
+        d.insert("CO_16".into(), "1".into());
+    }
+    d
+}
+
 fn conv_defines(v: Variant) -> Defines {
     let mut d = defines(&[
         ("X_T", v.x.wgsl()),
@@ -133,6 +178,18 @@ fn conv_defines(v: Variant) -> Defines {
 
 /// The define sets of `conv.wgsl` the portability test compiles.
 pub fn variants() -> Vec<Defines> {
+    all_variants().into_iter().map(conv_defines).collect()
+}
+
+/// The define sets of `conv_direct.wgsl`.
+pub fn direct_variants() -> Vec<Defines> {
+    all_variants()
+        .into_iter()
+        .flat_map(|v| [4, 8, 16].map(|co| direct_defines(v, co)))
+        .collect()
+}
+
+fn all_variants() -> Vec<Variant> {
     use DType::*;
     let mut v = Vec::new();
     for (x, w, y) in [
@@ -148,7 +205,7 @@ pub fn variants() -> Vec<Defines> {
                 (true, false, true),
                 (false, false, false),
             ] {
-                v.push(conv_defines(Variant {
+                v.push(Variant {
                     x,
                     w,
                     y,
@@ -156,7 +213,7 @@ pub fn variants() -> Vec<Defines> {
                     bias,
                     residual,
                     clamp,
-                }));
+                });
             }
         }
     }
@@ -341,16 +398,32 @@ pub fn causal_conv3d(
     let bytes = x.numel() as f64 * el(x)
         + w.numel() as f64 * el(w)
         + (m * n) as f64 * el(y) * if out.accumulate { 2.0 } else { 1.0 };
+    let (shader, defines, workgroups) = match tiling(n) {
+        Tiling::Gemm => (
+            "conv",
+            conv_defines(variant),
+            [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1],
+        ),
+        Tiling::Direct(co) => {
+            // 64 threads of 4 pixels of one output row each.
+            let quads = t * out_h * out_w.div_ceil(4);
+            (
+                "conv_direct",
+                direct_defines(variant, co),
+                [quads.div_ceil(64) as u32, n.div_ceil(co) as u32, 1],
+            )
+        }
+    };
     rec.dispatch(Dispatch {
-        shader: "conv",
+        shader,
         entry: "main",
-        defines: conv_defines(variant),
+        defines,
         constants: vec![],
         params: bytemuck::bytes_of(&params),
         tensors: &tensors,
-        workgroups: [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1],
+        workgroups,
         label: format!(
-            "conv {kt}x{kh}x{kw}{} {t}x{out_h}x{out_w} {cin}->{n} {}",
+            "{shader} {kt}x{kh}x{kw}{} {t}x{out_h}x{out_w} {cin}->{n} {}",
             if conv.upsample { " up2" } else { "" },
             w.dtype()
         )
@@ -633,13 +706,6 @@ mod tests {
         let frames_total = t + extra_frames;
         // Residual contents, or NaN everywhere (outside a channel-first window it must stay NaN).
         let residual = held(rng.vec_normal(total, 1.0), yt);
-        let y = if c.accumulate {
-            Tensor::from_f32(gpu, &y_shape, &residual, yt).unwrap()
-        } else {
-            let y = Tensor::empty(gpu, &y_shape, yt).unwrap();
-            y.poison(gpu);
-            y
-        };
         let mut want: Vec<f64> = if c.accumulate {
             residual.iter().map(|&v| v as f64).collect()
         } else {
@@ -660,37 +726,6 @@ mod tests {
                 }
             }
         }
-        let mut rec = Recorder::new(gpu);
-        causal_conv3d(
-            &mut rec,
-            &x,
-            c.history.map(|valid| History {
-                frames: &hist,
-                valid,
-            }),
-            &conv,
-            ConvOutput {
-                y: &y,
-                layout: c.layout,
-                accumulate: c.accumulate,
-                clamp_unit: c.clamp,
-            },
-        )
-        .unwrap();
-        rec.run().unwrap();
-        let got = y.to_vec_f32(gpu).unwrap();
-        // Untouched (NaN) positions must be exactly the expected NaNs; compare the rest.
-        let written: Vec<usize> = (0..total).filter(|&i| !want[i].is_nan()).collect();
-        for i in 0..total {
-            if want[i].is_nan() {
-                assert!(
-                    got[i].is_nan(),
-                    "element {i} outside the output window was written"
-                );
-            }
-        }
-        let got_w: Vec<f32> = written.iter().map(|&i| got[i]).collect();
-        let want_w: Vec<f64> = written.iter().map(|&i| want[i]).collect();
         let tol = if c.types.contains(&F16) { 2e-3 } else { 1e-5 };
         let case = format!(
             "conv x{:?} -> {} k{:?} pad{:?} up:{} hist:{:?} {:?} acc:{} clamp:{} {:?}",
@@ -705,7 +740,64 @@ mod tests {
             c.clamp,
             c.types
         );
-        assert_close(&case, seed, &got_w, &want_w, tol);
+        // The kernel the launcher picks, then each of them.
+        let tilings = [
+            None,
+            Some(Tiling::Gemm),
+            Some(Tiling::Direct(4)),
+            Some(Tiling::Direct(8)),
+            Some(Tiling::Direct(16)),
+        ];
+        for forced in tilings {
+            let y = if c.accumulate {
+                Tensor::from_f32(gpu, &y_shape, &residual, yt).unwrap()
+            } else {
+                let y = Tensor::empty(gpu, &y_shape, yt).unwrap();
+                y.poison(gpu);
+                y
+            };
+            FORCED_TILING.set(forced);
+            let mut rec = Recorder::new(gpu);
+            let launched = causal_conv3d(
+                &mut rec,
+                &x,
+                c.history.map(|valid| History {
+                    frames: &hist,
+                    valid,
+                }),
+                &conv,
+                ConvOutput {
+                    y: &y,
+                    layout: c.layout,
+                    accumulate: c.accumulate,
+                    clamp_unit: c.clamp,
+                },
+            );
+            FORCED_TILING.set(None);
+            launched.unwrap();
+            rec.run().unwrap();
+            let got = y.to_vec_f32(gpu).unwrap();
+            let kernel = forced.map_or("picked".to_string(), |t| format!("{t:?}"));
+            compare(&format!("{case} {kernel}"), seed, total, &got, &want, tol);
+        }
+    }
+
+    /// Compares the written positions (where `want` is not NaN) and checks that the others
+    /// stayed NaN.
+    fn compare(case: &str, seed: u64, total: usize, got: &[f32], want: &[f64], tol: f64) {
+        // Untouched (NaN) positions must be exactly the expected NaNs; compare the rest.
+        let written: Vec<usize> = (0..total).filter(|&i| !want[i].is_nan()).collect();
+        for i in 0..total {
+            if want[i].is_nan() {
+                assert!(
+                    got[i].is_nan(),
+                    "element {i} outside the output window was written"
+                );
+            }
+        }
+        let got_w: Vec<f32> = written.iter().map(|&i| got[i]).collect();
+        let want_w: Vec<f64> = written.iter().map(|&i| want[i]).collect();
+        assert_close(case, seed, &got_w, &want_w, tol);
     }
 
     #[test]
@@ -786,6 +878,94 @@ mod tests {
             types: [F16, F16, F32],
             ..Case::new([2, 3, 5, 8], 3, [3, 3, 3])
         });
+    }
+
+    /// Times the convolutions of one latent frame of the embedded default model's decoder
+    /// (latent 12 x 20, after the first frame) with the profiler:
+    /// `cargo test --release -p vdit-wgpu conv_decoder_timing -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn conv_decoder_timing() {
+        let gpu = test_gpu();
+        // (x [T, H, W, Cin], N, kernel, upsample, calls per latent frame)
+        type Shape = ([usize; 4], usize, [usize; 3], bool, usize);
+        let shapes: [Shape; 13] = [
+            ([1, 12, 20, 16], 16, [3, 3, 3], false, 11),
+            ([1, 12, 20, 16], 32, [3, 1, 1], false, 1),
+            ([2, 12, 20, 16], 8, [1, 3, 3], true, 1),
+            ([2, 24, 40, 8], 16, [3, 3, 3], false, 1),
+            ([2, 24, 40, 16], 16, [3, 3, 3], false, 5),
+            ([2, 24, 40, 16], 32, [3, 1, 1], false, 1),
+            ([4, 24, 40, 16], 8, [1, 3, 3], true, 1),
+            ([4, 48, 80, 8], 8, [3, 3, 3], false, 6),
+            ([4, 48, 80, 8], 4, [1, 3, 3], true, 1),
+            ([4, 96, 160, 2], 4, [3, 3, 3], false, 1),
+            ([4, 96, 160, 4], 4, [3, 3, 3], false, 5),
+            ([4, 96, 160, 4], 3, [3, 3, 3], false, 1),
+            ([1, 96, 160, 384], 192, [1, 3, 3], false, 0),
+        ];
+        let types: Vec<DType> = if gpu.caps.shader_f16 {
+            vec![F32, F16]
+        } else {
+            vec![F32]
+        };
+        for dtype in types {
+            let mut tensors = Vec::new();
+            for &(x_shape, n, kernel, upsample, calls) in &shapes {
+                if calls == 0 && gpu.is_cpu() {
+                    continue;
+                }
+                let [t, h, w, cin] = x_shape;
+                let k = kernel.iter().product::<usize>() * cin;
+                let mut rng = Rng::new(1);
+                let x =
+                    Tensor::from_f32(gpu, &x_shape, &rng.vec_normal(t * h * w * cin, 1.0), dtype)
+                        .unwrap();
+                let past = kernel[0] - 1;
+                let hist = (past > 0).then(|| {
+                    let v = rng.vec_normal(past * h * w * cin, 1.0);
+                    Tensor::from_f32(gpu, &[past, h, w, cin], &v, dtype).unwrap()
+                });
+                let wt =
+                    Tensor::from_f32(gpu, &[n, k], &rng.vec_normal(n * k, 0.1), dtype).unwrap();
+                let b = Tensor::from_f32(gpu, &[n], &rng.vec_normal(n, 0.1), dtype).unwrap();
+                let up = usize::from(upsample);
+                let y = Tensor::empty(gpu, &[t, h << up, w << up, n], dtype).unwrap();
+                tensors.push((x, hist, wt, b, y, kernel, upsample, calls.max(1)));
+            }
+            let record = |rec: &mut Recorder| {
+                for (x, hist, wt, b, y, kernel, upsample, calls) in &tensors {
+                    let conv = Conv {
+                        weight: wt,
+                        bias: Some(b),
+                        kernel: *kernel,
+                        padding: [kernel[1] / 2, kernel[2] / 2],
+                        upsample: *upsample,
+                    };
+                    let history = hist.as_ref().map(|h| History {
+                        frames: h,
+                        valid: h.shape()[0],
+                    });
+                    for _ in 0..*calls {
+                        causal_conv3d(rec, x, history, &conv, ConvOutput::frames(y)).unwrap();
+                    }
+                }
+            };
+            let mut rec = Recorder::new(gpu);
+            record(&mut rec);
+            rec.run().unwrap();
+            for run in 0..2 {
+                let mut prof = crate::profiler::Profiler::new(gpu);
+                let mut rec = Recorder::new(gpu);
+                record(&mut rec);
+                rec.submit(Some(&mut prof)).unwrap();
+                println!(
+                    "{dtype} run {run}: {:.1} ms\n{}",
+                    prof.total_ms(),
+                    prof.table()
+                );
+            }
+        }
     }
 
     fn check_history(past: usize, t: usize, frame: [usize; 3], dtype: DType) {

@@ -7,6 +7,7 @@ pub mod layout;
 pub mod matmul;
 pub mod norm;
 pub mod patch;
+pub mod rgba;
 pub mod rope;
 pub mod t5_attention;
 
@@ -21,7 +22,9 @@ pub fn core_shaders() -> Vec<ShaderFile> {
         crate::shader_file!("channels_last", layout::variants),
         crate::shader_file!("conv", conv::variants),
         crate::shader_file!("conv_cache", conv::history_variants),
+        crate::shader_file!("conv_direct", conv::direct_variants),
         crate::shader_file!("elementwise", elementwise::variants),
+        crate::shader_file!("frames_to_rgba", rgba::variants),
         crate::shader_file!("matmul", matmul::variants),
         crate::shader_file!("norm", norm::variants),
         crate::shader_file!("patch", patch::variants),
