@@ -5,7 +5,9 @@
 //   RMS_NORM    y = x / sqrt(mean(x^2) + eps), then HAS_WEIGHT: * weight[c]
 // IN_PLACE: x is not bound and y holds x on entry (each element is written by the thread that
 // read it, after the reductions, so updating in place is safe).
-// One workgroup per row with a tree reduction in workgroup memory. The mean is reduced before
+// `main`: one workgroup per row with a tree reduction in workgroup memory. `narrow`: one thread
+// per row, for rows of a few channels (the VAE's channel norms), where a 256-thread reduction
+// would leave almost every thread idle. The mean is reduced before
 // the centred variance (two passes over the row) for accuracy with large means. Rows fold into a
 // 2D grid past max_compute_workgroups_per_dimension.
 
@@ -63,6 +65,64 @@ fn load_x(i: u32) -> f32 {
 #endif
 }
 
+// Scales/shifts the normalised value of column c as the variant asks, and stores it.
+fn finish(i: u32, c: u32, normalised: f32) {
+    var v = normalised;
+#if HAS_WEIGHT
+    v *= f32(weight[c]);
+#endif
+#if HAS_BIAS
+    v += f32(bias[c]);
+#endif
+#if MODULATE
+    v = v * (1.0 + scale[p.scale_offset + c]) + shift[p.shift_offset + c];
+#endif
+    y[i] = Y_T(v);
+}
+
+const NARROW_WG: u32 = 64u;
+
+@compute @workgroup_size(64, 1, 1)
+fn narrow(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = (wg.y * nwg.x + wg.x) * NARROW_WG + lid;
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.cols;
+    let n = f32(p.cols);
+#if LAYER_NORM
+    var sum = 0.0;
+    for (var c = 0u; c < p.cols; c++) {
+        sum += load_x(base + c);
+    }
+    let mean = sum / n;
+    var sum_sq = 0.0;
+    for (var c = 0u; c < p.cols; c++) {
+        let d = load_x(base + c) - mean;
+        sum_sq += d * d;
+    }
+    let inv_std = inverseSqrt(sum_sq / n + p.eps);
+    for (var c = 0u; c < p.cols; c++) {
+        finish(base + c, c, (load_x(base + c) - mean) * inv_std);
+    }
+#endif
+#if RMS_NORM
+    var sum_sq = 0.0;
+    for (var c = 0u; c < p.cols; c++) {
+        let v = load_x(base + c);
+        sum_sq += v * v;
+    }
+    let inv_rms = inverseSqrt(sum_sq / n + p.eps);
+    for (var c = 0u; c < p.cols; c++) {
+        finish(base + c, c, load_x(base + c) * inv_rms);
+    }
+#endif
+}
+
 @compute @workgroup_size(256, 1, 1)
 fn main(
     @builtin(workgroup_id) wg: vec3<u32>,
@@ -88,17 +148,7 @@ fn main(
     }
     let inv_std = inverseSqrt(workgroup_sum(sum_sq, lid) / n + p.eps);
     for (var c = lid; c < p.cols; c += WG) {
-        var v = (load_x(base + c) - mean) * inv_std;
-#if HAS_WEIGHT
-        v *= f32(weight[c]);
-#endif
-#if HAS_BIAS
-        v += f32(bias[c]);
-#endif
-#if MODULATE
-        v = v * (1.0 + scale[p.scale_offset + c]) + shift[p.shift_offset + c];
-#endif
-        y[base + c] = Y_T(v);
+        finish(base + c, c, (load_x(base + c) - mean) * inv_std);
     }
 #endif
 #if RMS_NORM
@@ -109,11 +159,7 @@ fn main(
     }
     let inv_rms = inverseSqrt(workgroup_sum(sum_sq, lid) / n + p.eps);
     for (var c = lid; c < p.cols; c += WG) {
-        var v = load_x(base + c) * inv_rms;
-#if HAS_WEIGHT
-        v *= f32(weight[c]);
-#endif
-        y[base + c] = Y_T(v);
+        finish(base + c, c, load_x(base + c) * inv_rms);
     }
 #endif
 }

@@ -78,6 +78,10 @@ fn norm_defines(v: Variant) -> Defines {
     d
 }
 
+/// Rows of at most this many columns are normalised one thread per row (the `narrow` entry).
+const NARROW_MAX_COLS: usize = 32;
+const NARROW_ROWS_PER_WORKGROUP: usize = 64;
+
 /// The define sets the portability test compiles.
 pub fn variants() -> Vec<Defines> {
     use DType::*;
@@ -183,18 +187,27 @@ fn launch(rec: &mut Recorder, l: Launch<'_>) -> Result<()> {
         modulate: l.modulation.is_some(),
         y: y.dtype(),
     };
+    // Rows of a few channels get a thread each instead of a workgroup each.
+    let narrow = cols <= NARROW_MAX_COLS;
     let n = (rows * cols) as f64;
     let x_size = l.x.unwrap_or(y).dtype().size() as f64;
     // LayerNorm reads x three times, RMSNorm twice; the row is usually still in cache.
     let bytes = n * (x_size + y.dtype().size() as f64);
     rec.dispatch(Dispatch {
         shader: "norm",
-        entry: "main",
+        entry: if narrow { "narrow" } else { "main" },
         defines: norm_defines(variant),
         constants: vec![],
         params: bytemuck::bytes_of(&params),
         tensors: &tensors,
-        workgroups: folded_grid(rec.gpu(), rows),
+        workgroups: folded_grid(
+            rec.gpu(),
+            if narrow {
+                rows.div_ceil(NARROW_ROWS_PER_WORKGROUP)
+            } else {
+                rows
+            },
+        ),
         label: format!("{op} {rows}x{cols} {}", y.dtype()).into(),
         cost: Cost::new(n * 8.0, bytes),
     })
@@ -451,6 +464,8 @@ mod tests {
         check(Kind::Layer, 4, 97, F16, F32, Post::None, false);
         check(Kind::Layer, 6, 129, F32, F32, Post::Modulate, true);
         check(Kind::Layer, 1, 1, F32, F32, Post::None, false);
+        check(Kind::Layer, 129, 8, F32, F32, Post::Modulate, false);
+        check(Kind::Layer, 65, 31, F32, F16, Post::Affine(F32), true);
     }
 
     #[test]
@@ -458,6 +473,8 @@ mod tests {
         check(Kind::Rms, 5, 37, F32, F32, Post::Weight(F32), false);
         check(Kind::Rms, 2, 5120, F32, F32, Post::Weight(F32), true);
         check(Kind::Rms, 9, 24, F32, F32, Post::None, false);
+        check(Kind::Rms, 131, 4, F32, F16, Post::Weight(F32), false);
+        check(Kind::Rms, 70, 32, F16, F16, Post::Weight(F16), true);
         check(Kind::Rms, 9, 300, F16, F16, Post::Weight(F16), true);
         check(Kind::Rms, 9, 300, F32, F16, Post::Weight(F32), false);
     }
@@ -467,6 +484,7 @@ mod tests {
         with_fold_limit(4, || {
             check(Kind::Layer, 13, 40, F32, F32, Post::Modulate, false);
             check(Kind::Rms, 17, 12, F32, F32, Post::Weight(F32), true);
+            check(Kind::Rms, 600, 4, F32, F32, Post::Weight(F32), false);
         });
     }
 
