@@ -6,7 +6,7 @@ events, median over iterations, for bf16 and fp32, and prints a table:
 
     python bench/attention_torch.py --tokens 4096,8192,16384,32760,65536 --heads 12 --head-dim 128
 
-FLOPs follow ATTENTION.md's cost model: 4 N^2 D per head for softmax.
+FLOPs follow the attention cost model (ARCHITECTURE.md): 4 N^2 D per head for softmax.
 """
 
 import argparse

@@ -1,5 +1,5 @@
 // Fused attention: flash-style online softmax over a set of keys, plus an optional linear term
-// phi_q(q_i).S and phi_q(q_i).z added before the one shared division (ATTENTION.md: softmax,
+// phi_q(q_i).S and phi_q(q_i).z added before the one shared division (ARCHITECTURE.md, Attention modes: softmax,
 // linear apply, hybrid{R}, one chunk of rehyat{tc, to}).
 //   q: [Nq, H, D], k, v: [Nk, H, D], o: [Nq, H, D], storage IO_T; arithmetic in f32.
 //   Queries: rows q_lo .. q_lo + q_count. Softmax keys: j = k_lo + t * k_stride, t < k_count.

@@ -1,4 +1,4 @@
-// Linear-attention state by chunked updates (ATTENTION.md, linear): S = sum_j phi_k(k_j) v_j^T,
+// Linear-attention state by chunked updates (ARCHITECTURE.md, Attention modes, linear): S = sum_j phi_k(k_j) v_j^T,
 // z = sum_j phi_k(k_j), over keys j in [k_lo, k_hi), leaving out j % rate == 0 when rate > 1
 // (the softmax keys of hybrid{R}).
 //   phi: [rows, H, DF] f32 (row of key j is j - phi_lo), v: [Nk, H, D] (IO_T),

@@ -1,4 +1,4 @@
-// Feature maps phi: R^D -> R^DF of linear attention, one per head (ATTENTION.md):
+// Feature maps phi: R^D -> R^DF of linear attention, one per head (ARCHITECTURE.md, Attention modes):
 //   HEDGEHOG: u = W x + b, W: [H, DF/2, D], b: [H, DF/2]; phi = [softmax(u), softmax(-u)].
 //   POLY:     a = gelu_tanh(W1 x + b1), W1: [H, HID, D]; psi = W2 a + b2, W2: [H, P*D1, HID];
 //             phi = [psi_1, psi_2^2, ..., psi_P^P] with parts of D1 values.

@@ -1,5 +1,5 @@
 //! `vdit bench attention`: times one attention mode with GPU timestamps (median over
-//! iterations), reports ms and TFLOP/s by ATTENTION.md's cost model, and with `--check` the
+//! iterations), reports ms and TFLOP/s by the attention cost model (ARCHITECTURE.md), and with `--check` the
 //! relative L2 error against the CPU float64 reference.
 
 use std::path::PathBuf;

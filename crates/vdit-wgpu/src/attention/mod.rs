@@ -1,5 +1,5 @@
 //! Attention kernels: softmax (flash-style), linear, hybrid and chunk-recurrent hybrid, exactly
-//! as ATTENTION.md writes them.
+//! as ARCHITECTURE.md, Attention modes writes them.
 //!
 //! Tensors: q `[Nq, H, D]`, k and v `[Nk, H, D]`, output `[Nq, H, D]`, all f32 or all f16;
 //! arithmetic in f32. One entry, [`attention`], runs any [`AttentionMode`] with a workspace built
@@ -39,7 +39,7 @@ pub fn shaders() -> Vec<ShaderFile> {
     ]
 }
 
-/// Which attention a layer runs (ATTENTION.md).
+/// Which attention a layer runs (ARCHITECTURE.md, Attention modes).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum AttentionMode {
     Softmax,
@@ -1374,7 +1374,7 @@ pub fn attention(
     }
 }
 
-/// Self-attention FLOPs of one call per ATTENTION.md's cost model (all heads), including
+/// Self-attention FLOPs of one call per the attention cost model (ARCHITECTURE.md) (all heads), including
 /// feature maps and the state.
 pub fn attention_flops(
     mode: &AttentionMode,

@@ -1,4 +1,4 @@
-//! CPU float64 references of ATTENTION.md, written as the formulas read (quadratic, per query),
+//! CPU float64 references of ARCHITECTURE.md, Attention modes, written as the formulas read (quadratic, per query),
 //! for tests and the bench's `--check`.
 
 use super::FeatureMap;
