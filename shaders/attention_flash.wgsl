@@ -12,25 +12,7 @@
 // the key index are conflict-free) and then V of each key tile share one buffer.
 // The head dim is padded with zeros to DP (a multiple of 16); SH_T is the workgroup storage type.
 
-struct Params {
-    heads: u32,
-    d: u32,
-    df: u32,
-    tiles: u32,
-    q_lo: u32,
-    q_count: u32,
-    k_lo: u32,
-    k_count: u32,
-    k_stride: u32,
-    grid_x: u32,
-    phi_lo: u32,
-    _pad0: u32,
-    // scale * log2(e): scores live in the exp2 domain
-    scale_log2: f32,
-    eps: f32,
-    _pad1: u32,
-    _pad2: u32,
-}
+#include flash_params
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<IO_T>;

@@ -7,24 +7,7 @@
 // Workgroup memory: Q as [DP][BQ/4] vec4 (four rows at once), K as [DP][BK/2] vec2, V as
 // [BK][DP/4] vec4, P (or a phi_q tile) as [BK][BQ/4] vec4, row partials as [TX][BQ/4] vec4.
 
-struct Params {
-    heads: u32,
-    d: u32,
-    df: u32,
-    tiles: u32,
-    q_lo: u32,
-    q_count: u32,
-    k_lo: u32,
-    k_count: u32,
-    k_stride: u32,
-    grid_x: u32,
-    phi_lo: u32,
-    _pad0: u32,
-    scale_log2: f32,
-    eps: f32,
-    _pad1: u32,
-    _pad2: u32,
-}
+#include flash_params
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<IO_T>;

@@ -31,15 +31,7 @@ const BK: u32 = 16u;
 var<workgroup> tile_x: array<f32, 1024>; // [BK][BM]
 var<workgroup> tile_w: array<f32, 1024>; // [BK][BN]
 
-fn gelu_tanh(v: f32) -> f32 {
-    let u = 0.7978845608028654 * (v + 0.044715 * v * v * v);
-    // 0.5 v (1 + tanh u) written as v * sigmoid(2u): no cancellation for negative v.
-    return v / (1.0 + exp(min(-2.0 * u, 80.0)));
-}
-
-fn silu(v: f32) -> f32 {
-    return v / (1.0 + exp(-v));
-}
+#include matmul_epilogue
 
 @compute @workgroup_size(16, 16, 1)
 fn main(
@@ -93,34 +85,10 @@ fn main(
     store_row(row0 + lid.y + 48u, col0 + lid.x, acc3);
 }
 
-// Writes the 4 outputs of one row owned by a thread (columns c0, c0+16, c0+32, c0+48).
+// Finishes the 4 outputs of one row owned by a thread (columns c0, c0+16, c0+32, c0+48).
 fn store_row(r: u32, c0: u32, acc: vec4<f32>) {
-    if (r >= p.m) {
-        return;
-    }
-    for (var j = 0u; j < 4u; j++) {
-        let c = c0 + 16u * j;
-        if (c >= p.n) {
-            continue;
-        }
-        {
-            var v = acc[j];
-#if HAS_BIAS
-            v += f32(bias[c]);
-#endif
-#if EPI_GELU
-            v = gelu_tanh(v);
-#endif
-#if EPI_SILU
-            v = silu(v);
-#endif
-#if HAS_GATE
-            v = gate[p.gate_offset + c] * v;
-#endif
-#if HAS_RESIDUAL
-            v += f32(y[r * p.n + c]);
-#endif
-            y[r * p.n + c] = Y_T(v);
-        }
-    }
+    store_output(r, c0, acc.x);
+    store_output(r, c0 + 16u, acc.y);
+    store_output(r, c0 + 32u, acc.z);
+    store_output(r, c0 + 48u, acc.w);
 }

@@ -39,6 +39,57 @@ pub struct KernelBenchArgs {
     /// Write a Chrome trace of every timed launch.
     #[arg(long)]
     pub trace: Option<PathBuf>,
+    /// Instead of the model's kernels, time plain matmuls (with bias) of these shapes, each on
+    /// fresh tensors: `MxNxK[,MxNxK...]`.
+    #[arg(long, value_delimiter = ',')]
+    pub shapes: Vec<String>,
+}
+
+/// Times `y = x w^T + b` at each `MxNxK` of `--shapes`, on fresh tensors per shape.
+fn run_shapes(gpu: &Gpu, a: &KernelBenchArgs, dt: DType) -> Result<(), Box<dyn std::error::Error>> {
+    let mut rng = Rng::new(0x5eed);
+    for shape in &a.shapes {
+        let dims: Vec<usize> = shape
+            .split('x')
+            .map(|v| v.trim().parse::<usize>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| format!("--shapes: '{shape}' is not MxNxK"))?;
+        let &[m, n, k] = dims.as_slice() else {
+            return Err(format!("--shapes: '{shape}' is not MxNxK").into());
+        };
+        let x = random(gpu, &mut rng, &[m, k], 1.0, dt)?;
+        let w = random(gpu, &mut rng, &[n, k], 1.0 / (k as f32).sqrt(), dt)?;
+        let b = random(gpu, &mut rng, &[n], 0.1, dt)?;
+        let y = Tensor::empty(gpu, &[m, n], dt)?;
+        let mut profiler = Profiler::new(gpu);
+        for i in 0..=a.iters {
+            let mut rec = Recorder::new(gpu);
+            matmul(&mut rec, &x, &w, Some(&b), &y, Epilogue::None)?;
+            if i == 0 {
+                rec.run()?; // warm-up
+            } else {
+                rec.submit(Some(&mut profiler))?;
+            }
+        }
+        let ms = profiler
+            .samples()
+            .iter()
+            .map(|s| s.duration_ns)
+            .sum::<f64>()
+            / 1e6
+            / a.iters as f64;
+        let tflops = 2.0 * (m * n * k) as f64 / ms / 1e9;
+        let each: Vec<String> = profiler
+            .samples()
+            .iter()
+            .map(|s| format!("{:.2}", s.duration_ns / 1e6))
+            .collect();
+        println!(
+            "matmul {m}x{n}x{k} {dt}: {ms:.3} ms, {tflops:.1} TFLOP/s (each: {})",
+            each.join(" ")
+        );
+    }
+    Ok(())
 }
 
 type Record<'a> = Box<dyn Fn(&mut Recorder) -> vdit_wgpu::Result<()> + 'a>;
@@ -194,6 +245,10 @@ pub fn run(gpu: &Gpu, a: &KernelBenchArgs) -> Result<(), Box<dyn std::error::Err
     for dt in precisions {
         if dt == DType::F16 && !gpu.caps.shader_f16 {
             println!("skipping f16: the adapter lacks SHADER_F16");
+            continue;
+        }
+        if !a.shapes.is_empty() {
+            run_shapes(gpu, a, dt)?;
             continue;
         }
         for (label, record) in cases(gpu, a, dt)? {

@@ -18,6 +18,11 @@ fn translate_everywhere(label: &str, wgsl: &str) -> Result<(), String> {
     .map_err(|e| format!("{label}: overrides: {e}"))?;
     spv::write_vec(&module, &info, &spv::Options::default(), None)
         .map_err(|e| format!("{label}: SPIR-V: {e}"))?;
+    // Cooperative-matrix kernels are chosen only on adapters that report 16x16 f16 cooperative
+    // matrices, which wgpu exposes through Vulkan; each has a portable twin for Metal and DX12.
+    if wgsl.contains("enable wgpu_cooperative_matrix;") {
+        return Ok(());
+    }
     let msl_options = msl::Options {
         lang_version: (2, 4),
         ..Default::default()

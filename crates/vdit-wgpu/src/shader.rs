@@ -4,7 +4,8 @@
 //! serve several storage types or variants: the preprocessor replaces UPPERCASE words that are
 //! defined (`X_T` -> `f16`) and keeps or drops the lines between `#if NAME` / `#ifdef NAME` /
 //! `#ifndef NAME` / `#else` / `#endif` (`#if NAME` is true when NAME is defined and not `0` or
-//! `false`). `enable f16;` is added when the result mentions `f16`.
+//! `false`), and `#include NAME` pastes `shaders/include/NAME.wgsl` (code shared between kernels,
+//! preprocessed with the same definitions). `enable f16;` is added when the result mentions `f16`.
 
 use std::collections::BTreeMap;
 
@@ -53,6 +54,24 @@ pub fn all_shaders() -> Vec<ShaderFile> {
     all
 }
 
+/// The files `#include` can paste, from `shaders/include/`.
+const INCLUDES: &[(&str, &str)] = &[
+    (
+        "matmul_epilogue",
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shaders/include/matmul_epilogue.wgsl"
+        )),
+    ),
+    (
+        "flash_params",
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shaders/include/flash_params.wgsl"
+        )),
+    ),
+];
+
 pub fn find_shader(name: &str) -> Option<ShaderFile> {
     all_shaders().into_iter().find(|s| s.name == name)
 }
@@ -65,8 +84,19 @@ fn truthy(defs: &Defines, name: &str) -> bool {
     matches!(defs.get(name), Some(v) if v != "0" && v != "false")
 }
 
-/// Applies `#if`/`#ifdef`/`#ifndef`/`#else`/`#endif` and word substitution.
+/// Applies the directives and word substitution, and enables f16 where it is used.
 pub fn preprocess(name: &str, source: &str, defs: &Defines) -> Result<String> {
+    let mut out = preprocess_lines(name, source, defs)?;
+    let needs_f16 = out
+        .split(|c: char| !is_word_char(c))
+        .any(|w| w == "f16" || w.starts_with("vec") && w.ends_with('h'));
+    if needs_f16 {
+        out.insert_str(0, "enable f16;");
+    }
+    Ok(out)
+}
+
+fn preprocess_lines(name: &str, source: &str, defs: &Defines) -> Result<String> {
     let err = |line: usize, msg: &str| GpuError::Shader {
         shader: name.to_string(),
         message: format!("line {}: {msg}", line + 1),
@@ -101,6 +131,20 @@ pub fn preprocess(name: &str, source: &str, defs: &Defines) -> Result<String> {
                 "endif" => {
                     stack.pop().ok_or_else(|| err(i, "#endif without #if"))?;
                 }
+                "include" => {
+                    if active {
+                        let arg = arg.ok_or_else(|| err(i, "#include without a name"))?;
+                        let (_, text) = INCLUDES
+                            .iter()
+                            .find(|(n, _)| *n == arg)
+                            .ok_or_else(|| err(i, &format!("no include file '{arg}'")))?;
+                        // Included code is preprocessed on its own; naga's line numbers
+                        // after this point count the included lines too.
+                        let pasted = preprocess_lines(&format!("{name}/{arg}"), text, defs)?;
+                        out.push_str(&pasted);
+                    }
+                    continue;
+                }
                 other => return Err(err(i, &format!("unknown directive #{other}"))),
             }
             out.push('\n'); // keep line numbers of naga's messages true
@@ -113,12 +157,6 @@ pub fn preprocess(name: &str, source: &str, defs: &Defines) -> Result<String> {
     }
     if !stack.is_empty() {
         return Err(err(source.lines().count(), "#if without #endif"));
-    }
-    let needs_f16 = out
-        .split(|c: char| !is_word_char(c))
-        .any(|w| w == "f16" || w.starts_with("vec") && w.ends_with('h'));
-    if needs_f16 {
-        out.insert_str(0, "enable f16;");
     }
     Ok(out)
 }

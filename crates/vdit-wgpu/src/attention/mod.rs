@@ -34,6 +34,7 @@ pub fn shaders() -> Vec<ShaderFile> {
     vec![
         crate::shader_file!("attention_flash", flash_variants),
         crate::shader_file!("attention_flash_vec", flash_vec_variants),
+        crate::shader_file!("attention_flash_coop", flash_coop_variants),
         crate::shader_file!("attention_state", state_variants),
         crate::shader_file!("feature_map", feature_map_variants),
     ]
@@ -478,6 +479,37 @@ pub fn flash_vec_variants() -> Vec<Defines> {
     v
 }
 
+/// Workgroup memory of `attention_flash_coop.wgsl`, in bytes.
+const FLASH_COOP_SHARED_BYTES: u32 =
+    64 * 136 * 2 + 2 * 32 * 136 * 2 + 2048 * 4 + 2048 * 2 + 2 * 128 * 4 + 64 * 4;
+
+/// Whether the cooperative-matrix kernel can run this attention: f16, head dim 128, some
+/// softmax keys, 16x16 f16 cooperative matrices, subgroups of exactly 32, enough workgroup memory.
+fn flash_coop_fits(gpu: &Gpu, d: usize, dtype: DType, k_count: usize) -> bool {
+    let caps = &gpu.caps;
+    caps.coop_f16_16x16()
+        && caps.subgroup_min_size == 32
+        && caps.subgroup_max_size == 32
+        && dtype == DType::F16
+        && d == 128
+        && k_count > 0
+        && gpu.limits.max_compute_workgroup_storage_size >= FLASH_COOP_SHARED_BYTES
+        && gpu.limits.max_compute_invocations_per_workgroup >= 128
+}
+
+fn flash_coop_defines(linear: bool) -> Defines {
+    let mut d = defines(&[("IO_T", "f16")]);
+    if linear {
+        d.insert("HAS_LINEAR".into(), "1".into());
+    }
+    d
+}
+
+/// The define sets of the cooperative-matrix kernel the portability test compiles.
+pub fn flash_coop_variants() -> Vec<Defines> {
+    vec![flash_coop_defines(false), flash_coop_defines(true)]
+}
+
 /// The linear term of [`flash_attention`]: phi_q rows and the (S | z) state.
 #[derive(Clone, Copy, Debug)]
 pub struct LinearTerm<'a> {
@@ -577,6 +609,19 @@ pub fn flash_attention(
     out: &Tensor,
     args: &FlashArgs,
 ) -> Result<()> {
+    flash_attention_on(rec, q, k, v, out, args, true)
+}
+
+/// [`flash_attention`], with the cooperative-matrix kernel allowed or not (tests run both).
+pub(crate) fn flash_attention_on(
+    rec: &mut Recorder,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    out: &Tensor,
+    args: &FlashArgs,
+    allow_coop: bool,
+) -> Result<()> {
     let op = "flash_attention";
     let [nq, nk, h, d] = qkv_shape(op, q, k, v, out)?;
     if args.q_lo + args.q_count > nq {
@@ -641,8 +686,11 @@ pub fn flash_attention(
     let gpu = rec.gpu();
     need_f16(gpu, "f16 attention", &[q])?;
     let linear = args.linear.is_some();
-    // The vectorised kernel where it fits, else the general one (any head dim up to 512).
+    // Tensor cores where they fit, else the vectorised kernel, else the general one (any head
+    // dim up to 512).
+    let coop = allow_coop && flash_coop_fits(gpu, d, q.dtype(), args.k_count);
     let (shader, defines, bq) = match flash_vec_tiles(gpu, d, q.dtype()) {
+        _ if coop => ("attention_flash_coop", flash_coop_defines(linear), 64),
         Some(t) if std::env::var_os("VDIT_ATTENTION_GENERAL").is_none() => (
             "attention_flash_vec",
             flash_vec_defines(q.dtype(), &t, linear),
@@ -707,7 +755,8 @@ pub fn flash_attention(
         tensors: &tensors,
         workgroups,
         label: format!(
-            "attention {what} {}q x {}k x {h}h x {d} {}",
+            "attention {what}{} {}q x {}k x {h}h x {d} {}",
+            if coop { " coop" } else { "" },
             args.q_count,
             args.k_count,
             q.dtype()

@@ -26,6 +26,7 @@ pub fn core_shaders() -> Vec<ShaderFile> {
         crate::shader_file!("elementwise", elementwise::variants),
         crate::shader_file!("frames_to_rgba", rgba::variants),
         crate::shader_file!("matmul", matmul::variants),
+        crate::shader_file!("matmul_coop", matmul::coop_variants),
         crate::shader_file!("norm", norm::variants),
         crate::shader_file!("patch", patch::variants),
         crate::shader_file!("rope", rope::variants),

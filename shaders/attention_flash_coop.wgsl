@@ -1,0 +1,272 @@
+// The fused attention of attention_flash.wgsl (same parameters and math) on cooperative matrices,
+// for f16 storage and head dim 128: QK^T and PV run on 16x16x16 f16 -> f32 tensor-core products.
+//
+// WGSL cannot scale the rows of a cooperative matrix, so the online softmax's rescaling of the
+// output is replaced by two passes over the keys: the first finds each row's max m and sum l,
+// the second accumulates exp(s - m) V with the output held in cooperative accumulators for the
+// whole pass. The scores are computed twice; in exchange nothing is rescaled.
+//
+// A workgroup of 4 subgroups of 32 owns BQ = 64 query rows of one head, 16 per subgroup; its Q
+// fragments stay in registers. Keys go by in tiles of BK = 32 through workgroup memory. Scores
+// and probabilities of a subgroup pass through workgroup memory (its own 16 x 32 block), where
+// lane l works on row l / 2, key columns 16 (l % 2) .. + 16. The launcher picks this kernel only
+// where subgroups are 32 wide, so invocations 32s .. 32s + 31 form subgroup s.
+enable wgpu_cooperative_matrix;
+
+#include flash_params
+
+// Vectors of 4 halves: the head dim (128) and the row strides are multiples of 4.
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> q: array<vec4<f16>>;
+@group(0) @binding(2) var<storage, read> k: array<vec4<f16>>;
+@group(0) @binding(3) var<storage, read> v: array<vec4<f16>>;
+#if HAS_LINEAR
+@group(0) @binding(4) var<storage, read> phi: array<f32>;
+@group(0) @binding(5) var<storage, read> state: array<f32>;
+#endif
+@group(0) @binding(6) var<storage, read_write> o: array<f16>;
+
+alias FragA = coop_mat16x16<f16, A>;
+alias FragB = coop_mat16x16<f16, B>;
+alias FragC = coop_mat16x16<f32, C>;
+
+const D: u32 = 128u;
+const DV: u32 = 32u; // vectors per head row
+const BQ: u32 = 64u;
+const BK: u32 = 32u;
+// Row stride of staged Q, K and V in halves: 8 of padding, rows stay 16-byte aligned.
+const LD: u32 = 136u;
+const NEG_BIG: f32 = -1.0e30;
+
+var<workgroup> qs: array<f16, 8704>; // [BQ][LD]
+var<workgroup> ks: array<f16, 4352>; // [BK][LD]
+var<workgroup> vs: array<f16, 4352>; // [BK][LD]
+var<workgroup> ss: array<f32, 2048>; // per subgroup [16][BK] scores, then one 16 x 16 output fragment
+var<workgroup> ps: array<f16, 2048>; // per subgroup [16][BK] probabilities
+var<workgroup> stat_m: array<f32, 128>; // per lane: running max of its half row
+var<workgroup> stat_l: array<f32, 128>;
+var<workgroup> den: array<f32, 64>; // per query row of the tile: the shared denominator
+
+fn put_q(o: u32, x: vec4<f16>) {
+    qs[o] = x.x;
+    qs[o + 1u] = x.y;
+    qs[o + 2u] = x.z;
+    qs[o + 3u] = x.w;
+}
+
+fn put_k(o: u32, x: vec4<f16>) {
+    ks[o] = x.x;
+    ks[o + 1u] = x.y;
+    ks[o + 2u] = x.z;
+    ks[o + 3u] = x.w;
+}
+
+fn put_v(o: u32, x: vec4<f16>) {
+    vs[o] = x.x;
+    vs[o + 1u] = x.y;
+    vs[o + 2u] = x.z;
+    vs[o + 3u] = x.w;
+}
+
+// Stages keys t0 .. t0 + BK (and their values when `with_v`) of head h; zeros past k_count.
+fn stage_keys(t0: u32, h: u32, tid: u32, with_v: bool) {
+    for (var e = tid; e < BK * DV; e += 128u) {
+        let t = e / DV;
+        let dv = e % DV;
+        var kx = vec4<f16>(0.0);
+        var vx = vec4<f16>(0.0);
+        if (t0 + t < p.k_count) {
+            let idx = ((p.k_lo + (t0 + t) * p.k_stride) * p.heads + h) * DV + dv;
+            kx = k[idx];
+            if (with_v) {
+                vx = v[idx];
+            }
+        }
+        put_k(t * LD + dv * 4u, kx);
+        if (with_v) {
+            put_v(t * LD + dv * 4u, vx);
+        }
+    }
+}
+
+// Scores of this subgroup's 16 rows against keys key0 .. key0 + 16 of the staged tile:
+// B = K^T, i.e. the rows of K read column-major.
+fn scores(key0: u32, a0: FragA, a1: FragA, a2: FragA, a3: FragA, a4: FragA, a5: FragA, a6: FragA,
+          a7: FragA) -> FragC {
+    let kb = key0 * LD;
+    var s = FragC();
+    s = coopMultiplyAdd(a0, coopLoad<FragB>(&ks[kb], LD), s);
+    s = coopMultiplyAdd(a1, coopLoad<FragB>(&ks[kb + 16u], LD), s);
+    s = coopMultiplyAdd(a2, coopLoad<FragB>(&ks[kb + 32u], LD), s);
+    s = coopMultiplyAdd(a3, coopLoad<FragB>(&ks[kb + 48u], LD), s);
+    s = coopMultiplyAdd(a4, coopLoad<FragB>(&ks[kb + 64u], LD), s);
+    s = coopMultiplyAdd(a5, coopLoad<FragB>(&ks[kb + 80u], LD), s);
+    s = coopMultiplyAdd(a6, coopLoad<FragB>(&ks[kb + 96u], LD), s);
+    s = coopMultiplyAdd(a7, coopLoad<FragB>(&ks[kb + 112u], LD), s);
+    return s;
+}
+
+// acc + P V for output dims d0 .. d0 + 16 (V rows read row-major).
+fn pv(acc: FragC, p0: FragA, p1: FragA, d0: u32) -> FragC {
+    let r = coopMultiplyAdd(p0, coopLoadT<FragB>(&vs[d0], LD), acc);
+    return coopMultiplyAdd(p1, coopLoadT<FragB>(&vs[16u * LD + d0], LD), r);
+}
+
+// Finishes output dims d0 .. d0 + 16 of this subgroup's rows: the linear term where there is
+// one, the division by the shared denominator, the store. Uniform: every subgroup calls it.
+fn finish(acc: FragC, sub: u32, lane: u32, d0: u32, h: u32, q0: u32) {
+    let base = sub * 512u;
+    coopStoreT(acc, &ss[base], 16u);
+    workgroupBarrier();
+    for (var e = lane; e < 256u; e += 32u) {
+        let r = sub * 16u + e / 16u; // row within the tile
+        let c = d0 + e % 16u;
+        let row = q0 + r;
+        if (row < p.q_count) {
+            var num = ss[base + e];
+#if HAS_LINEAR
+            let prow = ((p.q_lo + row - p.phi_lo) * p.heads + h) * p.df;
+            for (var f = 0u; f < p.df; f++) {
+                num = fma(phi[prow + f], state[(h * p.df + f) * (D + 1u) + c], num);
+            }
+#endif
+            o[((p.q_lo + row) * p.heads + h) * D + c] = f16(num / den[r]);
+        }
+    }
+    workgroupBarrier();
+}
+
+@compute @workgroup_size(128, 1, 1)
+fn main(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    // The grid is folded: trailing workgroups have nothing to do (a uniform exit).
+    let wid = wg.y * p.grid_x + wg.x;
+    if (wid >= p.tiles * p.heads) {
+        return;
+    }
+    let h = wid / p.tiles;
+    let q0 = (wid % p.tiles) * BQ;
+    let sub = tid / 32u;
+    let lane = tid % 32u;
+    let base = sub * 512u;
+    // This lane's row of the subgroup's scores and its half of the key columns.
+    let my_row = lane / 2u;
+    let my_col = (lane % 2u) * 16u;
+
+    for (var e = tid; e < BQ * DV; e += 128u) {
+        let r = e / DV;
+        let dv = e % DV;
+        var x = vec4<f16>(0.0);
+        if (q0 + r < p.q_count) {
+            x = q[((p.q_lo + q0 + r) * p.heads + h) * DV + dv];
+        }
+        put_q(r * LD + dv * 4u, x);
+    }
+    workgroupBarrier();
+    let qb = sub * 16u * LD;
+    let a0 = coopLoadT<FragA>(&qs[qb], LD);
+    let a1 = coopLoadT<FragA>(&qs[qb + 16u], LD);
+    let a2 = coopLoadT<FragA>(&qs[qb + 32u], LD);
+    let a3 = coopLoadT<FragA>(&qs[qb + 48u], LD);
+    let a4 = coopLoadT<FragA>(&qs[qb + 64u], LD);
+    let a5 = coopLoadT<FragA>(&qs[qb + 80u], LD);
+    let a6 = coopLoadT<FragA>(&qs[qb + 96u], LD);
+    let a7 = coopLoadT<FragA>(&qs[qb + 112u], LD);
+
+    // Pass 1: each lane's running max and sum over its half of every key tile.
+    let ntiles = (p.k_count + BK - 1u) / BK;
+    var m = NEG_BIG;
+    var l = 0.0;
+    for (var kt = 0u; kt < ntiles; kt++) {
+        let t0 = kt * BK;
+        stage_keys(t0, h, tid, false);
+        workgroupBarrier();
+        coopStoreT(scores(0u, a0, a1, a2, a3, a4, a5, a6, a7), &ss[base], BK);
+        coopStoreT(scores(16u, a0, a1, a2, a3, a4, a5, a6, a7), &ss[base + 16u], BK);
+        workgroupBarrier();
+        var mt = m;
+        for (var c = 0u; c < 16u; c++) {
+            if (t0 + my_col + c < p.k_count) {
+                mt = max(mt, ss[base + my_row * BK + my_col + c] * p.scale_log2);
+            }
+        }
+        var sum = 0.0;
+        for (var c = 0u; c < 16u; c++) {
+            if (t0 + my_col + c < p.k_count) {
+                sum += exp2(ss[base + my_row * BK + my_col + c] * p.scale_log2 - mt);
+            }
+        }
+        l = l * exp2(m - mt) + sum;
+        m = mt;
+    }
+    // The two halves of a row meet: the row's max and sum.
+    stat_m[tid] = m;
+    stat_l[tid] = l;
+    workgroupBarrier();
+    let mo = stat_m[tid ^ 1u];
+    let lo = stat_l[tid ^ 1u];
+    let row_m = max(m, mo);
+    let row_l = l * exp2(m - row_m) + lo * exp2(mo - row_m);
+    if (lane % 2u == 0u) {
+        var d = row_l + p.eps;
+#if HAS_LINEAR
+        let row = q0 + sub * 16u + my_row;
+        if (row < p.q_count) {
+            let prow = ((p.q_lo + row - p.phi_lo) * p.heads + h) * p.df;
+            for (var f = 0u; f < p.df; f++) {
+                d = fma(phi[prow + f], state[(h * p.df + f) * (D + 1u) + D], d);
+            }
+        }
+#endif
+        den[sub * 16u + my_row] = d;
+    }
+
+    // Pass 2: O = sum exp(s - m) V, in accumulators that live through the whole pass.
+    var o0 = FragC();
+    var o1 = FragC();
+    var o2 = FragC();
+    var o3 = FragC();
+    var o4 = FragC();
+    var o5 = FragC();
+    var o6 = FragC();
+    var o7 = FragC();
+    for (var kt = 0u; kt < ntiles; kt++) {
+        let t0 = kt * BK;
+        workgroupBarrier(); // the previous tile's readers are done with ks and vs
+        stage_keys(t0, h, tid, true);
+        workgroupBarrier();
+        coopStoreT(scores(0u, a0, a1, a2, a3, a4, a5, a6, a7), &ss[base], BK);
+        coopStoreT(scores(16u, a0, a1, a2, a3, a4, a5, a6, a7), &ss[base + 16u], BK);
+        workgroupBarrier();
+        for (var c = 0u; c < 16u; c++) {
+            let i = base + my_row * BK + my_col + c;
+            var pr = 0.0;
+            if (t0 + my_col + c < p.k_count) {
+                pr = exp2(ss[i] * p.scale_log2 - row_m);
+            }
+            ps[i] = f16(pr);
+        }
+        workgroupBarrier();
+        let p0 = coopLoadT<FragA>(&ps[base], BK);
+        let p1 = coopLoadT<FragA>(&ps[base + 16u], BK);
+        o0 = pv(o0, p0, p1, 0u);
+        o1 = pv(o1, p0, p1, 16u);
+        o2 = pv(o2, p0, p1, 32u);
+        o3 = pv(o3, p0, p1, 48u);
+        o4 = pv(o4, p0, p1, 64u);
+        o5 = pv(o5, p0, p1, 80u);
+        o6 = pv(o6, p0, p1, 96u);
+        o7 = pv(o7, p0, p1, 112u);
+    }
+    workgroupBarrier();
+    finish(o0, sub, lane, 0u, h, q0);
+    finish(o1, sub, lane, 16u, h, q0);
+    finish(o2, sub, lane, 32u, h, q0);
+    finish(o3, sub, lane, 48u, h, q0);
+    finish(o4, sub, lane, 64u, h, q0);
+    finish(o5, sub, lane, 80u, h, q0);
+    finish(o6, sub, lane, 96u, h, q0);
+    finish(o7, sub, lane, 112u, h, q0);
+}

@@ -1,0 +1,245 @@
+// Y = X W^T + b with a fused epilogue, on cooperative matrices (tensor cores): the same contract
+// as matmul.wgsl for f16 X and W (K a multiple of 4), f32 accumulation, any bias / Y storage.
+//
+// A workgroup of 8 subgroups of 32 computes a 128 x 128 tile of Y; subgroup s owns a 64 x 32
+// block (rows 64 * (s / 4), columns 32 * (s % 4)) as 4 x 2 fragments of 16 x 16. K advances in
+// steps of BK through workgroup memory; each thread fetches the next step's X and W into
+// registers while the current one is multiplied, so global loads overlap the tensor-core work.
+// The launcher only picks this kernel where subgroups are exactly 32 invocations wide, so that
+// invocations 32s..32s+31 form subgroup s.
+enable wgpu_cooperative_matrix;
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    gate_offset: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<vec4<f16>>;
+@group(0) @binding(2) var<storage, read> w: array<vec4<f16>>;
+#if HAS_BIAS
+@group(0) @binding(3) var<storage, read> bias: array<B_T>;
+#endif
+#if HAS_GATE
+@group(0) @binding(4) var<storage, read> gate: array<f32>;
+#endif
+@group(0) @binding(5) var<storage, read_write> y: array<Y_T>;
+
+const BM: u32 = 128u;
+const BN: u32 = 128u;
+// K step: 32, or 64 with WIDE_K (fewer barriers per product, more workgroup memory).
+#if WIDE_K
+const BK: u32 = 64u;
+#else
+const BK: u32 = 32u;
+#endif
+// Row stride of the staged tiles in f16: BK + 8 of padding spreads the rows over the banks
+// and keeps every fragment row 16-byte aligned.
+const LDS: u32 = BK + 8u;
+// Vectors of 4 staged per row and K step.
+const KV: u32 = BK / 4u;
+
+#if VEC_TILES
+// Tiles held as vectors of 4 halves: one store per fetched vector; fragment loads count
+// offsets and strides in vectors.
+var<workgroup> tile_x: array<vec4<f16>, BM * LDS / 4u>;
+var<workgroup> tile_w: array<vec4<f16>, BN * LDS / 4u>;
+#else
+var<workgroup> tile_x: array<f16, BM * LDS>; // [BM][LDS]
+var<workgroup> tile_w: array<f16, BN * LDS>; // [BN][LDS]
+#endif
+var<workgroup> stage: array<f32, 2048>; // one 16 x 16 fragment per subgroup, for the epilogue
+
+#include matmul_epilogue
+
+// 4 consecutive k of row `r` of X starting at vector `kv` (k = 4 kv), zero outside the matrix.
+fn load_x(r: u32, kv: u32) -> vec4<f16> {
+    let kvs = p.k / 4u;
+    if (r < p.m && kv < kvs) {
+        return x[r * kvs + kv];
+    }
+    return vec4<f16>(0.0);
+}
+
+fn load_w(r: u32, kv: u32) -> vec4<f16> {
+    let kvs = p.k / 4u;
+    if (r < p.n && kv < kvs) {
+        return w[r * kvs + kv];
+    }
+    return vec4<f16>(0.0);
+}
+
+#if VEC_TILES
+fn put_x(o: u32, v: vec4<f16>) {
+    tile_x[o / 4u] = v;
+}
+
+fn put_w(o: u32, v: vec4<f16>) {
+    tile_w[o / 4u] = v;
+}
+
+fn frag_x(o: u32) -> coop_mat16x16<f16, A> {
+    return coopLoadT<coop_mat16x16<f16, A>>(&tile_x[o / 4u], LDS / 4u);
+}
+
+fn frag_w(o: u32) -> coop_mat16x16<f16, B> {
+    return coopLoad<coop_mat16x16<f16, B>>(&tile_w[o / 4u], LDS / 4u);
+}
+#else
+fn put_x(o: u32, v: vec4<f16>) {
+    tile_x[o] = v.x;
+    tile_x[o + 1u] = v.y;
+    tile_x[o + 2u] = v.z;
+    tile_x[o + 3u] = v.w;
+}
+
+fn put_w(o: u32, v: vec4<f16>) {
+    tile_w[o] = v.x;
+    tile_w[o + 1u] = v.y;
+    tile_w[o + 2u] = v.z;
+    tile_w[o + 3u] = v.w;
+}
+
+// A = X rows (row-major in the tile); B = W^T, i.e. W rows read column-major.
+fn frag_x(o: u32) -> coop_mat16x16<f16, A> {
+    return coopLoadT<coop_mat16x16<f16, A>>(&tile_x[o], LDS);
+}
+
+fn frag_w(o: u32) -> coop_mat16x16<f16, B> {
+    return coopLoad<coop_mat16x16<f16, B>>(&tile_w[o], LDS);
+}
+#endif
+
+// Stages one accumulator fragment (rows r0.., columns c0..) and finishes its 256 outputs, 8 per
+// invocation of the subgroup. Called in uniform control flow by every subgroup.
+fn finish_fragment(acc: coop_mat16x16<f32, C>, sub: u32, lane: u32, r0: u32, c0: u32) {
+    let base = sub * 256u;
+    coopStoreT(acc, &stage[base], 16u);
+    workgroupBarrier();
+    for (var e = lane; e < 256u; e += 32u) {
+        store_output(r0 + e / 16u, c0 + e % 16u, stage[base + e]);
+    }
+    workgroupBarrier();
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn main(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    let sub = tid / 32u;
+    let lane = tid % 32u;
+    let row0 = wg.y * BM;
+    let col0 = wg.x * BN;
+    let sub_row = (sub / 4u) * 64u;
+    let sub_col = (sub % 4u) * 32u;
+
+    // Accumulators as named values (row fragment i, column fragment j), not an array.
+    var c00 = coop_mat16x16<f32, C>();
+    var c01 = coop_mat16x16<f32, C>();
+    var c10 = coop_mat16x16<f32, C>();
+    var c11 = coop_mat16x16<f32, C>();
+    var c20 = coop_mat16x16<f32, C>();
+    var c21 = coop_mat16x16<f32, C>();
+    var c30 = coop_mat16x16<f32, C>();
+    var c31 = coop_mat16x16<f32, C>();
+
+    // Each invocation moves BM * KV / 256 vectors of X and as many of W per K step: rows
+    // lr + RS e, k = 4 lq .. 4 lq + 3 of the step.
+    let lr = tid / KV;
+    let lq = tid % KV;
+    const RS: u32 = 256u / KV;
+    var fx0 = load_x(row0 + lr, lq);
+    var fx1 = load_x(row0 + lr + RS, lq);
+    var fx2 = load_x(row0 + lr + 2u * RS, lq);
+    var fx3 = load_x(row0 + lr + 3u * RS, lq);
+    var fw0 = load_w(col0 + lr, lq);
+    var fw1 = load_w(col0 + lr + RS, lq);
+    var fw2 = load_w(col0 + lr + 2u * RS, lq);
+    var fw3 = load_w(col0 + lr + 3u * RS, lq);
+#if WIDE_K
+    var fx4 = load_x(row0 + lr + 4u * RS, lq);
+    var fx5 = load_x(row0 + lr + 5u * RS, lq);
+    var fx6 = load_x(row0 + lr + 6u * RS, lq);
+    var fx7 = load_x(row0 + lr + 7u * RS, lq);
+    var fw4 = load_w(col0 + lr + 4u * RS, lq);
+    var fw5 = load_w(col0 + lr + 5u * RS, lq);
+    var fw6 = load_w(col0 + lr + 6u * RS, lq);
+    var fw7 = load_w(col0 + lr + 7u * RS, lq);
+#endif
+    let so = lr * LDS + lq * 4u;
+
+    for (var k0 = 0u; k0 < p.k; k0 += BK) {
+        put_x(so, fx0);
+        put_x(so + RS * LDS, fx1);
+        put_x(so + 2u * RS * LDS, fx2);
+        put_x(so + 3u * RS * LDS, fx3);
+        put_w(so, fw0);
+        put_w(so + RS * LDS, fw1);
+        put_w(so + 2u * RS * LDS, fw2);
+        put_w(so + 3u * RS * LDS, fw3);
+#if WIDE_K
+        put_x(so + 4u * RS * LDS, fx4);
+        put_x(so + 5u * RS * LDS, fx5);
+        put_x(so + 6u * RS * LDS, fx6);
+        put_x(so + 7u * RS * LDS, fx7);
+        put_w(so + 4u * RS * LDS, fw4);
+        put_w(so + 5u * RS * LDS, fw5);
+        put_w(so + 6u * RS * LDS, fw6);
+        put_w(so + 7u * RS * LDS, fw7);
+#endif
+        workgroupBarrier();
+
+        // The next step's operands (zeros past the end of K).
+        let kv = (k0 + BK) / 4u + lq;
+        fx0 = load_x(row0 + lr, kv);
+        fx1 = load_x(row0 + lr + RS, kv);
+        fx2 = load_x(row0 + lr + 2u * RS, kv);
+        fx3 = load_x(row0 + lr + 3u * RS, kv);
+        fw0 = load_w(col0 + lr, kv);
+        fw1 = load_w(col0 + lr + RS, kv);
+        fw2 = load_w(col0 + lr + 2u * RS, kv);
+        fw3 = load_w(col0 + lr + 3u * RS, kv);
+#if WIDE_K
+        fx4 = load_x(row0 + lr + 4u * RS, kv);
+        fx5 = load_x(row0 + lr + 5u * RS, kv);
+        fx6 = load_x(row0 + lr + 6u * RS, kv);
+        fx7 = load_x(row0 + lr + 7u * RS, kv);
+        fw4 = load_w(col0 + lr + 4u * RS, kv);
+        fw5 = load_w(col0 + lr + 5u * RS, kv);
+        fw6 = load_w(col0 + lr + 6u * RS, kv);
+        fw7 = load_w(col0 + lr + 7u * RS, kv);
+#endif
+
+        for (var kk = 0u; kk < BK; kk += 16u) {
+            let a0 = frag_x(sub_row * LDS + kk);
+            let a1 = frag_x((sub_row + 16u) * LDS + kk);
+            let a2 = frag_x((sub_row + 32u) * LDS + kk);
+            let a3 = frag_x((sub_row + 48u) * LDS + kk);
+            let b0 = frag_w(sub_col * LDS + kk);
+            let b1 = frag_w((sub_col + 16u) * LDS + kk);
+            c00 = coopMultiplyAdd(a0, b0, c00);
+            c01 = coopMultiplyAdd(a0, b1, c01);
+            c10 = coopMultiplyAdd(a1, b0, c10);
+            c11 = coopMultiplyAdd(a1, b1, c11);
+            c20 = coopMultiplyAdd(a2, b0, c20);
+            c21 = coopMultiplyAdd(a2, b1, c21);
+            c30 = coopMultiplyAdd(a3, b0, c30);
+            c31 = coopMultiplyAdd(a3, b1, c31);
+        }
+        workgroupBarrier();
+    }
+
+    let r = row0 + sub_row;
+    let c = col0 + sub_col;
+    finish_fragment(c00, sub, lane, r, c);
+    finish_fragment(c01, sub, lane, r, c + 16u);
+    finish_fragment(c10, sub, lane, r + 16u, c);
+    finish_fragment(c11, sub, lane, r + 16u, c + 16u);
+    finish_fragment(c20, sub, lane, r + 32u, c);
+    finish_fragment(c21, sub, lane, r + 32u, c + 16u);
+    finish_fragment(c30, sub, lane, r + 48u, c);
+    finish_fragment(c31, sub, lane, r + 48u, c + 16u);
+}
