@@ -6,8 +6,12 @@
 // the second accumulates exp(s - m) V with the output held in cooperative accumulators for the
 // whole pass. The scores are computed twice; in exchange nothing is rescaled.
 //
-// A workgroup of 4 subgroups of 32 owns BQ = 64 query rows of one head, 16 per subgroup; its Q
-// fragments stay in registers. Keys go by in tiles of BK = 32 through workgroup memory. Scores
+// A workgroup of NSUB subgroups of 32 owns BQ = 16 NSUB query rows of one head, 16 per subgroup;
+// its Q fragments stay in registers. Without WIDE_Q: 4 subgroups, Q staged through workgroup
+// memory. With WIDE_Q: 8 subgroups share each staged key tile, and Q fragments are loaded
+// straight from the storage buffer; a fragment that would run past the last query row is
+// moved back to end on it (rows it does not own are computed but never stored), so the launcher
+// needs Nq >= 16. Keys go by in tiles of BK = 32 through workgroup memory. Scores
 // and probabilities of a subgroup pass through workgroup memory (its own 16 x 32 block), where
 // lane l works on row l / 2, key columns 16 (l % 2) .. + 16. The launcher picks this kernel only
 // where subgroups are 32 wide, so invocations 32s .. 32s + 31 form subgroup s.
@@ -32,27 +36,37 @@ alias FragC = coop_mat16x16<f32, C>;
 
 const D: u32 = 128u;
 const DV: u32 = 32u; // vectors per head row
-const BQ: u32 = 64u;
+#if WIDE_Q
+const NSUB: u32 = 8u;
+#else
+const NSUB: u32 = 4u;
+#endif
+const NT: u32 = 32u * NSUB;
+const BQ: u32 = 16u * NSUB;
 const BK: u32 = 32u;
 // Row stride of staged Q, K and V in halves: 8 of padding, rows stay 16-byte aligned.
 const LD: u32 = 136u;
 const NEG_BIG: f32 = -1.0e30;
 
-var<workgroup> qs: array<f16, 8704>; // [BQ][LD]
-var<workgroup> ks: array<f16, 4352>; // [BK][LD]
-var<workgroup> vs: array<f16, 4352>; // [BK][LD]
-var<workgroup> ss: array<f32, 2048>; // per subgroup [16][BK] scores, then one 16 x 16 output fragment
-var<workgroup> ps: array<f16, 2048>; // per subgroup [16][BK] probabilities
-var<workgroup> stat_m: array<f32, 128>; // per lane: running max of its half row
-var<workgroup> stat_l: array<f32, 128>;
-var<workgroup> den: array<f32, 64>; // per query row of the tile: the shared denominator
+#ifndef WIDE_Q
+var<workgroup> qs: array<f16, BQ * LD>;
+#endif
+var<workgroup> ks: array<f16, BK * LD>;
+var<workgroup> vs: array<f16, BK * LD>;
+var<workgroup> ss: array<f32, NSUB * 512u>; // per subgroup [16][BK] scores, then one 16 x 16 output fragment
+var<workgroup> ps: array<f16, NSUB * 512u>; // per subgroup [16][BK] probabilities
+var<workgroup> stat_m: array<f32, NT>; // per lane: running max of its half row
+var<workgroup> stat_l: array<f32, NT>;
+var<workgroup> den: array<f32, BQ>; // per query row of the tile: the shared denominator
 
+#ifndef WIDE_Q
 fn put_q(o: u32, x: vec4<f16>) {
     qs[o] = x.x;
     qs[o + 1u] = x.y;
     qs[o + 2u] = x.z;
     qs[o + 3u] = x.w;
 }
+#endif
 
 fn put_k(o: u32, x: vec4<f16>) {
     ks[o] = x.x;
@@ -70,7 +84,7 @@ fn put_v(o: u32, x: vec4<f16>) {
 
 // Stages keys t0 .. t0 + BK (and their values when `with_v`) of head h; zeros past k_count.
 fn stage_keys(t0: u32, h: u32, tid: u32, with_v: bool) {
-    for (var e = tid; e < BK * DV; e += 128u) {
+    for (var e = tid; e < BK * DV; e += NT) {
         let t = e / DV;
         let dv = e % DV;
         var kx = vec4<f16>(0.0);
@@ -112,31 +126,36 @@ fn pv(acc: FragC, p0: FragA, p1: FragA, d0: u32) -> FragC {
     return coopMultiplyAdd(p1, coopLoadT<FragB>(&vs[16u * LD + d0], LD), r);
 }
 
-// Finishes output dims d0 .. d0 + 16 of this subgroup's rows: the linear term where there is
-// one, the division by the shared denominator, the store. Uniform: every subgroup calls it.
-fn finish(acc: FragC, sub: u32, lane: u32, d0: u32, h: u32, q0: u32) {
+// Whether query row `row` (absolute) is one this call computes and stores.
+fn owned(row: u32) -> bool {
+    return row >= p.q_lo && row < p.q_lo + p.q_count;
+}
+
+// Finishes output dims d0 .. d0 + 16 of this subgroup's rows (absolute rows row0 .. row0 + 16):
+// the linear term where there is one, the division by the shared denominator, the store.
+// Uniform: every subgroup calls it.
+fn finish(acc: FragC, sub: u32, lane: u32, d0: u32, h: u32, row0: u32) {
     let base = sub * 512u;
     coopStoreT(acc, &ss[base], 16u);
     workgroupBarrier();
     for (var e = lane; e < 256u; e += 32u) {
-        let r = sub * 16u + e / 16u; // row within the tile
+        let row = row0 + e / 16u;
         let c = d0 + e % 16u;
-        let row = q0 + r;
-        if (row < p.q_count) {
+        if (owned(row)) {
             var num = ss[base + e];
 #if HAS_LINEAR
-            let prow = ((p.q_lo + row - p.phi_lo) * p.heads + h) * p.df;
+            let prow = ((row - p.phi_lo) * p.heads + h) * p.df;
             for (var f = 0u; f < p.df; f++) {
                 num = fma(phi[prow + f], state[(h * p.df + f) * (D + 1u) + c], num);
             }
 #endif
-            o[((p.q_lo + row) * p.heads + h) * D + c] = f16(num / den[r]);
+            o[(row * p.heads + h) * D + c] = f16(num / den[sub * 16u + e / 16u]);
         }
     }
     workgroupBarrier();
 }
 
-@compute @workgroup_size(128, 1, 1)
+@compute @workgroup_size(NT, 1, 1)
 fn main(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(local_invocation_index) tid: u32,
@@ -155,7 +174,22 @@ fn main(
     let my_row = lane / 2u;
     let my_col = (lane % 2u) * 16u;
 
-    for (var e = tid; e < BQ * DV; e += 128u) {
+#if WIDE_Q
+    // This subgroup's 16 rows, moved back to end on the last query row where they would run past.
+    let row0 = min(p.q_lo + q0 + sub * 16u, p.q_rows - 16u);
+    let qb = (row0 * p.heads + h) * DV;
+    let qstride = p.heads * DV;
+    let a0 = coopLoadT<FragA>(&q[qb], qstride);
+    let a1 = coopLoadT<FragA>(&q[qb + 4u], qstride);
+    let a2 = coopLoadT<FragA>(&q[qb + 8u], qstride);
+    let a3 = coopLoadT<FragA>(&q[qb + 12u], qstride);
+    let a4 = coopLoadT<FragA>(&q[qb + 16u], qstride);
+    let a5 = coopLoadT<FragA>(&q[qb + 20u], qstride);
+    let a6 = coopLoadT<FragA>(&q[qb + 24u], qstride);
+    let a7 = coopLoadT<FragA>(&q[qb + 28u], qstride);
+#else
+    let row0 = p.q_lo + q0 + sub * 16u;
+    for (var e = tid; e < BQ * DV; e += NT) {
         let r = e / DV;
         let dv = e % DV;
         var x = vec4<f16>(0.0);
@@ -174,6 +208,7 @@ fn main(
     let a5 = coopLoadT<FragA>(&qs[qb + 80u], LD);
     let a6 = coopLoadT<FragA>(&qs[qb + 96u], LD);
     let a7 = coopLoadT<FragA>(&qs[qb + 112u], LD);
+#endif
 
     // Pass 1: each lane's running max and sum over its half of every key tile.
     let ntiles = (p.k_count + BK - 1u) / BK;
@@ -212,9 +247,9 @@ fn main(
     if (lane % 2u == 0u) {
         var d = row_l + p.eps;
 #if HAS_LINEAR
-        let row = q0 + sub * 16u + my_row;
-        if (row < p.q_count) {
-            let prow = ((p.q_lo + row - p.phi_lo) * p.heads + h) * p.df;
+        let row = row0 + my_row;
+        if (owned(row)) {
+            let prow = ((row - p.phi_lo) * p.heads + h) * p.df;
             for (var f = 0u; f < p.df; f++) {
                 d = fma(phi[prow + f], state[(h * p.df + f) * (D + 1u) + D], d);
             }
@@ -261,12 +296,12 @@ fn main(
         o7 = pv(o7, p0, p1, 112u);
     }
     workgroupBarrier();
-    finish(o0, sub, lane, 0u, h, q0);
-    finish(o1, sub, lane, 16u, h, q0);
-    finish(o2, sub, lane, 32u, h, q0);
-    finish(o3, sub, lane, 48u, h, q0);
-    finish(o4, sub, lane, 64u, h, q0);
-    finish(o5, sub, lane, 80u, h, q0);
-    finish(o6, sub, lane, 96u, h, q0);
-    finish(o7, sub, lane, 112u, h, q0);
+    finish(o0, sub, lane, 0u, h, row0);
+    finish(o1, sub, lane, 16u, h, row0);
+    finish(o2, sub, lane, 32u, h, row0);
+    finish(o3, sub, lane, 48u, h, row0);
+    finish(o4, sub, lane, 64u, h, row0);
+    finish(o5, sub, lane, 80u, h, row0);
+    finish(o6, sub, lane, 96u, h, row0);
+    finish(o7, sub, lane, 112u, h, row0);
 }

@@ -20,6 +20,7 @@ struct Params {
     // scale * log2(e): scores live in the exp2 domain
     scale_log2: f32,
     eps: f32,
-    _pad1: u32,
+    // Nq: the rows of q (and o)
+    q_rows: u32,
     _pad2: u32,
 }

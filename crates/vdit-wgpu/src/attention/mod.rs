@@ -295,7 +295,7 @@ struct FlashParams {
     _pad0: u32,
     scale_log2: f32,
     eps: f32,
-    _pad1: u32,
+    q_rows: u32,
     _pad2: u32,
 }
 
@@ -479,35 +479,91 @@ pub fn flash_vec_variants() -> Vec<Defines> {
     v
 }
 
-/// Workgroup memory of `attention_flash_coop.wgsl`, in bytes.
-const FLASH_COOP_SHARED_BYTES: u32 =
-    64 * 136 * 2 + 2 * 32 * 136 * 2 + 2048 * 4 + 2048 * 2 + 2 * 128 * 4 + 64 * 4;
+/// Layouts of `attention_flash_coop.wgsl`: 4 subgroups with Q staged in workgroup memory, or
+/// (`wide`) 8 subgroups sharing each key tile with Q read straight from the buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FlashCoopLayout {
+    wide: bool,
+}
+
+impl FlashCoopLayout {
+    /// The default, or `VDIT_FLASH_COOP` (`wide` or `narrow`) to compare them.
+    fn chosen() -> Self {
+        match std::env::var("VDIT_FLASH_COOP") {
+            Ok(v) => Self { wide: v == "wide" },
+            Err(_) => Self { wide: false },
+        }
+    }
+    fn subgroups(&self) -> u32 {
+        if self.wide {
+            8
+        } else {
+            4
+        }
+    }
+    fn bq(&self) -> u32 {
+        16 * self.subgroups()
+    }
+    /// Workgroup memory in bytes: staged Q (narrow only), K and V tiles of 32 x 136 halves,
+    /// per-subgroup scores (f32) and probabilities (f16), per-lane statistics, denominators.
+    fn shared_bytes(&self) -> u32 {
+        let q = if self.wide { 0 } else { self.bq() * 136 * 2 };
+        let s = self.subgroups();
+        q + 2 * 32 * 136 * 2 + s * 512 * (4 + 2) + 2 * 32 * s * 4 + self.bq() * 4
+    }
+}
 
 /// Whether the cooperative-matrix kernel can run this attention: f16, head dim 128, some
 /// softmax keys, 16x16 f16 cooperative matrices, subgroups of exactly 32, enough workgroup memory.
-fn flash_coop_fits(gpu: &Gpu, d: usize, dtype: DType, k_count: usize) -> bool {
+/// The wide layout also needs at least 16 query rows.
+fn flash_coop_fits(
+    gpu: &Gpu,
+    d: usize,
+    dtype: DType,
+    nq: usize,
+    k_count: usize,
+) -> Option<FlashCoopLayout> {
     let caps = &gpu.caps;
-    caps.coop_f16_16x16()
+    let usable = caps.coop_f16_16x16()
         && caps.subgroup_min_size == 32
         && caps.subgroup_max_size == 32
         && dtype == DType::F16
         && d == 128
-        && k_count > 0
-        && gpu.limits.max_compute_workgroup_storage_size >= FLASH_COOP_SHARED_BYTES
-        && gpu.limits.max_compute_invocations_per_workgroup >= 128
+        && k_count > 0;
+    if !usable {
+        return None;
+    }
+    let fits = |l: &FlashCoopLayout| {
+        gpu.limits.max_compute_workgroup_storage_size >= l.shared_bytes()
+            && gpu.limits.max_compute_invocations_per_workgroup >= 32 * l.subgroups()
+            && (!l.wide || nq >= 16)
+    };
+    let chosen = FlashCoopLayout::chosen();
+    [chosen, FlashCoopLayout { wide: false }]
+        .into_iter()
+        .find(fits)
 }
 
-fn flash_coop_defines(linear: bool) -> Defines {
+fn flash_coop_defines(layout: FlashCoopLayout, linear: bool) -> Defines {
     let mut d = defines(&[("IO_T", "f16")]);
     if linear {
         d.insert("HAS_LINEAR".into(), "1".into());
+    }
+    if layout.wide {
+        d.insert("WIDE_Q".into(), "1".into());
     }
     d
 }
 
 /// The define sets of the cooperative-matrix kernel the portability test compiles.
 pub fn flash_coop_variants() -> Vec<Defines> {
-    vec![flash_coop_defines(false), flash_coop_defines(true)]
+    let mut v = Vec::new();
+    for wide in [false, true] {
+        for linear in [false, true] {
+            v.push(flash_coop_defines(FlashCoopLayout { wide }, linear));
+        }
+    }
+    v
 }
 
 /// The linear term of [`flash_attention`]: phi_q rows and the (S | z) state.
@@ -688,10 +744,15 @@ pub(crate) fn flash_attention_on(
     let linear = args.linear.is_some();
     // Tensor cores where they fit, else the vectorised kernel, else the general one (any head
     // dim up to 512).
-    let coop = allow_coop && flash_coop_fits(gpu, d, q.dtype(), args.k_count);
-    let (shader, defines, bq) = match flash_vec_tiles(gpu, d, q.dtype()) {
-        _ if coop => ("attention_flash_coop", flash_coop_defines(linear), 64),
-        Some(t) if std::env::var_os("VDIT_ATTENTION_GENERAL").is_none() => (
+    let coop_layout = flash_coop_fits(gpu, d, q.dtype(), nq, args.k_count).filter(|_| allow_coop);
+    let coop = coop_layout.is_some();
+    let (shader, defines, bq) = match (coop_layout, flash_vec_tiles(gpu, d, q.dtype())) {
+        (Some(layout), _) => (
+            "attention_flash_coop",
+            flash_coop_defines(layout, linear),
+            layout.bq(),
+        ),
+        (None, Some(t)) if std::env::var_os("VDIT_ATTENTION_GENERAL").is_none() => (
             "attention_flash_vec",
             flash_vec_defines(q.dtype(), &t, linear),
             t.bq(),
@@ -722,7 +783,7 @@ pub(crate) fn flash_attention_on(
         _pad0: 0,
         scale_log2: args.scale * std::f32::consts::LOG2_E,
         eps: args.linear.map(|l| l.eps).unwrap_or(0.0),
-        _pad1: 0,
+        q_rows: nq as u32,
         _pad2: 0,
     };
     let mut tensors: Vec<&Tensor> = vec![q, k, v];

@@ -182,7 +182,15 @@ fn softmax_odd_head_dims() {
 
 #[test]
 fn softmax_f16_sizes() {
-    for (n, h, d) in [(1, 1, 64), (37, 3, 64), (300, 1, 128)] {
+    // Head dim 128 in f16 is the cooperative-matrix kernel's where the adapter has them: fewer
+    // rows than one fragment, and tiles that end mid-fragment.
+    for (n, h, d) in [
+        (1, 1, 64),
+        (37, 3, 64),
+        (300, 1, 128),
+        (5, 2, 128),
+        (150, 2, 128),
+    ] {
         check(Case::new(Softmax, n, h, d, F16));
     }
 }
@@ -221,6 +229,11 @@ fn hybrid_modes() {
     );
     check(Case::new(Hybrid { rate: 2 }, 1, 1, 64, F32));
     check(Case::new(Hybrid { rate: 5 }, 300, 1, 128, F16).fm(Fm::Hedgehog { half: 64 }));
+    check(
+        Case::new(Hybrid { rate: 2 }, 37, 2, 128, F16)
+            .nk(300)
+            .fm(Fm::Elu1),
+    );
 }
 
 #[test]
@@ -235,6 +248,9 @@ fn rehyat_modes() {
     // a last frame cut short, no overlap
     check(Case::new(mode(2, 0, 10), 65, 1, 128, F32).fm(Fm::Elu1));
     check(Case::new(mode(2, 1, 20), 300, 3, 64, F16));
+    // Query ranges that start mid-buffer and a last chunk of 5 rows, at head dim 128 in f16.
+    check(Case::new(mode(2, 1, 20), 300, 2, 128, F16));
+    check(Case::new(mode(2, 0, 10), 65, 1, 128, F16).fm(Fm::Elu1));
     check(Case::new(mode(1, 2, 7), 37, 1, 64, F32).fm(Fm::Poly {
         hid: 16,
         d1: 32,
