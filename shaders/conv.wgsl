@@ -16,32 +16,7 @@
 // threads, 4 x 4 per thread, K in steps of 16 through workgroup memory; f32 accumulation.
 // Convolutions with few output channels go to conv_direct.wgsl instead.
 
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    cin: u32,
-    in_h: u32,
-    in_w: u32,
-    out_h: u32,
-    out_w: u32,
-    kh: u32,
-    kw: u32,
-    pad_h: u32,
-    pad_w: u32,
-    up_shift: u32,
-    past: u32,
-    valid: u32,
-    n_group: u32,
-    groups: u32,
-    f0: u32,
-    frame_stride: u32,
-    pix_stride: u32,
-    chan_stride: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
+#include conv_params
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<X_T>;
@@ -60,6 +35,8 @@ const BK: u32 = 16u;
 
 var<workgroup> tile_x: array<f32, 1024>; // [BK][BM]
 var<workgroup> tile_w: array<f32, 1024>; // [BK][BN]
+
+#include conv_output
 
 // One element of the implicit im2col matrix: output frame t at (oy, ox), reduction index kk.
 fn load_input(t: u32, oy: u32, ox: u32, kk: u32) -> f32 {
@@ -102,12 +79,12 @@ fn main(
     let row0 = wg.y * BM;
     let col0 = wg.x * BN;
     let out_hw = p.out_h * p.out_w;
-    var acc: array<array<f32, 4>, 4>;
-    for (var i = 0u; i < 4u; i++) {
-        for (var j = 0u; j < 4u; j++) {
-            acc[i][j] = 0.0;
-        }
-    }
+    // Accumulators as named vectors, not arrays: some drivers put loop-indexed private arrays
+    // in slow local memory. Row i of this thread's 4 x 4 block is acc_i; column j is lane j.
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
     // Each thread stages 4 consecutive k of one output row and one weight row per K step; the
     // row's position is decoded once.
     let load_r = tid / 4u;
@@ -134,47 +111,27 @@ fn main(
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            var a: array<f32, 4>;
-            var b: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                a[i] = tile_x[kk * BM + lid.y + 16u * i];
-                b[i] = tile_w[kk * BN + lid.x + 16u * i];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i][j] = fma(a[i], b[j], acc[i][j]);
-                }
-            }
+            let xo = kk * BM + lid.y;
+            let wo = kk * BN + lid.x;
+            let a = vec4<f32>(tile_x[xo], tile_x[xo + 16u], tile_x[xo + 32u], tile_x[xo + 48u]);
+            let b = vec4<f32>(tile_w[wo], tile_w[wo + 16u], tile_w[wo + 32u], tile_w[wo + 48u]);
+            acc0 = fma(vec4<f32>(a.x), b, acc0);
+            acc1 = fma(vec4<f32>(a.y), b, acc1);
+            acc2 = fma(vec4<f32>(a.z), b, acc2);
+            acc3 = fma(vec4<f32>(a.w), b, acc3);
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 4u; i++) {
-        let r = row0 + lid.y + 16u * i;
-        if (r >= p.m) {
-            continue;
-        }
-        let rt = r / out_hw;
-        let rpix = r - rt * out_hw;
-        for (var j = 0u; j < 4u; j++) {
-            let c = col0 + lid.x + 16u * j;
-            if (c >= p.n) {
-                continue;
-            }
-            let s = c / p.n_group;
-            let ch = c - s * p.n_group;
-            let frame = p.f0 + rt * p.groups + s;
-            let idx = frame * p.frame_stride + rpix * p.pix_stride + ch * p.chan_stride;
-            var v = acc[i][j];
-#if HAS_BIAS
-            v += f32(bias[c]);
-#endif
-#if HAS_RESIDUAL
-            v += f32(y[idx]);
-#endif
-#if CLAMP_UNIT
-            v = clamp(v, -1.0, 1.0);
-#endif
-            y[idx] = Y_T(v);
-        }
-    }
+    store_row(row0 + lid.y, col0 + lid.x, acc0);
+    store_row(row0 + lid.y + 16u, col0 + lid.x, acc1);
+    store_row(row0 + lid.y + 32u, col0 + lid.x, acc2);
+    store_row(row0 + lid.y + 48u, col0 + lid.x, acc3);
+}
+
+// Finishes the 4 outputs of output row r owned by a thread (columns c0, c0+16, c0+32, c0+48).
+fn store_row(r: u32, c0: u32, acc: vec4<f32>) {
+    store_output(r, c0, acc.x);
+    store_output(r, c0 + 16u, acc.y);
+    store_output(r, c0 + 32u, acc.z);
+    store_output(r, c0 + 48u, acc.w);
 }

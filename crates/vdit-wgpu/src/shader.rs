@@ -64,6 +64,20 @@ const INCLUDES: &[(&str, &str)] = &[
         )),
     ),
     (
+        "conv_params",
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shaders/include/conv_params.wgsl"
+        )),
+    ),
+    (
+        "conv_output",
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shaders/include/conv_output.wgsl"
+        )),
+    ),
+    (
         "flash_params",
         include_str!(concat!(
             env!("CARGO_MANIFEST_DIR"),

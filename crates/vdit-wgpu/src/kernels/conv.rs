@@ -114,11 +114,13 @@ struct Variant {
     clamp: bool,
 }
 
-/// How a call is computed: the 64 x 64 GEMM tiles of `conv.wgsl`, or `conv_direct.wgsl` with
-/// this many output channels per thread (4, 8 or 16).
+/// How a call is computed: the 64 x 64 GEMM tiles of `conv.wgsl`, the 128 x 128 cooperative-
+/// matrix tiles of `conv_coop.wgsl`, or `conv_direct.wgsl` with this many output channels per
+/// thread (4, 8 or 16).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Tiling {
     Gemm,
+    Coop,
     Direct(usize),
 }
 
@@ -126,7 +128,7 @@ enum Tiling {
 /// a 64-wide output tile would be idle.
 const DIRECT_MAX_N: usize = 32;
 
-fn tiling(n: usize) -> Tiling {
+fn tiling(n: usize, coop: bool) -> Tiling {
     #[cfg(test)]
     if let Some(forced) = FORCED_TILING.get() {
         return forced;
@@ -135,8 +137,22 @@ fn tiling(n: usize) -> Tiling {
         0..=4 => Tiling::Direct(4),
         5..=8 => Tiling::Direct(8),
         _ if n <= DIRECT_MAX_N => Tiling::Direct(16),
+        _ if coop => Tiling::Coop,
         _ => Tiling::Gemm,
     }
+}
+
+/// Whether `conv_coop.wgsl` can run a call: f16 input, history and weights, Cin a multiple of
+/// 4 (it fetches 4 channels at once), 16x16 f16 -> f32 cooperative matrices and subgroups of
+/// exactly 32.
+fn coop_fits(gpu: &crate::gpu::Gpu, inputs: &[&Tensor], cin: usize) -> bool {
+    let caps = &gpu.caps;
+    caps.coop_f16_16x16()
+        && caps.subgroup_min_size == 32
+        && caps.subgroup_max_size == 32
+        && cin % 4 == 0
+        && inputs.iter().all(|t| t.dtype() == DType::F16)
+        && std::env::var_os("VDIT_NO_CONV_COOP").is_none()
 }
 
 #[cfg(test)]
@@ -179,6 +195,15 @@ fn conv_defines(v: Variant) -> Defines {
 /// The define sets of `conv.wgsl` the portability test compiles.
 pub fn variants() -> Vec<Defines> {
     all_variants().into_iter().map(conv_defines).collect()
+}
+
+/// The define sets of `conv_coop.wgsl`: f16 operands.
+pub fn coop_variants() -> Vec<Defines> {
+    all_variants()
+        .into_iter()
+        .filter(|v| v.x == DType::F16 && v.w == DType::F16)
+        .map(conv_defines)
+        .collect()
 }
 
 /// The define sets of `conv_direct.wgsl`.
@@ -398,11 +423,17 @@ pub fn causal_conv3d(
     let bytes = x.numel() as f64 * el(x)
         + w.numel() as f64 * el(w)
         + (m * n) as f64 * el(y) * if out.accumulate { 2.0 } else { 1.0 };
-    let (shader, defines, workgroups) = match tiling(n) {
+    let coop = coop_fits(rec.gpu(), &tensors[..tensors.len() - 1], cin);
+    let (shader, defines, workgroups) = match tiling(n, coop) {
         Tiling::Gemm => (
             "conv",
             conv_defines(variant),
             [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1],
+        ),
+        Tiling::Coop => (
+            "conv_coop",
+            conv_defines(variant),
+            [n.div_ceil(128) as u32, m.div_ceil(128) as u32, 1],
         ),
         Tiling::Direct(co) => {
             // 64 threads of 4 pixels of one output row each.
@@ -740,14 +771,17 @@ mod tests {
             c.clamp,
             c.types
         );
-        // The kernel the launcher picks, then each of them.
-        let tilings = [
+        // The kernel the launcher picks, then each of them (the cooperative one where it can run).
+        let mut tilings = vec![
             None,
             Some(Tiling::Gemm),
             Some(Tiling::Direct(4)),
             Some(Tiling::Direct(8)),
             Some(Tiling::Direct(16)),
         ];
+        if coop_fits(gpu, &[&x, &hist, &weight], cin) {
+            tilings.push(Some(Tiling::Coop));
+        }
         for forced in tilings {
             let y = if c.accumulate {
                 Tensor::from_f32(gpu, &y_shape, &residual, yt).unwrap()
@@ -877,6 +911,19 @@ mod tests {
             clamp: true,
             types: [F16, F16, F32],
             ..Case::new([2, 3, 5, 8], 3, [3, 3, 3])
+        });
+        // Sizes across the cooperative kernel's 128 x 128 tiles, K ending mid-step.
+        check(Case {
+            upsample: true,
+            accumulate: true,
+            types: [F16, F16, F16],
+            ..Case::new([1, 5, 7, 12], 40, [1, 3, 3])
+        });
+        check(Case {
+            history: Some(2),
+            layout: OutputLayout::InterleavedTime,
+            types: [F16, F16, F32],
+            ..Case::new([2, 9, 10, 12], 160, [3, 3, 3])
         });
     }
 

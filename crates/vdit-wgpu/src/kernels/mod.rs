@@ -22,6 +22,7 @@ pub fn core_shaders() -> Vec<ShaderFile> {
         crate::shader_file!("channels_last", layout::variants),
         crate::shader_file!("conv", conv::variants),
         crate::shader_file!("conv_cache", conv::history_variants),
+        crate::shader_file!("conv_coop", conv::coop_variants),
         crate::shader_file!("conv_direct", conv::direct_variants),
         crate::shader_file!("elementwise", elementwise::variants),
         crate::shader_file!("frames_to_rgba", rgba::variants),
