@@ -1,92 +1,132 @@
-"""Builds bench/RESULTS.md from the JSON files the GPU runs leave in bench/results/.
+"""Builds bench/RESULTS.md from the files `bench/run_gpu.sh DIR` leaves in DIR.
 
-Usage: python3 bench/make_results.py
-Inputs (written by `vdit bench ... --json` and the PyTorch scripts in bench/, run in one
-command on the same GPU): h100_info.txt, h100_kernels.json, h100_torch_matmul.json,
-h100_dit_{softmax,hybrid,linear}.json, h100_torch_dit.json, and attention_h100.md beside this file.
+Usage: python3 bench/make_results.py [DIR]   (default: bench/results)
+Every ratio compares two timings taken in the same command on the same GPU.
 """
 import json
 import os
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-RES = os.path.join(HERE, "results")
-
-
-def load(name):
-    path = os.path.join(RES, name)
-    return json.load(open(path)) if os.path.exists(path) else None
 
 
 def main():
-    out = ["# vdit speed on an NVIDIA H100 80GB, beside PyTorch on the same GPU", ""]
-    info = open(os.path.join(RES, "h100_info.txt")).read().splitlines()
-    out += ["Device and driver: `" + info[0] + "`; wgpu 30 on Vulkan. Measured 2026-11-23.", ""]
-    out += ["Regenerate: run the commands of `bench/README.md` on the GPU machine, copy the JSON files into",
-            "`bench/results/`, then `python3 bench/make_results.py`.", ""]
-    kernels = load("h100_kernels.json")
-    torch_mm = load("h100_torch_matmul.json")
-    dit = {m: load(f"h100_dit_{m}.json") for m in ("softmax", "hybrid", "linear")}
-    tdit = load("h100_torch_dit.json")
+    res = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "results")
 
-    def k_ms(label):
-        for k in kernels["kernels"]:
-            if k["label"] == label:
+    def load(name):
+        path = os.path.join(res, name)
+        return json.load(open(path)) if os.path.exists(path) else None
+
+    def kernel_ms(doc, prefix):
+        for k in (doc or {}).get("kernels", []):
+            if k["label"].startswith(prefix):
                 return k["mean_ms"]
         return None
 
-    def t_ms(op, dtype):
-        for r in torch_mm["rows"]:
+    def torch_mm(op, dtype):
+        for r in (load("torch_matmul.json") or {}).get("rows", []):
             if r["op"].startswith(op) and r["dtype"] == dtype:
                 return r["ms"]
         return None
 
-    rows = []
-    up16 = k_ms("matmul+gelu 32760x8960x1536 f16")
-    up32 = k_ms("matmul+gelu 32760x8960x1536 f32")
-    rows.append(("matmul 32760x8960x1536, f16 in, f32 acc (portable tiled kernel; no cooperative matrices yet)",
-                 up16, "cuBLAS fp16", t_ms("linear ffn-up", "float16"), "<= 2.0"))
-    rows.append(("same, portable f32 path", up32, "cuBLAS fp32 no-TF32", t_ms("linear ffn-up", "float32"), "<= 1.25"))
-    att = None
-    for k in dit["softmax"]["kernels"]:
-        if k["label"].startswith("attention softmax 32760q x 32760k"):
-            att = k["mean_ms"]
-    rows.append(("softmax attention 12x128, N=32760, f16", att, "SDPA bf16 (attention_h100.md)", 11.09, "<= 2.5"))
-    bf16 = tdit["bf16_ms"]
-    rows.append(("Wan2.1 1.3B DiT forward, 32760 tokens, softmax", dit["softmax"]["median_ms"], "diffusers bf16", bf16, "<= 1.5"))
-    rows.append(("same, hybrid R=2 on 15 blocks", dit["hybrid"]["median_ms"], "diffusers bf16", bf16, "<= 1.2"))
-    rows.append(("same, all 30 blocks linear", dit["linear"]["median_ms"], "diffusers bf16", bf16, "<= 0.5"))
+    def first_result(doc):
+        rows = (doc or {}).get("results", [])
+        return rows[0]["median_ms"] if rows else None
+
+    def fmt(v, digits=1):
+        return "—" if v is None else f"{v:.{digits}f}"
+
+    info = open(os.path.join(res, "info.txt")).read().splitlines() if os.path.exists(os.path.join(res, "info.txt")) else ["?"]
+    device = next((l for l in info if l.startswith("device") or "Vulkan" in l), info[0])
+    out = ["# vdit speed beside PyTorch on the same GPU", "",
+           f"{device.strip()}. wgpu 30 on Vulkan. PyTorch timings from the same command (`bench/run_gpu.sh`).",
+           f"Date: {info[-1].strip()}.", "",
+           "Regenerate: `bench/run_gpu.sh DIR` on the GPU machine, then `python3 bench/make_results.py DIR`",
+           "(copy DIR to `bench/results/` to keep it). Ratios are vdit time / PyTorch time: lower is better.", ""]
+
+    kernels, no_coop = load("kernels.json"), load("kernels_no_coop.json")
+    tdit, tvae, gen = load("torch_dit.json"), load("torch_vae.json"), load("generate.json")
+    dit = {m: load(f"dit_{m}.json") for m in ("softmax", "hybrid", "linear", "linear_no_coop")}
+    tatt = None
+    for r in (load("torch_attention.json") or {}).get("results", []):
+        if r["precision"] == "bf16":
+            tatt = r["median_ms"]
+    bf16 = tdit.get("bf16_ms") if tdit else None
+
+    rows = [
+        ("matmul 32760x8960x1536, f16 in, f32 acc (cooperative matrices)",
+         kernel_ms(kernels, "matmul+gelu coop 32760x8960x1536 f16"), "cuBLAS fp16", torch_mm("linear ffn-up", "float16"), 2.0),
+        ("same, f16 without cooperative matrices (`--no-coop`)",
+         kernel_ms(no_coop, "matmul+gelu 32760x8960x1536 f16"), "cuBLAS fp16", torch_mm("linear ffn-up", "float16"), None),
+        ("same, portable f32 path", kernel_ms(kernels, "matmul+gelu 32760x8960x1536 f32"),
+         "cuBLAS fp32 no-TF32", torch_mm("linear ffn-up", "float32"), 1.25),
+        ("softmax attention 12x128, N=32760, f16 (cooperative matrices)", first_result(load("attention.json")),
+         "SDPA bf16", tatt, 2.5),
+        ("same, `--no-coop`", first_result(load("attention_no_coop.json")), "SDPA bf16", tatt, None),
+        ("Wan2.1 1.3B DiT forward, 32760 tokens, softmax", (dit["softmax"] or {}).get("median_ms"),
+         "diffusers bf16", bf16, 1.5),
+        ("same, hybrid R=2 on 15 blocks", (dit["hybrid"] or {}).get("median_ms"), "diffusers bf16", bf16, 1.2),
+        ("same, all 30 blocks linear", (dit["linear"] or {}).get("median_ms"), "diffusers bf16", bf16, 0.5),
+        ("same, all linear, `--no-coop`", (dit["linear_no_coop"] or {}).get("median_ms"), "diffusers bf16", bf16, None),
+        ("Wan-VAE decode 21x60x104 -> 81 frames", (tvae or {}).get("vdit_ms"), "diffusers bf16",
+         (tvae or {}).get("bf16_ms"), 1.0),
+    ]
     out += ["| work | vdit ms | PyTorch reference | PyTorch ms | ratio | target |", "|---|---:|---|---:|---:|---|"]
     for name, v, ref, r, target in rows:
-        ratio = v / r if v and r else float("nan")
-        out.append(f"| {name} | {v:.2f} | {ref} | {r:.2f} | {ratio:.1f} | {target} |")
-    out += ["| Wan-VAE decode 21x60x104 | not measured yet | diffusers bf16 | 2071 (reference) | | <= 1.0 |", ""]
-    out += ["## DiT forward details", "",
-            f"- Same random weights in both programs (diffusers layout, saved by `bench/torch_dit.py`): "
-            f"`vdit dit-forward --precision f16` differs from diffusers fp32 (TF32 off) by relative L2 "
-            f"{tdit['vdit_f16_vs_fp32_rel_l2']:.1e}; diffusers bf16 differs by {tdit['bf16_vs_fp32_rel_l2']:.1e}, "
-            f"fp16 by {tdit['fp16_vs_fp32_rel_l2']:.1e}.",
-            f"- diffusers: bf16 {tdit['bf16_ms']:.0f} ms ({tdit['bf16_peak_gb']:.2f} GB peak), fp16 {tdit['fp16_ms']:.0f} ms, "
-            f"fp32 {tdit['fp32_ms']:.0f} ms.",
-            f"- vdit f16 tensors held during the forward: {dit['softmax']['tensor_bytes'] / 2**30:.2f} GiB (weights + activations).",
-            "", "Where the time goes (vdit, softmax plan, one forward):", "",
-            "| kernel | count | total ms | share | TFLOP/s |", "|---|---:|---:|---:|---:|"]
-    for k in dit["softmax"]["kernels"][:8]:
-        out.append(f"| {k['label']} | {k['count']} | {k['total_ms']:.0f} | {100 * k['share']:.1f}% | {k['gflops'] / 1e3:.1f} |")
-    out += ["", "## Core kernels at Wan2.1 1.3B shapes (`vdit bench kernels`)", "",
-            "| kernel | mean ms | TFLOP/s | GB/s |", "|---|---:|---:|---:|"]
-    for k in kernels["kernels"]:
-        out.append(f"| {k['label']} | {k['mean_ms']:.3f} | {k['gflops'] / 1e3:.2f} | {k['gbps']:.0f} |")
-    out += ["", "PyTorch `F.linear` on the same GPU:", "", "| op | dtype | ms | TFLOP/s |", "|---|---|---:|---:|"]
-    for r in torch_mm["rows"]:
-        out.append(f"| {r['op']} | {r['dtype']} | {r['ms']:.3f} | {r['tflops']:.0f} |")
-    out += ["", "## What limits each row", "",
-            "- matmul: the portable kernel (64x64 tile, 4x4 outputs per thread, f32 FMAs) reaches ~14 TFLOP/s;",
-            "  tensor cores are only reachable through cooperative matrices, which the adapter offers",
-            "  (16x16x16 f16 -> f32) but no kernel uses yet.",
-            "- attention: the flash kernel runs on f32 FMAs at ~9 TFLOP/s; 78% of the softmax forward.",
-            "  The same cooperative-matrix work (QK^T and PV) is the road to SDPA-class speed.",
-            "- linear plan: feature maps and the apply pass are naive loops (~1.4 and ~2.8 TFLOP/s).",
-            ""]
+        ratio = v / r if v and r else None
+        met = "" if ratio is None or target is None else (" (met)" if ratio <= target else " (missed)")
+        tgt = "—" if target is None else f"<= {target}{met}"
+        out.append(f"| {name} | {fmt(v, 2)} | {ref} | {fmt(r, 2)} | {fmt(ratio)} | {tgt} |")
+    out.append("")
+
+    if tvae:
+        out += ["## VAE decode", "",
+                f"- diffusers bf16: {fmt(tvae.get('bf16_ms'), 0)} ms, peak {fmt(tvae.get('bf16_peak_gb'), 2)} GB; "
+                f"fp32: {fmt(tvae.get('fp32_ms'), 0)} ms, peak {fmt(tvae.get('fp32_peak_gb'), 2)} GB.",
+                f"- vdit (f16 storage): {fmt(tvae.get('vdit_ms'), 0)} ms, GPU tensors at peak {fmt(tvae.get('vdit_peak_gib'), 2)} GiB; "
+                f"relative L2 error against diffusers fp32: {tvae.get('vdit_vs_fp32_rel_l2', '—')} "
+                f"(diffusers bf16: {tvae.get('bf16_vs_fp32_rel_l2', '—')}).", ""]
+        if tvae.get("vdit_error"):
+            out += ["vdit failed:", "", "```", tvae["vdit_error"][-800:], "```", ""]
+    if gen:
+        out += ["## Whole generation (random full-size weights)", "",
+                f"- {gen.get('width')}x{gen.get('height')}, {gen.get('frames')} frames, guidance {gen.get('guidance')}: "
+                f"{gen.get('steps')} steps measured, {fmt(gen.get('step_ms'), 0)} ms per step (two forwards), "
+                f"VAE decode {fmt(gen.get('decode_ms'), 0)} ms.",
+                f"- 50 steps at that rate: {fmt(gen.get('projected_50_steps_s'), 0)} s (projected from the measured steps).",
+                f"- Peak GPU memory held by tensors: DiT stage {fmt(gen.get('dit_peak_gib'), 2)} GiB, "
+                f"VAE stage {fmt(gen.get('vae_peak_gib'), 2)} GiB.",
+                "- The prompt contexts are random embeddings: the text encoder runs before the DiT and is freed.", ""]
+    if tdit:
+        out += ["## DiT forward", "",
+                f"- Same random weights in both programs: `vdit dit-forward --precision f16` differs from diffusers fp32 "
+                f"(TF32 off) by relative L2 {tdit.get('vdit_f16_vs_fp32_rel_l2', float('nan')):.1e}; diffusers bf16 differs by "
+                f"{tdit.get('bf16_vs_fp32_rel_l2', float('nan')):.1e}.",
+                f"- diffusers: bf16 {fmt(tdit.get('bf16_ms'), 0)} ms ({fmt(tdit.get('bf16_peak_gb'), 2)} GB peak), "
+                f"fp16 {fmt(tdit.get('fp16_ms'), 0)} ms, fp32 {fmt(tdit.get('fp32_ms'), 0)} ms.", ""]
+    for mode in ("softmax", "hybrid", "linear"):
+        d = dit[mode]
+        if not d:
+            continue
+        out += [f"Where the time goes, {mode} plan (one forward, {d['tensor_bytes'] / 2**30:.2f} GiB of tensors):", "",
+                "| kernel | count | total ms | share | TFLOP/s |", "|---|---:|---:|---:|---:|"]
+        for k in d["kernels"][:8]:
+            out.append(f"| {k['label']} | {k['count']} | {k['total_ms']:.0f} | {100 * k['share']:.1f}% | {k['gflops'] / 1e3:.1f} |")
+        out.append("")
+    if kernels:
+        out += ["## Core kernels at Wan2.1 1.3B shapes (`vdit bench kernels`)", "",
+                "| kernel | mean ms | TFLOP/s | GB/s |", "|---|---:|---:|---:|"]
+        for doc in (kernels, no_coop):
+            for k in (doc or {}).get("kernels", []):
+                tag = " (`--no-coop`)" if doc is no_coop else ""
+                out.append(f"| {k['label']}{tag} | {k['mean_ms']:.3f} | {k['gflops'] / 1e3:.2f} | {k['gbps']:.0f} |")
+        out += ["", "PyTorch `F.linear` on the same GPU:", "", "| op | dtype | ms | TFLOP/s |", "|---|---|---:|---:|"]
+        for r in (load("torch_matmul.json") or {}).get("rows", []):
+            out.append(f"| {r['op']} | {r['dtype']} | {r['ms']:.3f} | {r['tflops']:.0f} |")
+        out.append("")
+    limits = os.path.join(HERE, "LIMITS.md")
+    if os.path.exists(limits):
+        out += [open(limits).read().strip(), ""]
     open(os.path.join(HERE, "RESULTS.md"), "w").write("\n".join(out))
     print("\n".join(out))
 

@@ -9,10 +9,12 @@ use vdit_model::pipeline::{
     CancelToken, GenerateRequest, ModelPaths, Pipeline, Progress, Prompt, SamplerKind, Stage,
 };
 use vdit_model::tensor_file::read_tensor;
+use vdit_model::vae::VaeTiling;
 use vdit_model::video::{write_video, Frames};
 use vdit_wgpu::Gpu;
 
 use crate::dit_forward::precision_arg;
+use crate::vae_decode::VAE_TILE_HELP;
 
 #[derive(Args, Debug, Clone)]
 pub struct GenerateArgs {
@@ -75,6 +77,8 @@ pub struct GenerateArgs {
     /// Storage precision: f16 (default where the adapter has it) or f32.
     #[arg(long)]
     pub precision: Option<String>,
+    #[arg(long, value_name = "SIZE[,OVERLAP]", help = VAE_TILE_HELP)]
+    pub vae_tile: Option<VaeTiling>,
     /// out.mp4, out.webp, out.gif, or a folder (ending in /) of PNG frames.
     #[arg(long, default_value = "out.mp4")]
     pub output: PathBuf,
@@ -184,6 +188,9 @@ pub fn run(gpu: &Gpu, a: &GenerateArgs) -> Result<(), Box<dyn std::error::Error>
     }
     if let Some(plan) = &a.attention_plan {
         pipeline = pipeline.with_attention_plan(plan.clone());
+    }
+    if let Some(tiling) = a.vae_tile {
+        pipeline = pipeline.with_vae_tiling(tiling);
     }
     let cancel = CancelToken::default();
     let mut bars = Bars {

@@ -2,7 +2,9 @@
 
 mod bench_attention;
 mod bench_dit;
+mod bench_generate;
 mod bench_kernels;
+mod bench_vae;
 mod dit_forward;
 mod encode_prompt;
 mod generate;
@@ -52,6 +54,10 @@ enum BenchCommand {
     Dit(bench_dit::DitBenchArgs),
     /// One attention mode over sequence lengths, optionally checked against the CPU.
     Attention(bench_attention::AttentionBenchArgs),
+    /// One Wan-VAE decode at full size with random weights.
+    Vae(bench_vae::VaeBenchArgs),
+    /// The denoising loop and decode of a whole generation with random full-size weights.
+    Generate(bench_generate::GenerateBenchArgs),
 }
 
 type CliResult = Result<(), Box<dyn std::error::Error>>;
@@ -77,6 +83,8 @@ fn main() {
                 print!("{}", bench_attention::run(gpu, a)?);
                 Ok(())
             }),
+            BenchCommand::Vae(a) => with_gpu(&cli.gpu, |gpu| bench_vae::run(gpu, a)),
+            BenchCommand::Generate(a) => with_gpu(&cli.gpu, |gpu| bench_generate::run(gpu, a)),
         },
     };
     if let Err(e) = result {

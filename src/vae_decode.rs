@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use vdit_model::tensor_file::{read_tensor, write_tensors, HostTensor};
-use vdit_model::vae::{LatentScale, WanVae};
+use vdit_model::vae::{DecodeOptions, LatentScale, VaeTiling, WanVae};
 use vdit_wgpu::{DType, Gpu, Tensor};
 
 use crate::dit_forward::precision_arg;
@@ -27,7 +27,15 @@ pub struct VaeDecodeArgs {
     /// Storage precision: f16 (default where the adapter has it) or f32.
     #[arg(long)]
     pub precision: Option<String>,
+    #[arg(long, value_name = "SIZE[,OVERLAP]", help = VAE_TILE_HELP)]
+    pub vae_tile: Option<VaeTiling>,
 }
+
+/// The help of `--vae-tile`, shared by every command that decodes.
+pub const VAE_TILE_HELP: &str = "Decode in spatial tiles of SIZE x SIZE latent pixels \
+(8 SIZE output pixels), neighbours overlapping by OVERLAP (default SIZE/4, at most SIZE/2) and \
+blended as diffusers' tiled decode does: the decoder then needs the memory of one tile. 32,8 is \
+diffusers' default; a latent within one tile is decoded whole";
 
 pub fn run(gpu: &Gpu, a: &VaeDecodeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let precision = precision_arg(gpu, a.precision.as_deref())?;
@@ -37,20 +45,22 @@ pub fn run(gpu: &Gpu, a: &VaeDecodeArgs) -> Result<(), Box<dyn std::error::Error
         .output_shape(&latent.shape)
         .map_err(|e| format!("{}: {e}", a.latent.display()))?;
     let latent_t = Tensor::from_f32(gpu, &latent.shape, &latent.data, DType::F32)?;
-    let scale = if a.denormalized {
-        LatentScale::Denormalized
-    } else {
-        LatentScale::Normalized
+    let options = DecodeOptions {
+        scale: if a.denormalized {
+            LatentScale::Denormalized
+        } else {
+            LatentScale::Normalized
+        },
+        tiling: a.vae_tile,
+        profiler: None,
     };
     let started = std::time::Instant::now();
-    let frames = vae.decode(gpu, &latent_t, scale)?;
+    let frames = vae.decode_with(gpu, &latent_t, options)?;
     gpu.wait()?;
-    let (in_use, free) = gpu.pool_bytes();
-    // Freed buffers stay pooled, so in use + free is the most the decode held at once.
     log::info!(
         "vae decode: {:.1} ms, GPU tensors at peak {:.2} GiB",
         started.elapsed().as_secs_f64() * 1e3,
-        (in_use + free) as f64 / (1u64 << 30) as f64
+        gpu.pool_peak_bytes() as f64 / (1u64 << 30) as f64
     );
     let data = frames.to_vec_f32(gpu)?;
     if let Some(i) = data.iter().position(|v| !v.is_finite()) {

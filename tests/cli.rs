@@ -101,3 +101,140 @@ fn dit_forward_names_the_bad_file() {
     assert!(!ok && stderr.contains("no-such-model"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn vae_decode_in_tiles_writes_diffusers_tiled_frames() {
+    let golden = assets().join("goldens/vae/tiny");
+    let dir = scratch("vae-tiles");
+    let output = dir.join("frames.safetensors");
+    let (ok, stderr) = run(vdit()
+        .args([
+            "vae-decode",
+            "--precision",
+            "f32",
+            "--vae-tile",
+            "4,2",
+            "--model",
+        ])
+        .arg(golden.join("diffusers"))
+        .arg("--latent")
+        .arg(golden.join("io.safetensors"))
+        .arg("--output")
+        .arg(&output));
+    assert!(ok, "{stderr}");
+    let got = read_tensor(&output, "frames").unwrap();
+    let want = read_tensor(&golden.join("tiled.safetensors"), "frames_tile4_overlap2").unwrap();
+    assert_eq!(got.shape, want.shape);
+    let want: Vec<f64> = want.data.iter().map(|&v| v as f64).collect();
+    assert_close("vdit vae-decode --vae-tile 4,2", 0, &got.data, &want, 1e-4);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_vae_tiles_name_the_flag() {
+    let golden = assets().join("goldens/vae/tiny");
+    for (value, message) in [
+        ("8,8", "smaller than the tile"),
+        ("0", "at least 1"),
+        ("8,6", "at most half"),
+    ] {
+        let (ok, stderr) = run(vdit()
+            .args(["vae-decode", "--vae-tile", value, "--model"])
+            .arg(golden.join("diffusers"))
+            .arg("--latent")
+            .arg(golden.join("io.safetensors"))
+            .args(["--output", "unused.safetensors"]));
+        assert!(
+            !ok && stderr.contains("--vae-tile") && stderr.contains(message),
+            "{stderr}"
+        );
+        let (ok, stderr) = run(vdit().args(["generate", "--prompt", "a fox", "--vae-tile", value]));
+        assert!(
+            !ok && stderr.contains("--vae-tile") && stderr.contains(message),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn bench_vae_reports_kernels_time_and_memory() {
+    let dir = scratch("bench-vae");
+    let json = dir.join("vae.json");
+    let config = assets().join("goldens/vae/tiny/diffusers/config.json");
+    let out = vdit()
+        .args(["bench", "vae", "--precision", "f32", "--config"])
+        .arg(&config)
+        .args([
+            "--latent-frames",
+            "2",
+            "--latent-height",
+            "5",
+            "--latent-width",
+            "7",
+        ])
+        .args(["--vae-tile", "4,1", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for text in ["blend_tile", "conv", "2 x 3 tiles", "ms wall", "peak"] {
+        assert!(stdout.contains(text), "no '{text}' in:\n{stdout}");
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["frames"], serde_json::json!([3, 5, 40, 56]));
+    assert_eq!(report["tiling"]["tiles"], serde_json::json!([2, 3]));
+    assert!(report["median_ms"].as_f64().unwrap() > 0.0);
+    let peak = report["peak_bytes"].as_u64().unwrap();
+    let frames = report["frames_bytes"].as_u64().unwrap();
+    assert!(peak > report["weight_bytes"].as_u64().unwrap() + frames);
+    assert!(report["kernels"].as_array().is_some_and(|k| !k.is_empty()));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bench_generate_reports_steps_decode_and_memory() {
+    let dir = scratch("bench-generate");
+    let json = dir.join("generate.json");
+    let model = assets().join("default-model");
+    let out = vdit()
+        .args([
+            "bench",
+            "generate",
+            "--random-weights",
+            "--precision",
+            "f32",
+            "--config",
+        ])
+        .arg(model.join("transformer/config.json"))
+        .arg("--vae-config")
+        .arg(model.join("vae/config.json"))
+        .args([
+            "--width", "32", "--height", "32", "--frames", "5", "--steps", "2",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for text in ["step 2:", "ms per step", "VAE stage"] {
+        assert!(stdout.contains(text), "no '{text}' in:\n{stdout}");
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["steps_ms"].as_array().map(Vec::len), Some(2));
+    assert!(report["decode_ms"].as_f64().unwrap() > 0.0);
+    assert!(report["dit_peak_gib"].as_f64().unwrap() > 0.0);
+    assert!(report["vae_peak_gib"].as_f64().unwrap() > 0.0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -8,9 +8,10 @@ use vdit_model::dit::Precision;
 use vdit_model::pipeline::{
     CancelToken, GenerateRequest, ModelPaths, Pipeline, Progress, Prompt, Stage,
 };
+use vdit_model::vae::{DecodeOptions, VaeTiling, WanVae};
 use vdit_model::ModelError;
 use vdit_wgpu::testing::test_gpu;
-use vdit_wgpu::Tensor;
+use vdit_wgpu::{DType, Tensor};
 
 fn tiny_request(seed: u64) -> GenerateRequest {
     let mut r = GenerateRequest::new(Prompt::Text("a red fox running through snow".into()));
@@ -78,6 +79,42 @@ fn same_seed_same_video_and_progress_is_reported() {
             "{stage:?} never ended"
         );
     }
+}
+
+/// Keeps the latent of the last preview: the final one.
+#[derive(Default)]
+struct FinalLatent(Vec<f32>);
+
+impl Progress for FinalLatent {
+    fn preview(&mut self, _step: usize, latent: &Tensor) {
+        self.0 = latent.to_vec_f32(test_gpu()).unwrap();
+    }
+}
+
+#[test]
+fn vae_tiling_reaches_the_decoder() {
+    let gpu = test_gpu();
+    let paths = ModelPaths::embedded_default().unwrap();
+    let vae = WanVae::load(gpu, paths.vae.as_ref().unwrap(), Precision::F32).unwrap();
+    // The latent is 6 x 4: tiles of 4 cut it in two rows.
+    let tiling = VaeTiling::new(4, 1).unwrap();
+    let pipeline = Pipeline::new(gpu, paths, Precision::F32).with_vae_tiling(tiling);
+    let mut last = FinalLatent::default();
+    let video = pipeline
+        .generate(&tiny_request(3), &mut last, &CancelToken::default())
+        .unwrap();
+    let got = video.frames.to_vec_f32(gpu).unwrap();
+    let latent = Tensor::from_f32(gpu, &[16, 2, 6, 4], &last.0, DType::F32).unwrap();
+    let decode = |tiling| {
+        let options = DecodeOptions {
+            tiling,
+            ..Default::default()
+        };
+        let frames = vae.decode_with(gpu, &latent, options).unwrap();
+        frames.to_vec_f32(gpu).unwrap()
+    };
+    assert_eq!(got, decode(Some(tiling)), "not the tiled decode");
+    assert_ne!(got, decode(None), "the tiling was not used");
 }
 
 #[test]

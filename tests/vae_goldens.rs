@@ -1,11 +1,12 @@
 //! The Wan-VAE decoder against diffusers' AutoencoderKLWan on a tiny random-weight config
-//! (goldens made by tools/make_vae_goldens.py), through both key layouts.
+//! (goldens made by tools/make_vae_goldens.py), through both key layouts, whole and in tiles.
 
 use std::path::{Path, PathBuf};
 
 use vdit_model::dit::Precision;
 use vdit_model::vae::{
-    diffusers_to_original, LatentScale, MemorySource, TensorSource, VaeConfig, VaeNaming, WanVae,
+    diffusers_to_original, DecodeOptions, LatentScale, MemorySource, TensorSource, VaeConfig,
+    VaeNaming, VaeTiling, WanVae,
 };
 use vdit_model::weights::{WeightFile, WeightSet};
 use vdit_wgpu::testing::{assert_close, test_gpu};
@@ -16,7 +17,11 @@ fn golden_dir() -> PathBuf {
 }
 
 fn read(name: &str) -> (Vec<usize>, Vec<f32>) {
-    let io = WeightFile::open(golden_dir().join("io.safetensors")).unwrap();
+    read_from("io.safetensors", name)
+}
+
+fn read_from(file: &str, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let io = WeightFile::open(golden_dir().join(file)).unwrap();
     let view = io.get(name).unwrap();
     (view.shape().to_vec(), view.to_f32().unwrap())
 }
@@ -78,6 +83,76 @@ fn decoder_matches_diffusers_in_f16() {
         "latent",
         LatentScale::Normalized,
         2e-2,
+    );
+}
+
+fn decode_tiled(vae: &WanVae, latent: &Tensor, tiling: VaeTiling) -> Vec<f32> {
+    let gpu = test_gpu();
+    let options = DecodeOptions {
+        tiling: Some(tiling),
+        ..Default::default()
+    };
+    let frames = vae.decode_with(gpu, latent, options).unwrap();
+    frames.to_vec_f32(gpu).unwrap()
+}
+
+#[test]
+fn tiled_decoder_matches_diffusers_tiled_decode() {
+    let gpu = test_gpu();
+    let vae = WanVae::load(gpu, &golden_dir().join("diffusers"), Precision::F32).unwrap();
+    let (shape, latent) = read("latent");
+    let latent = Tensor::from_f32(gpu, &shape, &latent, DType::F32).unwrap();
+    for (tile, overlap) in [(4, 1), (4, 2)] {
+        let (want_shape, want) = read_from(
+            "tiled.safetensors",
+            &format!("frames_tile{tile}_overlap{overlap}"),
+        );
+        assert_eq!(want_shape, [3, 9, 40, 56]);
+        let got = decode_tiled(&vae, &latent, VaeTiling::new(tile, overlap).unwrap());
+        let want: Vec<f64> = want.iter().map(|&v| v as f64).collect();
+        let case = format!("VAE f32, tiles of {tile} overlapping by {overlap}");
+        assert_close(&case, 0, &got, &want, 1e-4);
+        assert!(
+            got.iter().all(|v| (-1.0..=1.0).contains(v)),
+            "{case}: not clamped"
+        );
+    }
+}
+
+#[test]
+fn a_latent_within_one_tile_is_decoded_whole() {
+    let gpu = test_gpu();
+    let vae = WanVae::load(gpu, &golden_dir().join("diffusers"), Precision::F32).unwrap();
+    let (shape, latent) = read("latent");
+    let latent = Tensor::from_f32(gpu, &shape, &latent, DType::F32).unwrap();
+    let whole = vae.decode(gpu, &latent, LatentScale::Normalized).unwrap();
+    let whole = whole.to_vec_f32(gpu).unwrap();
+    // The latent is 5 x 7: a tile of 7 holds it, whatever the overlap.
+    for tiling in [VaeTiling::new(7, 3).unwrap(), VaeTiling::default()] {
+        let tiled = decode_tiled(&vae, &latent, tiling);
+        assert!(
+            tiled
+                .iter()
+                .zip(&whole)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "tiling {tiling}: differs from the whole decode"
+        );
+    }
+    let bad = DecodeOptions {
+        tiling: Some(VaeTiling {
+            tile: 4,
+            overlap: 4,
+        }),
+        ..Default::default()
+    };
+    let err = vae
+        .decode_with(gpu, &latent, bad)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("VAE tiling") && err.contains("overlap (4)"),
+        "{err}"
     );
 }
 

@@ -11,6 +11,8 @@ latent of odd size (F=3, H=5, W=7 -> 9 frames of 40x56) and writes:
   original/Wan2.1_VAE.pth   the same weights under the Wan2.1 repository's names, written by
                             torch.save(state_dict) like the published checkpoint
   io.safetensors            inputs, output, and a few intermediates (see assets/goldens/README.md)
+  tiled.safetensors         the same latent through diffusers' tiled decode (enable_tiling), for
+                            small tiles that cut the 5 x 7 latent into 2 x 3 and 3 x 4 tiles
 
 Like the published files, both weight files hold the encoder too; only the decoder is used here.
 
@@ -54,6 +56,10 @@ CONFIG = dict(
     # latents_mean / latents_std keep diffusers' defaults: the 16 constants of the real model.
 )
 LATENT_SHAPE = (16, 3, 5, 7)  # C, F, H, W
+# Tiled decodes: (tile, overlap) in latent pixels. diffusers takes output pixels: tiles of
+# 8 * tile, one every 8 * (tile - overlap) (tile_sample_min_* and tile_sample_stride_*). The
+# second leaves last tiles narrower than the overlap.
+TILINGS = [(4, 1), (4, 2)]
 # The decoder's last convolution gets a smaller gain so that most output values lie inside
 # [-1, 1] and only about 1% are clamped (a clamp everywhere would hide errors).
 CONV_OUT_GAIN = 0.5
@@ -215,6 +221,25 @@ def decode_with_intermediates(vae, z):
     return frames, rec
 
 
+def tiled_decode(vae, z, tile, overlap):
+    """vae.decode(z) (batch 1) through diffusers' tiled_decode."""
+    vae.enable_tiling(
+        tile_sample_min_height=8 * tile,
+        tile_sample_min_width=8 * tile,
+        tile_sample_stride_height=8 * (tile - overlap),
+        tile_sample_stride_width=8 * (tile - overlap),
+    )
+    try:
+        with torch.no_grad():
+            return vae.decode(z[None], return_dict=False)[0][0]
+    finally:
+        vae.disable_tiling()
+
+
+def tiled_name(tile, overlap):
+    return f"frames_tile{tile}_overlap{overlap}"
+
+
 def main():
     setup_torch()
     diffusers_logging.set_verbosity_error()
@@ -251,6 +276,20 @@ def main():
     cond = rel_l2(frames, frames64)
     print(f"  relative L2 of the float32 decode against float64: {cond:.3e}")
     assert cond < 1e-5
+
+    # Tiled decodes, each also checked against float64.
+    tiled = {}
+    for tile, overlap in TILINGS:
+        out = tiled_decode(vae, latent_denormalized, tile, overlap)
+        assert out.shape == frames.shape, out.shape
+        out64 = tiled_decode(vae64, latent_denormalized.double(), tile, overlap)
+        cond_tiled = rel_l2(out, out64)
+        assert cond_tiled < 1e-5
+        print(
+            f"  tiled decode, tile {tile} overlap {overlap}: relative L2 {rel_l2(out, frames):.3e} "
+            f"from the untiled frames, {cond_tiled:.3e} from float64"
+        )
+        tiled[tiled_name(tile, overlap)] = out
 
     # 1. diffusers layout
     diff_dir = OUT_DIR / "diffusers"
@@ -300,6 +339,9 @@ def main():
     written = save_tensors(OUT_DIR / "io.safetensors", io, metadata=meta)
     check_roundtrip(OUT_DIR / "io.safetensors", written)
 
+    written = save_tensors(OUT_DIR / "tiled.safetensors", tiled, metadata=meta)
+    check_roundtrip(OUT_DIR / "tiled.safetensors", written)
+
     save_json(
         GOLDENS / "vae" / "goldens.json",
         {
@@ -312,6 +354,9 @@ def main():
                 "fraction_clamped": clamped,
                 "float32_vs_float64_rel_l2": cond,
                 "pth_pickle_globals": globals_used,
+                "tiled_latent_pixels": {
+                    tiled_name(t, o): {"tile": t, "overlap": o} for t, o in TILINGS
+                },
             },
         },
     )

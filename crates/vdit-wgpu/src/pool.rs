@@ -1,5 +1,6 @@
 //! A buffer pool: tensors of a shape seen before reuse a freed buffer of the same size, so a
-//! steady-state loop (one denoising step after another) allocates nothing.
+//! steady-state loop (one denoising step after another) allocates nothing. The pool also keeps
+//! the most bytes it ever held, the GPU memory a workload needs.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +23,8 @@ pub struct BufferPool {
     free: Mutex<HashMap<(u64, u32), Vec<wgpu::Buffer>>>,
     in_use_bytes: AtomicU64,
     free_bytes: AtomicU64,
+    /// High-water mark of in use + free bytes.
+    peak_bytes: AtomicU64,
 }
 
 /// A buffer on loan from the pool; it returns there when the last tensor holding it drops.
@@ -74,12 +77,18 @@ impl BufferPool {
                 self.free_bytes.fetch_sub(size, Ordering::Relaxed);
                 b
             }
-            None => device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(label),
-                size,
-                usage,
-                mapped_at_creation: false,
-            }),
+            None => {
+                let held = self.in_use_bytes.load(Ordering::Relaxed)
+                    + self.free_bytes.load(Ordering::Relaxed)
+                    + size;
+                self.peak_bytes.fetch_max(held, Ordering::Relaxed);
+                device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(label),
+                    size,
+                    usage,
+                    mapped_at_creation: false,
+                })
+            }
         };
         self.in_use_bytes.fetch_add(size, Ordering::Relaxed);
         Arc::new(PooledBuffer {
@@ -113,5 +122,60 @@ impl BufferPool {
             self.in_use_bytes.load(Ordering::Relaxed),
             self.free_bytes.load(Ordering::Relaxed),
         )
+    }
+
+    /// The most bytes held at once (in use and free) since the pool was made or the last
+    /// [`reset_peak`](Self::reset_peak).
+    pub fn peak_bytes(&self) -> u64 {
+        let (in_use, free) = self.bytes();
+        self.peak_bytes.load(Ordering::Relaxed).max(in_use + free)
+    }
+
+    /// Starts a new high-water mark from what is held now.
+    pub fn reset_peak(&self) {
+        let (in_use, free) = self.bytes();
+        self.peak_bytes.store(in_use + free, Ordering::Relaxed);
+    }
+}
+
+impl crate::gpu::Gpu {
+    /// The most bytes the buffer pool held at once (tensors in use and pooled free buffers):
+    /// the GPU memory of the work since the device was opened or the last
+    /// [`reset_pool_peak`](Self::reset_pool_peak).
+    pub fn pool_peak_bytes(&self) -> u64 {
+        self.pool.peak_bytes()
+    }
+
+    /// Starts a new high-water mark of the pool from what it holds now.
+    pub fn reset_pool_peak(&self) {
+        self.pool.reset_peak();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::test_gpu;
+
+    #[test]
+    fn the_pool_keeps_its_high_water_mark() {
+        let device = &test_gpu().device;
+        let pool = Arc::new(BufferPool::default());
+        let take = |bytes| pool.take(device, bytes, TENSOR_USAGE, "test");
+        let (a, b) = (take(1024), take(4096));
+        assert_eq!(pool.peak_bytes(), 5120);
+        drop((a, b));
+        // Reused, not allocated: the mark stays.
+        let a = take(1024);
+        assert_eq!(pool.bytes(), (1024, 4096));
+        assert_eq!(pool.peak_bytes(), 5120);
+        drop(a);
+        pool.trim();
+        assert_eq!(pool.peak_bytes(), 5120);
+        pool.reset_peak();
+        assert_eq!(pool.peak_bytes(), 0);
+        let c = take(2048);
+        assert_eq!(pool.peak_bytes(), 2048);
+        drop(c);
     }
 }

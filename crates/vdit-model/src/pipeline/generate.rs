@@ -9,15 +9,16 @@ use std::sync::Arc;
 
 use vdit_wgpu::{DType, Gpu, Recorder, Tensor};
 
+use super::denoise::denoise;
 use super::noise::gaussian_noise;
 use super::paths::ModelPaths;
 use super::request::{GenerateRequest, Prompt};
 use crate::dit::{Precision, WanDit};
 use crate::error::{input_err, ModelError, Result};
 use crate::plan::AttentionPlan;
-use crate::scheduler::{guide_in_place, needs_uncond, Sampler};
+use crate::scheduler::needs_uncond;
 use crate::text::{PromptTokenizer, Residency, UmT5Encoder};
-use crate::vae::{LatentScale, WanVae};
+use crate::vae::{DecodeOptions, LatentScale, VaeTiling, WanVae};
 
 /// The stages a generation reports progress for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,7 +55,7 @@ impl CancelToken {
     pub fn is_cancelled(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
-    fn check(&self) -> Result<()> {
+    pub(crate) fn check(&self) -> Result<()> {
         if self.is_cancelled() {
             Err(ModelError::Cancelled)
         } else {
@@ -75,6 +76,7 @@ pub struct Pipeline<'g> {
     paths: ModelPaths,
     precision: Precision,
     plan: Option<std::path::PathBuf>,
+    vae_tiling: Option<VaeTiling>,
     /// Frames per second of the written video (16 for Wan2.1).
     pub fps: u32,
 }
@@ -87,6 +89,7 @@ impl<'g> Pipeline<'g> {
             paths,
             precision,
             plan: None,
+            vae_tiling: None,
             fps,
         }
     }
@@ -94,6 +97,13 @@ impl<'g> Pipeline<'g> {
     /// Self-attention per block from a plan file (see `crate::plan`).
     pub fn with_attention_plan(mut self, plan: std::path::PathBuf) -> Self {
         self.plan = Some(plan);
+        self
+    }
+
+    /// Decodes in overlapping spatial tiles (see [`VaeTiling`]): the VAE then needs the memory
+    /// of one tile, whatever the frame size.
+    pub fn with_vae_tiling(mut self, tiling: VaeTiling) -> Self {
+        self.vae_tiling = Some(tiling);
         self
     }
 
@@ -155,31 +165,13 @@ impl<'g> Pipeline<'g> {
             &gaussian_noise(request.seed, numel),
             DType::F32,
         )?;
-        let v_cond = Tensor::empty(gpu, &shape, DType::F32)?;
-        let v_uncond = Tensor::empty(gpu, &shape, DType::F32)?;
-        let mut sampler = Sampler::new(request.sampler, request.steps, request.flow_shift as f64)?;
-        let timesteps = sampler.timesteps().to_vec();
-        progress.begin(Stage::Denoising, timesteps.len());
-        for (step, &t) in timesteps.iter().enumerate() {
-            cancel.check()?;
-            let mut rec = Recorder::new(gpu);
-            runner.forward(&mut rec, &latent, t, &caches[0], &v_cond)?;
-            if guided {
-                runner.forward(&mut rec, &latent, t, &caches[1], &v_uncond)?;
-                guide_in_place(&mut rec, &v_cond, &v_uncond, request.guidance)?;
-            }
-            sampler.step(&mut rec, &v_cond, &latent)?;
-            rec.run()?;
-            progress.advance(Stage::Denoising, step + 1);
-            progress.preview(step, &latent);
-        }
-        progress.end(Stage::Denoising);
+        denoise(gpu, &runner, &caches, &latent, request, progress, cancel)?;
         drop(runner);
-        drop((caches, v_cond, v_uncond));
+        drop(caches);
         drop(dit);
         gpu.trim_pool();
 
-        // Decoding, one latent frame at a time.
+        // Decoding, one latent frame (and tile) at a time.
         cancel.check()?;
         progress.begin(Stage::Decoding, 1);
         let vae_path = self
@@ -188,7 +180,12 @@ impl<'g> Pipeline<'g> {
             .as_ref()
             .ok_or_else(|| input_err("model", "no VAE weights given"))?;
         let vae = WanVae::load(gpu, vae_path, self.precision)?;
-        let frames = vae.decode(gpu, &latent, LatentScale::Normalized)?;
+        let options = DecodeOptions {
+            scale: LatentScale::Normalized,
+            tiling: self.vae_tiling,
+            profiler: None,
+        };
+        let frames = vae.decode_with(gpu, &latent, options)?;
         gpu.wait()?;
         progress.advance(Stage::Decoding, 1);
         progress.end(Stage::Decoding);

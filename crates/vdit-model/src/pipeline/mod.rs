@@ -1,5 +1,6 @@
 //! Text-to-video generation: prompt encoding, the denoising loop, decoding, and the video.
 
+pub mod denoise;
 pub mod generate;
 pub mod noise;
 pub mod paths;
@@ -7,6 +8,7 @@ pub mod request;
 pub mod texture;
 
 pub use crate::scheduler::SamplerKind;
+pub use denoise::denoise;
 pub use generate::{CancelToken, Pipeline, Progress, Silent, Stage, Video};
 pub use noise::gaussian_noise;
 pub use paths::{ModelDefaults, ModelPaths};

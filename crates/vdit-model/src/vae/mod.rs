@@ -4,6 +4,8 @@
 //!   file in either naming, or any [`TensorSource`].
 //! - [`WanVae::decode`]: one latent frame at a time, each causal convolution keeping its last two
 //!   input frames for the next; the activations of one latent frame exist at a time.
+//! - [`WanVae::decode_with`]: the same with [`DecodeOptions`]: spatial tiles ([`VaeTiling`],
+//!   diffusers' tiled decode) so that the activations are those of one tile, and a profiler.
 //!
 //! The first latent frame skips the temporal upsamplers' time convolution and gives one frame;
 //! every later one gives four (two per temporal upsampler), as in the reference.
@@ -12,21 +14,25 @@ mod config;
 mod decode;
 mod layers;
 mod source;
+mod tiling;
 
-use std::path::Path;
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
 
+use vdit_wgpu::testing::Rng;
 use vdit_wgpu::Gpu;
 
 pub use config::VaeConfig;
-pub use decode::LatentScale;
+pub use decode::{DecodeOptions, LatentScale};
 pub use layers::{AttentionBlock, CausalConv, ResidualBlock, UpStage, Upsampler};
 pub use source::{diffusers_to_original, MemorySource, TensorSource, VaeNaming, VaeTensors};
+pub use tiling::VaeTiling;
 
 use crate::dit::Precision;
 use crate::error::Result;
 use crate::pth::PthFile;
 use crate::weights::{WeightError, WeightSet};
-use layers::{ChannelRmsNorm, Loader};
+use layers::{ChannelRmsNorm, Loader, Values};
 
 /// The decoder's weights on the GPU.
 pub struct WanVae {
@@ -73,26 +79,43 @@ impl WanVae {
         config: VaeConfig,
         precision: Precision,
     ) -> Result<Self> {
+        let origin = source.origin();
+        check_config(&config, &origin)?;
+        let tensors = VaeTensors::new(source, config.num_res_blocks)?;
+        let naming = tensors.naming();
+        Self::build(gpu, Values::Checkpoint(&tensors), naming, config, precision)
+    }
+
+    /// A decoder of `config` with seeded random weights scaled like trained ones: for
+    /// benchmarks of speed and memory, where the values do not matter.
+    pub fn random(gpu: &Gpu, config: VaeConfig, precision: Precision, seed: u64) -> Result<Self> {
+        check_config(&config, Path::new("random weights"))?;
+        let values = Values::Random(RefCell::new(Rng::new(seed)));
+        Self::build(gpu, values, VaeNaming::Diffusers, config, precision)
+    }
+
+    fn build(
+        gpu: &Gpu,
+        values: Values<'_>,
+        naming: VaeNaming,
+        config: VaeConfig,
+        precision: Precision,
+    ) -> Result<Self> {
         if precision == Precision::F16 && !gpu.caps.shader_f16 {
             return Err(
                 vdit_wgpu::GpuError::MissingFeature("an f16 VAE".into(), "SHADER_F16").into(),
             );
         }
-        config.validate().map_err(|reason| WeightError::Config {
-            path: source.origin(),
-            reason,
-        })?;
-        let tensors = VaeTensors::new(source, config.num_res_blocks)?;
         let ld = Loader {
             gpu,
-            tensors: &tensors,
+            values,
             dtype: precision.dtype(),
         };
         let z = config.z_dim;
         let dims = config.stage_dims();
         let post_quant = (
-            tensors.read("post_quant_conv.weight", &[z, z])?,
-            tensors.read("post_quant_conv.bias", &[z])?,
+            ld.read("post_quant_conv.weight", &[z, z])?,
+            ld.read("post_quant_conv.bias", &[z])?,
         );
         let conv_in = CausalConv::load(&ld, "decoder.conv_in", z, dims[0], [3, 3, 3])?;
         let mid = (
@@ -129,7 +152,7 @@ impl WanVae {
         let norm_out = ChannelRmsNorm::load(&ld, "decoder.norm_out", out_dim)?;
         let conv_out = CausalConv::load(&ld, "decoder.conv_out", out_dim, 3, [3, 3, 3])?;
         Ok(Self {
-            naming: tensors.naming(),
+            naming,
             config,
             precision,
             post_quant,
@@ -140,6 +163,14 @@ impl WanVae {
             conv_out,
         })
     }
+}
+
+fn check_config(config: &VaeConfig, origin: &Path) -> Result<()> {
+    config.validate().map_err(|reason| WeightError::Config {
+        path: PathBuf::from(origin),
+        reason,
+    })?;
+    Ok(())
 }
 
 /// The Wan2.1 config with base_dim and z_dim read from the decoder's first and last convolutions

@@ -491,7 +491,7 @@ impl FlashCoopLayout {
     fn chosen() -> Self {
         match std::env::var("VDIT_FLASH_COOP") {
             Ok(v) => Self { wide: v == "wide" },
-            Err(_) => Self { wide: false },
+            Err(_) => Self { wide: true },
         }
     }
     fn subgroups(&self) -> u32 {

@@ -10,6 +10,7 @@ pub mod patch;
 pub mod rgba;
 pub mod rope;
 pub mod t5_attention;
+pub mod tile_blend;
 
 use crate::error::{shape_err, GpuError, Result};
 use crate::gpu::Gpu;
@@ -32,6 +33,7 @@ pub fn core_shaders() -> Vec<ShaderFile> {
         crate::shader_file!("patch", patch::variants),
         crate::shader_file!("rope", rope::variants),
         crate::shader_file!("t5_attention", t5_attention::variants),
+        crate::shader_file!("tile_blend", tile_blend::variants),
     ]
 }
 

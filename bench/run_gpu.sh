@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Every row of bench/RESULTS.md in one command: vdit and its PyTorch references on this GPU.
+#
+# Usage (on the GPU machine, from the project root; binaries staged as ../shared/device explains
+# or built here; diffusers importable for the DiT and VAE rows):
+#   bench/run_gpu.sh DIR            # then: python3 bench/make_results.py DIR
+# Environment: VDIT (the vdit binary, default .device/bin/vdit, else target/release/vdit),
+# SKIP (space-separated step names to leave out: kernels attention dit torch_dit vae generate
+# portable), PACK (a .tgz rewritten with DIR after every step, so a cut-off run keeps its results).
+set -u
+DIR=${1:?usage: bench/run_gpu.sh DIR}
+B=${VDIT:-.device/bin/vdit}
+[ -x "$B" ] || B=target/release/vdit
+mkdir -p "$DIR"
+LOG="$DIR/log.txt"
+skip() { case " ${SKIP:-} " in *" $1 "*) return 0 ;; esac; return 1; }
+pack() { if [ -n "${PACK:-}" ]; then tar czf "$PACK" -C "$DIR" .; fi; }
+run() {
+  echo "\$ $*" >>"$LOG"
+  local t=$SECONDS
+  "$@" >>"$LOG" 2>&1
+  echo "  (exit $?, $((SECONDS - t)) s)" >>"$LOG"
+  pack
+}
+
+{ "$B" info; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; date -u +%F; } >"$DIR/info.txt" 2>&1
+
+if ! skip kernels; then
+  run "$B" bench kernels --iters 3 --json "$DIR/kernels.json"
+  run "$B" --no-coop bench kernels --precision f16 --filter matmul --iters 3 --json "$DIR/kernels_no_coop.json"
+  run python3 bench/torch_matmul.py --json "$DIR/torch_matmul.json"
+fi
+if ! skip attention; then
+  run "$B" bench attention --mode softmax --tokens 32760 --iters 3 --json "$DIR/attention.json"
+  run "$B" --no-coop bench attention --mode softmax --tokens 32760 --iters 1 --json "$DIR/attention_no_coop.json"
+  run python3 bench/attention_torch.py --tokens 32760 --precision bf16 --json "$DIR/torch_attention.json"
+fi
+if ! skip dit; then
+  run "$B" bench dit --random-weights --attention softmax --iters 1 --json "$DIR/dit_softmax.json"
+  run "$B" bench dit --random-weights --attention hybrid:2 --blocks 15 --iters 1 --json "$DIR/dit_hybrid.json"
+  run "$B" bench dit --random-weights --attention linear --iters 1 --json "$DIR/dit_linear.json"
+fi
+if ! skip torch_dit; then
+  run python3 bench/torch_dit.py --out /tmp/vdit_torch_dit --vdit "$B" --vdit-precisions f16
+  cp /tmp/vdit_torch_dit/torch_dit.json "$DIR/torch_dit.json" 2>>"$LOG"
+fi
+if ! skip vae; then
+  run python3 bench/torch_vae.py --out /tmp/vdit_torch_vae --vdit "$B"
+  cp /tmp/vdit_torch_vae/torch_vae.json "$DIR/torch_vae.json" 2>>"$LOG"
+  run "$B" bench vae --json "$DIR/vae.json"
+fi
+if ! skip generate; then
+  run "$B" bench generate --random-weights --steps 2 --json "$DIR/generate.json"
+fi
+if ! skip portable; then
+  run "$B" --no-coop bench dit --random-weights --attention linear --iters 1 --json "$DIR/dit_linear_no_coop.json"
+fi
+echo "done: $DIR" >>"$LOG"
+pack
