@@ -16,6 +16,7 @@
 //!   (tanh form) between the layers; phi = [psi_1, psi_2^2, .., psi_P^P], DF = P*D1.
 //! - elu1: no weights, DF = D.
 
+pub mod explicit;
 pub mod reference;
 #[cfg(test)]
 mod tests;
@@ -827,7 +828,8 @@ pub(crate) fn flash_attention_on(
     })
 }
 
-/// Softmax attention of all queries over all keys (also cross-attention, Nq != Nk).
+/// Softmax attention of all queries over all keys (also cross-attention, Nq != Nk). One head
+/// wider than 128 goes through explicit scores ([`explicit`]), the rest through the flash kernels.
 pub fn softmax_attention(
     rec: &mut Recorder,
     q: &Tensor,
@@ -836,18 +838,11 @@ pub fn softmax_attention(
     scale: f32,
     out: &Tensor,
 ) -> Result<()> {
-    flash_attention(
-        rec,
-        q,
-        k,
-        v,
-        out,
-        &FlashArgs::softmax(
-            scale,
-            q.shape().first().copied().unwrap_or(0),
-            k.shape().first().copied().unwrap_or(0),
-        ),
-    )
+    let [nq, nk, h, d] = qkv_shape("softmax_attention", q, k, v, out)?;
+    if explicit::takes(rec.gpu(), nq, nk, h, d) {
+        return explicit::explicit_attention(rec, q, k, v, scale, out);
+    }
+    flash_attention(rec, q, k, v, out, &FlashArgs::softmax(scale, nq, nk))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -175,9 +175,10 @@ fn softmax_cross_attention_and_scale() {
 fn softmax_odd_head_dims() {
     check(Case::new(Softmax, 37, 3, 40, F32));
     check(Case::new(Softmax, 37, 2, 40, F16));
-    // the VAE's mid attention: one head of 384
+    // the VAE's mid attention: one head of 384, through explicit scores
     check(Case::new(Softmax, 23, 1, 384, F32).nk(19));
     check(Case::new(Softmax, 23, 1, 384, F16));
+    check(Case::new(Softmax, 300, 1, 384, F16).nk(200));
 }
 
 #[test]

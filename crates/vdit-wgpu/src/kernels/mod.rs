@@ -9,6 +9,7 @@ pub mod norm;
 pub mod patch;
 pub mod rgba;
 pub mod rope;
+pub mod softmax;
 pub mod t5_attention;
 pub mod tile_blend;
 
@@ -32,6 +33,7 @@ pub fn core_shaders() -> Vec<ShaderFile> {
         crate::shader_file!("norm", norm::variants),
         crate::shader_file!("patch", patch::variants),
         crate::shader_file!("rope", rope::variants),
+        crate::shader_file!("softmax_rows", softmax::variants),
         crate::shader_file!("t5_attention", t5_attention::variants),
         crate::shader_file!("tile_blend", tile_blend::variants),
     ]
