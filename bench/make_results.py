@@ -45,6 +45,7 @@ def main():
            "(copy DIR to `bench/results/` to keep it). Ratios are vdit time / PyTorch time: lower is better.", ""]
 
     kernels, no_coop = load("kernels.json"), load("kernels_no_coop.json")
+    vae, vae_tiled = load("vae.json"), load("vae_tiled.json")
     tdit, tvae, gen = load("torch_dit.json"), load("torch_vae.json"), load("generate.json")
     dit = {m: load(f"dit_{m}.json") for m in ("softmax", "hybrid", "linear", "linear_no_coop")}
     tatt = None
@@ -68,8 +69,10 @@ def main():
         ("same, hybrid R=2 on 15 blocks", (dit["hybrid"] or {}).get("median_ms"), "diffusers bf16", bf16, 1.2),
         ("same, all 30 blocks linear", (dit["linear"] or {}).get("median_ms"), "diffusers bf16", bf16, 0.5),
         ("same, all linear, `--no-coop`", (dit["linear_no_coop"] or {}).get("median_ms"), "diffusers bf16", bf16, None),
-        ("Wan-VAE decode 21x60x104 -> 81 frames", (tvae or {}).get("vdit_ms"), "diffusers bf16",
+        ("Wan-VAE decode 21x60x104 -> 81 frames", (vae or {}).get("median_ms"), "diffusers bf16",
          (tvae or {}).get("bf16_ms"), 1.0),
+        ("same, in 256 x 256 pixel tiles (`--vae-tile 32,8`)", (vae_tiled or {}).get("median_ms"), "diffusers bf16",
+         (tvae or {}).get("bf16_ms"), None),
     ]
     out += ["| work | vdit ms | PyTorch reference | PyTorch ms | ratio | target |", "|---|---:|---|---:|---:|---|"]
     for name, v, ref, r, target in rows:
@@ -79,13 +82,19 @@ def main():
         out.append(f"| {name} | {fmt(v, 2)} | {ref} | {fmt(r, 2)} | {fmt(ratio)} | {tgt} |")
     out.append("")
 
-    if tvae:
+    def gib(doc):
+        return doc["peak_bytes"] / 2**30 if doc else None
+
+    if tvae or vae:
+        tvae = tvae or {}
         out += ["## VAE decode", "",
                 f"- diffusers bf16: {fmt(tvae.get('bf16_ms'), 0)} ms, peak {fmt(tvae.get('bf16_peak_gb'), 2)} GB; "
                 f"fp32: {fmt(tvae.get('fp32_ms'), 0)} ms, peak {fmt(tvae.get('fp32_peak_gb'), 2)} GB.",
-                f"- vdit (f16 storage): {fmt(tvae.get('vdit_ms'), 0)} ms, GPU tensors at peak {fmt(tvae.get('vdit_peak_gib'), 2)} GiB; "
-                f"relative L2 error against diffusers fp32: {tvae.get('vdit_vs_fp32_rel_l2', '—')} "
-                f"(diffusers bf16: {tvae.get('bf16_vs_fp32_rel_l2', '—')}).", ""]
+                f"- vdit (f16 storage, warm): whole frames {fmt((vae or {}).get('median_ms'), 0)} ms, peak GPU memory "
+                f"{fmt(gib(vae), 2)} GiB; in tiles {fmt((vae_tiled or {}).get('median_ms'), 0)} ms, peak {fmt(gib(vae_tiled), 2)} GiB.",
+                f"- `vdit vae-decode` on diffusers' weights (cold, shaders compiled on the way): "
+                f"{fmt(tvae.get('vdit_ms'), 0)} ms; relative L2 error against diffusers fp32: "
+                f"{tvae.get('vdit_vs_fp32_rel_l2', '—')} (diffusers bf16: {tvae.get('bf16_vs_fp32_rel_l2', '—')}).", ""]
         if tvae.get("vdit_error"):
             out += ["vdit failed:", "", "```", tvae["vdit_error"][-800:], "```", ""]
     if gen:
@@ -111,6 +120,12 @@ def main():
         out += [f"Where the time goes, {mode} plan (one forward, {d['tensor_bytes'] / 2**30:.2f} GiB of tensors):", "",
                 "| kernel | count | total ms | share | TFLOP/s |", "|---|---:|---:|---:|---:|"]
         for k in d["kernels"][:8]:
+            out.append(f"| {k['label']} | {k['count']} | {k['total_ms']:.0f} | {100 * k['share']:.1f}% | {k['gflops'] / 1e3:.1f} |")
+        out.append("")
+    if vae:
+        out += ["Where the time goes, VAE decode (whole frames):", "",
+                "| kernel | count | total ms | share | TFLOP/s |", "|---|---:|---:|---:|---:|"]
+        for k in vae["kernels"][:8]:
             out.append(f"| {k['label']} | {k['count']} | {k['total_ms']:.0f} | {100 * k['share']:.1f}% | {k['gflops'] / 1e3:.1f} |")
         out.append("")
     if kernels:

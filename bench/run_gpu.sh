@@ -48,9 +48,10 @@ if ! skip vae; then
   run python3 bench/torch_vae.py --out /tmp/vdit_torch_vae --vdit "$B"
   cp /tmp/vdit_torch_vae/torch_vae.json "$DIR/torch_vae.json" 2>>"$LOG"
   run "$B" bench vae --json "$DIR/vae.json"
+  run "$B" bench vae --vae-tile 32,8 --json "$DIR/vae_tiled.json"
 fi
 if ! skip generate; then
-  run "$B" bench generate --random-weights --steps 2 --json "$DIR/generate.json"
+  run "$B" bench generate --random-weights --steps 2 --vae-tile 32,8 --json "$DIR/generate.json"
 fi
 if ! skip portable; then
   run "$B" --no-coop bench dit --random-weights --attention linear --iters 1 --json "$DIR/dit_linear_no_coop.json"

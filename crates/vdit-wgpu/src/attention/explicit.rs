@@ -21,7 +21,7 @@ pub fn takes(gpu: &crate::gpu::Gpu, nq: usize, nk: usize, heads: usize, d: usize
     heads == 1
         && d > 128
         && bytes <= MAX_SCORE_BYTES
-        && (bytes as u64) <= gpu.limits.max_storage_buffer_binding_size as u64
+        && (bytes as u64) <= gpu.limits.max_storage_buffer_binding_size
         && (bytes as u64) <= gpu.limits.max_buffer_size
 }
 
