@@ -9,7 +9,7 @@ use vdit_model::dit::WanDit;
 use vdit_model::plan::{AttentionPlan, LayerAttention};
 use vdit_model::weights::DitConfig;
 use vdit_wgpu::attention::{FeatureMap, FeatureMapWeights};
-use vdit_wgpu::testing::Rng;
+use vdit_wgpu::rng::Rng;
 use vdit_wgpu::{DType, Gpu, Profiler, Recorder, Tensor};
 
 use crate::dit_forward::precision_arg;

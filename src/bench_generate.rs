@@ -11,7 +11,7 @@ use vdit_model::dit::WanDit;
 use vdit_model::pipeline::{denoise, CancelToken, GenerateRequest, Progress, Prompt, Stage};
 use vdit_model::tensor_file::HostTensor;
 use vdit_model::vae::{DecodeOptions, LatentScale, VaeTiling, WanVae};
-use vdit_wgpu::testing::Rng;
+use vdit_wgpu::rng::Rng;
 use vdit_wgpu::{DType, Gpu, Recorder, Tensor};
 
 use crate::bench_dit::config_arg;

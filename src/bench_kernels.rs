@@ -10,7 +10,7 @@ use vdit_wgpu::kernels::norm::{layer_norm, rms_norm_in_place, Affine};
 use vdit_wgpu::kernels::patch::patchify;
 use vdit_wgpu::kernels::rope::{rope_in_place, RopeTable};
 use vdit_wgpu::kernels::{Modulation, Row};
-use vdit_wgpu::testing::Rng;
+use vdit_wgpu::rng::Rng;
 use vdit_wgpu::{DType, Gpu, Profiler, Recorder, Tensor};
 
 #[derive(Args, Debug, Clone)]

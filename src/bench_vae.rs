@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use clap::Args;
 use vdit_model::vae::{DecodeOptions, LatentScale, VaeConfig, VaeTiling, WanVae};
-use vdit_wgpu::testing::Rng;
+use vdit_wgpu::rng::Rng;
 use vdit_wgpu::{DType, Gpu, Profiler, Tensor};
 
 use crate::dit_forward::precision_arg;

@@ -17,6 +17,7 @@ pub mod pipeline;
 pub mod pool;
 pub mod profiler;
 pub mod recorder;
+pub mod rng;
 pub mod shader;
 pub mod tensor;
 pub mod testing;

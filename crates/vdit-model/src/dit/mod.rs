@@ -76,7 +76,7 @@ pub struct WanDit {
 /// Where the weights come from: a checkpoint, or random values (benchmarks need no download).
 pub(crate) enum WeightSource<'a> {
     Checkpoint(&'a Checkpoint),
-    Random(vdit_wgpu::testing::Rng),
+    Random(vdit_wgpu::rng::Rng),
 }
 
 /// Uploads tensors from a source and remembers which names were used.
@@ -155,7 +155,7 @@ impl WanDit {
     /// A model of `config` with random weights (seeded): for benchmarks and tests of speed and
     /// memory, where the values do not matter.
     pub fn random(gpu: &Gpu, config: DitConfig, precision: Precision, seed: u64) -> Result<Self> {
-        let source = WeightSource::Random(vdit_wgpu::testing::Rng::new(seed));
+        let source = WeightSource::Random(vdit_wgpu::rng::Rng::new(seed));
         Ok(Self::build(gpu, source, config, precision)?.0)
     }
 

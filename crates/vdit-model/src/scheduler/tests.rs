@@ -279,7 +279,7 @@ fn gpu_loop_in_one_submission() {
 fn guidance_combines_on_the_gpu() {
     let gpu = test_gpu();
     let n = 1000;
-    let mut rng = vdit_wgpu::testing::Rng::new(7);
+    let mut rng = vdit_wgpu::rng::Rng::new(7);
     let c = rng.vec_normal(n, 1.0);
     let u = rng.vec_normal(n, 1.0);
     for g in [5.0f32, 1.0, 0.0, 7.5] {

@@ -418,7 +418,7 @@ mod tests {
         };
         let vae = WanVae::load(gpu, std::path::Path::new(root), precision).unwrap();
         let shape = [16, 3, 12, 20];
-        let mut rng = vdit_wgpu::testing::Rng::new(1);
+        let mut rng = vdit_wgpu::rng::Rng::new(1);
         let data = rng.vec_normal(shape.iter().product(), 1.0);
         let latent = Tensor::from_f32(gpu, &shape, &data, DType::F32).unwrap();
         for run in 0..3 {

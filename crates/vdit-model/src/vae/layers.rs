@@ -10,7 +10,7 @@ use vdit_wgpu::kernels::conv::{
 use vdit_wgpu::kernels::elementwise::{unary_in_place, Unary};
 use vdit_wgpu::kernels::matmul::{matmul, Epilogue};
 use vdit_wgpu::kernels::norm::{rms_norm, rms_norm_in_place};
-use vdit_wgpu::testing::Rng;
+use vdit_wgpu::rng::Rng;
 use vdit_wgpu::{DType, Gpu, Recorder, Tensor};
 
 use super::source::VaeTensors;

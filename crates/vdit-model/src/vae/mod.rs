@@ -19,7 +19,7 @@ mod tiling;
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
-use vdit_wgpu::testing::Rng;
+use vdit_wgpu::rng::Rng;
 use vdit_wgpu::Gpu;
 
 pub use config::VaeConfig;

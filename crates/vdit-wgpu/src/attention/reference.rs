@@ -5,8 +5,8 @@ use super::FeatureMap;
 use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::kernels::gelu_tanh_f64;
+use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
-use crate::testing::Rng;
 
 /// A feature map's weights on the host, as f32 values (shapes as in the module docs).
 #[derive(Clone, Debug)]
