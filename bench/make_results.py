@@ -39,6 +39,9 @@ def main():
         rows = (doc or {}).get("results", [])
         return rows[0]["median_ms"] if rows else None
 
+    def sci(v):
+        return "—" if v is None else f"{v:.1e}"
+
     def fmt(v, digits=1):
         return "—" if v is None else f"{v:.{digits}f}"
 
@@ -104,7 +107,7 @@ def main():
                 f"{fmt(gib(vae), 2)} GiB; in tiles {fmt((vae_tiled or {}).get('median_ms'), 0)} ms, peak {fmt(gib(vae_tiled), 2)} GiB.",
                 f"- `vdit vae-decode` on diffusers' weights (cold, shaders compiled on the way): "
                 f"{fmt(tvae.get('vdit_ms'), 0)} ms; relative L2 error against diffusers fp32: "
-                f"{tvae.get('vdit_vs_fp32_rel_l2', '—')} (diffusers bf16: {tvae.get('bf16_vs_fp32_rel_l2', '—')}).", ""]
+                f"{sci(tvae.get('vdit_vs_fp32_rel_l2'))} (diffusers bf16: {sci(tvae.get('bf16_vs_fp32_rel_l2'))}).", ""]
         if tvae.get("vdit_error"):
             out += ["vdit failed:", "", "```", tvae["vdit_error"][-800:], "```", ""]
     if gen:
