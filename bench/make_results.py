@@ -46,7 +46,9 @@ def main():
         return "—" if v is None else f"{v:.{digits}f}"
 
     info = open(os.path.join(res, "info.txt")).read().splitlines() if os.path.exists(os.path.join(res, "info.txt")) else ["?"]
-    device = next((l for l in info if l.startswith("device") or "Vulkan" in l), info[0])
+    device = next((l.split(":", 1)[1] for l in info if l.startswith("chosen:")), None) or \
+        next((l for l in info if "Vulkan" in l), info[0])
+    device = " ".join(device.split())
     out = ["# vdit speed beside PyTorch on the same GPU", "",
            f"{device.strip()}. wgpu 30 on Vulkan. PyTorch timings from the same command (`bench/run_gpu.sh`).",
            f"Date: {info[-1].strip()}.", "",

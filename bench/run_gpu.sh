@@ -1,16 +1,15 @@
 #!/usr/bin/env bash
 # Every row of bench/RESULTS.md in one command: vdit and its PyTorch references on this GPU.
 #
-# Usage (on the GPU machine, from the project root; binaries staged as ../shared/device explains
-# or built here; diffusers importable for the DiT and VAE rows):
+# Usage (on the GPU machine, from the project root, after `cargo build --release`; PyTorch with
+# CUDA and diffusers importable for the reference rows):
 #   bench/run_gpu.sh DIR            # then: python3 bench/make_results.py DIR
-# Environment: VDIT (the vdit binary, default .device/bin/vdit, else target/release/vdit),
+# Environment: VDIT (the vdit binary, default target/release/vdit),
 # SKIP (space-separated step names to leave out: kernels attention dit torch_dit vae generate
 # portable), PACK (a .tgz rewritten with DIR after every step, so a cut-off run keeps its results).
 set -u
 DIR=${1:?usage: bench/run_gpu.sh DIR}
-B=${VDIT:-.device/bin/vdit}
-[ -x "$B" ] || B=target/release/vdit
+B=${VDIT:-target/release/vdit}
 mkdir -p "$DIR"
 LOG="$DIR/log.txt"
 skip() { case " ${SKIP:-} " in *" $1 "*) return 0 ;; esac; return 1; }

@@ -1,7 +1,7 @@
 """diffusers' WanTransformer3DModel beside `vdit` on the same GPU, with the same random weights.
 
 Usage (on the GPU machine, diffusers importable):
-  python3 bench/torch_dit.py --out DIR [--latent 21x60x104] [--vdit .device/bin/vdit]
+  python3 bench/torch_dit.py --out DIR [--latent 21x60x104] [--vdit target/release/vdit]
 Builds the Wan2.1 T2V 1.3B transformer with seeded random weights, saves it (diffusers layout)
 and one input (latent, timestep, context) under DIR, times diffusers' forward in bf16 and fp16
 (CUDA events, median) with the peak memory, computes the fp32 (TF32 off) output as the
@@ -37,7 +37,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--latent", default="21x60x104")
-    ap.add_argument("--vdit", default=".device/bin/vdit")
+    ap.add_argument("--vdit", default="target/release/vdit")
     ap.add_argument("--timestep", type=float, default=500.0)
     ap.add_argument("--vdit-precisions", default="f16,f32")
     args = ap.parse_args()

@@ -1,6 +1,6 @@
 """diffusers' AutoencoderKLWan decoder beside `vdit vae-decode`, same random weights, same GPU.
 
-Usage: python3 bench/torch_vae.py --out DIR [--latent 21x60x104] [--vdit .device/bin/vdit]
+Usage: python3 bench/torch_vae.py --out DIR [--latent 21x60x104] [--vdit target/release/vdit]
 Builds the Wan2.1 VAE (default config) with seeded random weights, saves it, decodes one
 normalised latent with diffusers in bf16 and fp32 (TF32 off; CUDA events, peak memory), then
 runs `vdit vae-decode` on the saved weights and reports its time (from its log), its peak
@@ -21,7 +21,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--latent", default="21x60x104")
-    ap.add_argument("--vdit", default=".device/bin/vdit")
+    ap.add_argument("--vdit", default="target/release/vdit")
     ap.add_argument("--precision", default="f16")
     args = ap.parse_args()
     from diffusers import AutoencoderKLWan

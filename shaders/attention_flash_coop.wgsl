@@ -10,8 +10,8 @@
 // its Q fragments stay in registers. Without WIDE_Q: 4 subgroups, Q staged through workgroup
 // memory. With WIDE_Q: 8 subgroups share each staged key tile, and Q fragments are loaded
 // straight from the storage buffer; a fragment that would run past the last query row is
-// moved back to end on it (rows it does not own are computed but never stored), so the launcher
-// needs Nq >= 16. Keys go by in tiles of BK = 32 through workgroup memory. Scores
+// moved back to end on it (the rows before its own start are computed but not stored), so the
+// launcher needs Nq >= 16. Keys go by in tiles of BK = 32 through workgroup memory. Scores
 // and probabilities of a subgroup pass through workgroup memory (its own 16 x 32 block), where
 // lane l works on row l / 2, key columns 16 (l % 2) .. + 16. The launcher picks this kernel only
 // where subgroups are 32 wide, so invocations 32s .. 32s + 31 form subgroup s.
@@ -131,17 +131,17 @@ fn owned(row: u32) -> bool {
     return row >= p.q_lo && row < p.q_lo + p.q_count;
 }
 
-// Finishes output dims d0 .. d0 + 16 of this subgroup's rows (absolute rows row0 .. row0 + 16):
-// the linear term where there is one, the division by the shared denominator, the store.
-// Uniform: every subgroup calls it.
-fn finish(acc: FragC, sub: u32, lane: u32, d0: u32, h: u32, row0: u32) {
+// Finishes output dims d0 .. d0 + 16 of this subgroup's rows (absolute rows row0 .. row0 + 16,
+// of which it stores those from `first`, its own start): the linear term where there is one,
+// the division by the shared denominator, the store. Uniform: every subgroup calls it.
+fn finish(acc: FragC, sub: u32, lane: u32, d0: u32, h: u32, row0: u32, first: u32) {
     let base = sub * 512u;
     coopStoreT(acc, &ss[base], 16u);
     workgroupBarrier();
     for (var e = lane; e < 256u; e += 32u) {
         let row = row0 + e / 16u;
         let c = d0 + e % 16u;
-        if (owned(row)) {
+        if (row >= first && owned(row)) {
             var num = ss[base + e];
 #if HAS_LINEAR
             let prow = ((row - p.phi_lo) * p.heads + h) * p.df;
@@ -174,9 +174,11 @@ fn main(
     let my_row = lane / 2u;
     let my_col = (lane % 2u) * 16u;
 
+    // This subgroup's own rows start at `first`.
+    let first = p.q_lo + q0 + sub * 16u;
 #if WIDE_Q
-    // This subgroup's 16 rows, moved back to end on the last query row where they would run past.
-    let row0 = min(p.q_lo + q0 + sub * 16u, p.q_rows - 16u);
+    // Its 16 rows, moved back to end on the last query row where they would run past.
+    let row0 = min(first, p.q_rows - 16u);
     let qb = (row0 * p.heads + h) * DV;
     let qstride = p.heads * DV;
     let a0 = coopLoadT<FragA>(&q[qb], qstride);
@@ -188,7 +190,7 @@ fn main(
     let a6 = coopLoadT<FragA>(&q[qb + 24u], qstride);
     let a7 = coopLoadT<FragA>(&q[qb + 28u], qstride);
 #else
-    let row0 = p.q_lo + q0 + sub * 16u;
+    let row0 = first;
     for (var e = tid; e < BQ * DV; e += NT) {
         let r = e / DV;
         let dv = e % DV;
@@ -296,12 +298,12 @@ fn main(
         o7 = pv(o7, p0, p1, 112u);
     }
     workgroupBarrier();
-    finish(o0, sub, lane, 0u, h, row0);
-    finish(o1, sub, lane, 16u, h, row0);
-    finish(o2, sub, lane, 32u, h, row0);
-    finish(o3, sub, lane, 48u, h, row0);
-    finish(o4, sub, lane, 64u, h, row0);
-    finish(o5, sub, lane, 80u, h, row0);
-    finish(o6, sub, lane, 96u, h, row0);
-    finish(o7, sub, lane, 112u, h, row0);
+    finish(o0, sub, lane, 0u, h, row0, first);
+    finish(o1, sub, lane, 16u, h, row0, first);
+    finish(o2, sub, lane, 32u, h, row0, first);
+    finish(o3, sub, lane, 48u, h, row0, first);
+    finish(o4, sub, lane, 64u, h, row0, first);
+    finish(o5, sub, lane, 80u, h, row0, first);
+    finish(o6, sub, lane, 96u, h, row0, first);
+    finish(o7, sub, lane, 112u, h, row0, first);
 }

@@ -234,6 +234,14 @@ fn cases<'a>(
 }
 
 pub fn run(gpu: &Gpu, a: &KernelBenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if a.iters == 0 {
+        return Err("--iters must be at least 1".into());
+    }
+    if !a.shapes.is_empty() && (a.json.is_some() || a.trace.is_some() || a.filter.is_some()) {
+        return Err(
+            "--shapes prints its timings only: leave out --json, --trace and --filter".into(),
+        );
+    }
     let precisions: Vec<DType> = match a.precision.as_str() {
         "f32" => vec![DType::F32],
         "f16" => vec![DType::F16],

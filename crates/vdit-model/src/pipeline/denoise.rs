@@ -6,7 +6,7 @@ use vdit_wgpu::{DType, Gpu, Recorder, Tensor};
 use super::generate::{CancelToken, Progress, Stage};
 use super::request::GenerateRequest;
 use crate::dit::{ContextCache, DitRunner};
-use crate::error::Result;
+use crate::error::{input_err, Result};
 use crate::scheduler::{guide_in_place, needs_uncond, Sampler};
 
 /// Runs every step of `request` on `latent` (noise on entry, the denoised latent on return).
@@ -22,6 +22,17 @@ pub fn denoise(
     cancel: &CancelToken,
 ) -> Result<()> {
     let guided = needs_uncond(request.guidance);
+    let needed = 1 + guided as usize;
+    if caches.len() < needed {
+        return Err(input_err(
+            "denoise",
+            format!(
+                "guidance {} needs {needed} prompt contexts, {} given",
+                request.guidance,
+                caches.len()
+            ),
+        ));
+    }
     let shape = latent.shape().to_vec();
     let v_cond = Tensor::empty(gpu, &shape, DType::F32)?;
     let v_uncond = if guided {

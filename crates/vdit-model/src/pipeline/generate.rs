@@ -120,6 +120,9 @@ impl<'g> Pipeline<'g> {
         cancel: &CancelToken,
     ) -> Result<Video> {
         request.validate()?;
+        if let Some(t) = &self.vae_tiling {
+            t.validate().map_err(|e| input_err("--vae-tile", e))?;
+        }
         let gpu = self.gpu;
         let dit_path = self
             .paths

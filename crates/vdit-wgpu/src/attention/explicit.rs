@@ -11,18 +11,27 @@ use crate::kernels::softmax::softmax_rows;
 use crate::recorder::Recorder;
 use crate::tensor::{DType, Tensor};
 
-/// The largest score matrix (f32 bytes) this path allocates; larger attention stays flash.
-pub const MAX_SCORE_BYTES: usize = 1 << 30;
+/// The most scratch memory (scores, probabilities, V^T) this path allocates; larger attention
+/// stays on the flash kernels.
+pub const MAX_SCRATCH_BYTES: usize = 1 << 30;
 
 /// Whether [`explicit_attention`] takes this attention: one head wider than the flash kernels'
-/// fast path, with scores that fit [`MAX_SCORE_BYTES`] and the adapter's buffer limits.
-pub fn takes(gpu: &crate::gpu::Gpu, nq: usize, nk: usize, heads: usize, d: usize) -> bool {
-    let bytes = nq * nk * 4;
+/// fast path, whose scratch fits [`MAX_SCRATCH_BYTES`] and the adapter's buffer limits.
+pub fn takes(
+    gpu: &crate::gpu::Gpu,
+    nq: usize,
+    nk: usize,
+    heads: usize,
+    d: usize,
+    dtype: DType,
+) -> bool {
+    let scores = nq * nk * 4;
+    let scratch = scores + nq * nk * dtype.size() + d * nk * dtype.size();
     heads == 1
         && d > 128
-        && bytes <= MAX_SCORE_BYTES
-        && (bytes as u64) <= gpu.limits.max_storage_buffer_binding_size
-        && (bytes as u64) <= gpu.limits.max_buffer_size
+        && scratch <= MAX_SCRATCH_BYTES
+        && (scores as u64) <= gpu.limits.max_storage_buffer_binding_size
+        && (scores as u64) <= gpu.limits.max_buffer_size
 }
 
 /// Records `out = softmax(scale q k^T) v` for q [Nq, 1, D], k and v [Nk, 1, D], out [Nq, 1, D].

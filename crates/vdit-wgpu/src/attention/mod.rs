@@ -4,8 +4,13 @@
 //! Tensors: q `[Nq, H, D]`, k and v `[Nk, H, D]`, output `[Nq, H, D]`, all f32 or all f16;
 //! arithmetic in f32. One entry, [`attention`], runs any [`AttentionMode`] with a workspace built
 //! once per shape ([`AttentionWorkspace`]); the per-kernel launchers are public too:
-//! - [`flash_attention`]: online softmax over a strided key range, plus an optional linear term
-//!   (`attention_flash.wgsl`); softmax, the linear apply pass, hybrid and rehyat chunks all use it.
+//! - [`flash_attention`]: softmax over a strided key range, plus an optional linear term;
+//!   softmax, the linear apply pass, hybrid and rehyat chunks all use it. It runs
+//!   `attention_flash_coop.wgsl` on cooperative matrices where they fit (f16, head dim 128; two
+//!   passes over the keys), else `attention_flash_vec.wgsl` (head dims up to 128) or
+//!   `attention_flash.wgsl` (up to 512), both with an online softmax.
+//! - [`softmax_attention`]: plain softmax; one head wider than 128 goes through [`explicit`]
+//!   (scores in memory, two matmuls).
 //! - [`feature_map`]: phi of hedgehog / poly / elu1 into an f32 buffer (`feature_map.wgsl`).
 //! - [`linear_state`]: the chunked state update S = sum phi_k v^T, z = sum phi_k
 //!   (`attention_state.wgsl`, two passes).
@@ -488,12 +493,21 @@ struct FlashCoopLayout {
 }
 
 impl FlashCoopLayout {
-    /// The default, or `VDIT_FLASH_COOP` (`wide` or `narrow`) to compare them.
+    /// The default (wide), or `VDIT_FLASH_COOP` (`wide` or `narrow`) to compare them; read once.
     fn chosen() -> Self {
-        match std::env::var("VDIT_FLASH_COOP") {
-            Ok(v) => Self { wide: v == "wide" },
-            Err(_) => Self { wide: true },
+        static CHOSEN: std::sync::OnceLock<FlashCoopLayout> = std::sync::OnceLock::new();
+        #[cfg(test)]
+        if let Some(forced) = tests::FORCED_FLASH_LAYOUT.get() {
+            return forced;
         }
+        *CHOSEN.get_or_init(|| match std::env::var("VDIT_FLASH_COOP").as_deref() {
+            Ok("narrow") => Self { wide: false },
+            Ok("wide") | Err(_) => Self { wide: true },
+            Ok(other) => {
+                log::warn!("VDIT_FLASH_COOP={other}: expected wide or narrow; using wide");
+                Self { wide: true }
+            }
+        })
     }
     fn subgroups(&self) -> u32 {
         if self.wide {
@@ -666,6 +680,10 @@ pub fn flash_attention(
     out: &Tensor,
     args: &FlashArgs,
 ) -> Result<()> {
+    #[cfg(test)]
+    if tests::FORCE_PORTABLE.get() {
+        return flash_attention_on(rec, q, k, v, out, args, false);
+    }
     flash_attention_on(rec, q, k, v, out, args, true)
 }
 
@@ -839,7 +857,7 @@ pub fn softmax_attention(
     out: &Tensor,
 ) -> Result<()> {
     let [nq, nk, h, d] = qkv_shape("softmax_attention", q, k, v, out)?;
-    if explicit::takes(rec.gpu(), nq, nk, h, d) {
+    if explicit::takes(rec.gpu(), nq, nk, h, d, q.dtype()) {
         return explicit::explicit_attention(rec, q, k, v, scale, out);
     }
     flash_attention(rec, q, k, v, out, &FlashArgs::softmax(scale, nq, nk))

@@ -4,6 +4,24 @@ use crate::testing::*;
 
 type Fm = FeatureSpec;
 
+thread_local! {
+    /// Set by `check` to run a case on the portable flash kernels where the adapter has
+    /// cooperative matrices.
+    pub(super) static FORCE_PORTABLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Set by `check` to run a case on one layout of the cooperative flash kernel.
+    pub(super) static FORCED_FLASH_LAYOUT: std::cell::Cell<Option<FlashCoopLayout>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// The kernel choices a case runs through: the launcher's own, and where the adapter has
+/// cooperative matrices also the portable kernels and the narrow cooperative layout.
+#[derive(Clone, Copy, Debug)]
+enum Path {
+    Picked,
+    Portable,
+    Narrow,
+}
+
 fn host_map(rng: &mut Rng, fm: Fm, heads: usize, d: usize, dtype: DType) -> HostFeatureMap {
     random_feature_map(rng, fm, heads, d, dtype == DType::F16)
 }
@@ -94,7 +112,11 @@ fn check(c: Case) {
     };
     let ws = AttentionWorkspace::new(gpu, &mode, nq, nk, heads, d, df).unwrap();
     let out = Tensor::empty(gpu, &[nq, heads, d], dtype).unwrap();
-    for round in 0..2 {
+    let mut paths = vec![Path::Picked];
+    if flash_coop_fits(gpu, d, dtype, nq, nk).is_some() {
+        paths.extend([Path::Portable, Path::Narrow]);
+    }
+    for (round, path) in (0..2).flat_map(|r| paths.iter().map(move |p| (r, *p))) {
         let r = |v: Vec<f32>| {
             if dtype == DType::F16 {
                 round_f16(&v)
@@ -110,7 +132,10 @@ fn check(c: Case) {
         let v = Tensor::from_f32(gpu, &[nk, heads, d], &vv, dtype).unwrap();
         out.poison(gpu);
         let mut rec = Recorder::new(gpu);
-        attention(
+        FORCE_PORTABLE.set(matches!(path, Path::Portable));
+        FORCED_FLASH_LAYOUT
+            .set(matches!(path, Path::Narrow).then_some(FlashCoopLayout { wide: false }));
+        let recorded = attention(
             &mut rec,
             &mode,
             &q,
@@ -120,8 +145,10 @@ fn check(c: Case) {
             Some(&weights),
             &out,
             &ws,
-        )
-        .unwrap();
+        );
+        FORCE_PORTABLE.set(false);
+        FORCED_FLASH_LAYOUT.set(None);
+        recorded.unwrap();
         rec.run().unwrap();
         let got = out.to_vec_f32(gpu).unwrap();
         let want = attention_reference(
@@ -138,7 +165,7 @@ fn check(c: Case) {
         );
         assert_close(
             &format!(
-                "{} nq {nq} nk {nk} h {heads} d {d} {dtype} {fm:?} round {round}",
+                "{} nq {nq} nk {nk} h {heads} d {d} {dtype} {fm:?} round {round} {path:?}",
                 mode.name()
             ),
             seed,

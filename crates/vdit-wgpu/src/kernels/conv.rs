@@ -157,7 +157,18 @@ fn coop_fits(gpu: &crate::gpu::Gpu, inputs: &[&Tensor], cin: usize) -> bool {
         && caps.subgroup_max_size == 32
         && cin % 4 == 0
         && inputs.iter().all(|t| t.dtype() == DType::F16)
-        && std::env::var_os("VDIT_NO_CONV_COOP").is_none()
+        && super::matmul::coop_gemm_fits_limits(gpu, CONV_COOP_SHARED_BYTES)
+        && !conv_coop_refused()
+}
+
+/// Workgroup memory of `conv_coop.wgsl`: X and W tiles of 128 rows of 72 halves, and one 16 x 16
+/// f32 fragment per subgroup.
+const CONV_COOP_SHARED_BYTES: u32 = 2 * 128 * 72 * 2 + 8 * 256 * 4;
+
+/// `VDIT_NO_CONV_COOP` (any value) keeps convolutions on the portable kernels; read once.
+fn conv_coop_refused() -> bool {
+    static REFUSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *REFUSED.get_or_init(|| std::env::var_os("VDIT_NO_CONV_COOP").is_some())
 }
 
 #[cfg(test)]

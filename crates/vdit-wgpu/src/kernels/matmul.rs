@@ -94,7 +94,7 @@ fn matmul_defines(x: DType, w: DType, b: Option<DType>, y: DType, epi: EpilogueK
 }
 
 /// Shape options of `matmul_coop.wgsl`. On the H100 (Vulkan), at 32760 x 1536 x 8960, K steps
-/// of 64 with vector tiles ran at 107 TFLOP/s, the other three choices at 33 to 99.
+/// of 64 with vector tiles ran at 107 TFLOP/s; K steps of 64 alone at 99, K steps of 32 at 33-35.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CoopTiles {
     /// K steps of 64 instead of 32.
@@ -109,15 +109,30 @@ impl CoopTiles {
         vec_tiles: true,
     };
 
-    /// The tuned choice, or `VDIT_MATMUL_COOP` (`wide`, `vec`, `wide,vec`, `plain`) to compare.
+    /// The tuned choice, or `VDIT_MATMUL_COOP` (`wide`, `vec`, `wide,vec`, `plain`) to compare;
+    /// read once per process.
     pub fn chosen() -> Self {
-        match std::env::var("VDIT_MATMUL_COOP") {
-            Ok(v) => Self {
-                wide_k: v.contains("wide"),
-                vec_tiles: v.contains("vec"),
-            },
+        static CHOSEN: std::sync::OnceLock<CoopTiles> = std::sync::OnceLock::new();
+        *CHOSEN.get_or_init(|| match std::env::var("VDIT_MATMUL_COOP") {
+            Ok(v) => {
+                let words: Vec<&str> = v.split(',').map(str::trim).collect();
+                if words.iter().any(|w| !["wide", "vec", "plain"].contains(w)) {
+                    log::warn!("VDIT_MATMUL_COOP={v}: expected wide, vec, wide,vec or plain");
+                }
+                Self {
+                    wide_k: words.contains(&"wide"),
+                    vec_tiles: words.contains(&"vec"),
+                }
+            }
             Err(_) => Self::TUNED,
-        }
+        })
+    }
+
+    /// Workgroup memory of `matmul_coop.wgsl` with these options: the X and W tiles (128 rows of
+    /// BK + 8 halves each) and one 16 x 16 f32 fragment per subgroup.
+    pub fn shared_bytes(&self) -> u32 {
+        let bk = if self.wide_k { 64 } else { 32 };
+        2 * 128 * (bk + 8) * 2 + 8 * 256 * 4
     }
 
     fn add_defines(&self, d: &mut Defines) {
@@ -166,6 +181,15 @@ fn coop_fits(gpu: &crate::gpu::Gpu, x: &Tensor, w: &Tensor, k: usize) -> bool {
         && x.dtype() == DType::F16
         && w.dtype() == DType::F16
         && k % 4 == 0
+        && coop_gemm_fits_limits(gpu, CoopTiles::chosen().shared_bytes())
+}
+
+/// Whether the device's limits (which an application's own device may set low) admit a
+/// cooperative GEMM workgroup: 256 invocations and `shared_bytes` of workgroup memory.
+pub(crate) fn coop_gemm_fits_limits(gpu: &crate::gpu::Gpu, shared_bytes: u32) -> bool {
+    gpu.limits.max_compute_invocations_per_workgroup >= 256
+        && gpu.limits.max_compute_workgroup_size_x >= 256
+        && gpu.limits.max_compute_workgroup_storage_size >= shared_bytes
 }
 
 /// The define sets the portability test compiles.
