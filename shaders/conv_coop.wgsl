@@ -32,9 +32,9 @@ const RS: u32 = 256u / KV; // rows between the 8 rows an invocation fetches
 
 var<workgroup> tile_x: array<vec4<f16>, BM * LDS / 4u>;
 var<workgroup> tile_w: array<vec4<f16>, BN * LDS / 4u>;
-var<workgroup> stage: array<f32, 2048>; // one 16 x 16 fragment per subgroup, for the epilogue
 
 #include conv_output
+#include coop_output
 
 // The position of GEMM row r: (output frame, oy, ox), or frame 0xffffffff past the last row.
 fn row_position(r: u32) -> vec3<u32> {
@@ -108,16 +108,6 @@ fn frag_x(o: u32) -> coop_mat16x16<f16, A> {
 
 fn frag_w(o: u32) -> coop_mat16x16<f16, B> {
     return coopLoad<coop_mat16x16<f16, B>>(&tile_w[o / 4u], LDS / 4u);
-}
-
-fn finish_fragment(acc: coop_mat16x16<f32, C>, sub: u32, lane: u32, r0: u32, c0: u32) {
-    let base = sub * 256u;
-    coopStoreT(acc, &stage[base], 16u);
-    workgroupBarrier();
-    for (var e = lane; e < 256u; e += 32u) {
-        store_output(r0 + e / 16u, c0 + e % 16u, stage[base + e]);
-    }
-    workgroupBarrier();
 }
 
 @compute @workgroup_size(256, 1, 1)
@@ -233,14 +223,5 @@ fn main(
         workgroupBarrier();
     }
 
-    let r = row0 + sub_row;
-    let c = col0 + sub_col;
-    finish_fragment(c00, sub, lane, r, c);
-    finish_fragment(c01, sub, lane, r, c + 16u);
-    finish_fragment(c10, sub, lane, r + 16u, c);
-    finish_fragment(c11, sub, lane, r + 16u, c + 16u);
-    finish_fragment(c20, sub, lane, r + 32u, c);
-    finish_fragment(c21, sub, lane, r + 32u, c + 16u);
-    finish_fragment(c30, sub, lane, r + 48u, c);
-    finish_fragment(c31, sub, lane, r + 48u, c + 16u);
+    finish_block(c00, c01, c10, c11, c20, c21, c30, c31, sub, lane, row0 + sub_row, col0 + sub_col);
 }

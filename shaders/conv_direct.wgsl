@@ -118,39 +118,22 @@ fn tap_cache(at: vec4<u32>, m: vec4<bool>, kk0: u32) {
 }
 #endif
 
-// The convolution's value at row r (frame t, pixel rpix) and column c, through the layout.
-fn store(t: u32, rpix: u32, c: u32, acc: f32) {
-    let s = c / p.n_group;
-    let ch = c - s * p.n_group;
-    let frame = p.f0 + t * p.groups + s;
-    let idx = frame * p.frame_stride + rpix * p.pix_stride + ch * p.chan_stride;
-    var v = acc;
-#if HAS_BIAS
-    v += f32(bias[c]);
-#endif
-#if HAS_RESIDUAL
-    v += f32(y[idx]);
-#endif
-#if CLAMP_UNIT
-    v = clamp(v, -1.0, 1.0);
-#endif
-    y[idx] = Y_T(v);
-}
+#include conv_output
 
 // Stores channel c of the 4 pixels from (t, oy, ox0); `count` of them are inside the row.
 fn store4(t: u32, pix0: u32, count: u32, c: u32, v: vec4<f32>) {
     if (c >= p.n) {
         return;
     }
-    store(t, pix0, c, v.x);
+    store_at(t, pix0, c, v.x);
     if (count > 1u) {
-        store(t, pix0 + 1u, c, v.y);
+        store_at(t, pix0 + 1u, c, v.y);
     }
     if (count > 2u) {
-        store(t, pix0 + 2u, c, v.z);
+        store_at(t, pix0 + 2u, c, v.z);
     }
     if (count > 3u) {
-        store(t, pix0 + 3u, c, v.w);
+        store_at(t, pix0 + 3u, c, v.w);
     }
 }
 

@@ -50,9 +50,9 @@ var<workgroup> tile_w: array<vec4<f16>, BN * LDS / 4u>;
 var<workgroup> tile_x: array<f16, BM * LDS>; // [BM][LDS]
 var<workgroup> tile_w: array<f16, BN * LDS>; // [BN][LDS]
 #endif
-var<workgroup> stage: array<f32, 2048>; // one 16 x 16 fragment per subgroup, for the epilogue
 
 #include matmul_epilogue
+#include coop_output
 
 // 4 consecutive k of row `r` of X starting at vector `kv` (k = 4 kv), zero outside the matrix.
 fn load_x(r: u32, kv: u32) -> vec4<f16> {
@@ -111,18 +111,6 @@ fn frag_w(o: u32) -> coop_mat16x16<f16, B> {
     return coopLoad<coop_mat16x16<f16, B>>(&tile_w[o], LDS);
 }
 #endif
-
-// Stages one accumulator fragment (rows r0.., columns c0..) and finishes its 256 outputs, 8 per
-// invocation of the subgroup. Called in uniform control flow by every subgroup.
-fn finish_fragment(acc: coop_mat16x16<f32, C>, sub: u32, lane: u32, r0: u32, c0: u32) {
-    let base = sub * 256u;
-    coopStoreT(acc, &stage[base], 16u);
-    workgroupBarrier();
-    for (var e = lane; e < 256u; e += 32u) {
-        store_output(r0 + e / 16u, c0 + e % 16u, stage[base + e]);
-    }
-    workgroupBarrier();
-}
 
 @compute @workgroup_size(256, 1, 1)
 fn main(
@@ -232,14 +220,5 @@ fn main(
         workgroupBarrier();
     }
 
-    let r = row0 + sub_row;
-    let c = col0 + sub_col;
-    finish_fragment(c00, sub, lane, r, c);
-    finish_fragment(c01, sub, lane, r, c + 16u);
-    finish_fragment(c10, sub, lane, r + 16u, c);
-    finish_fragment(c11, sub, lane, r + 16u, c + 16u);
-    finish_fragment(c20, sub, lane, r + 32u, c);
-    finish_fragment(c21, sub, lane, r + 32u, c + 16u);
-    finish_fragment(c30, sub, lane, r + 48u, c);
-    finish_fragment(c31, sub, lane, r + 48u, c + 16u);
+    finish_block(c00, c01, c10, c11, c20, c21, c30, c31, sub, lane, row0 + sub_row, col0 + sub_col);
 }

@@ -1,4 +1,4 @@
-// The output stage shared by the implicit-GEMM convolutions (conv.wgsl, conv_coop.wgsl): the
+// The output stage shared by the convolutions (conv.wgsl, conv_coop.wgsl, conv_direct.wgsl): the
 // GEMM's row r = (t, oy, ox) and column c = (s, ch) land at frame f0 + t * groups + s, pixel
 // oy * out_w + ox, channel ch of y, with bias, in-place residual and clamp applied.
 // Reads the module's `p`, `bias` and `y`.
@@ -8,11 +8,15 @@ fn store_output(r: u32, c: u32, acc: f32) {
         return;
     }
     let out_hw = p.out_h * p.out_w;
-    let rt = r / out_hw;
-    let rpix = r - rt * out_hw;
+    let t = r / out_hw;
+    store_at(t, r - t * out_hw, c, acc);
+}
+
+// The same for output frame t, pixel rpix (in range), column c (in range).
+fn store_at(t: u32, rpix: u32, c: u32, acc: f32) {
     let s = c / p.n_group;
     let ch = c - s * p.n_group;
-    let frame = p.f0 + rt * p.groups + s;
+    let frame = p.f0 + t * p.groups + s;
     let idx = frame * p.frame_stride + rpix * p.pix_stride + ch * p.chan_stride;
     var v = acc;
 #if HAS_BIAS

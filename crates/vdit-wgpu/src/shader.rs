@@ -64,6 +64,13 @@ const INCLUDES: &[(&str, &str)] = &[
         )),
     ),
     (
+        "coop_output",
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shaders/include/coop_output.wgsl"
+        )),
+    ),
+    (
         "conv_params",
         include_str!(concat!(
             env!("CARGO_MANIFEST_DIR"),
