@@ -220,3 +220,47 @@ fn bad_sizes_are_refused_before_any_work() {
     assert!(!ok && stderr.contains("x.avi"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_command_reports_where_and_how_long_and_nothing_spurious() {
+    let dir = scratch("report");
+    let path = dir.join("report.mp4");
+    let out = Command::new(env!("CARGO_BIN_EXE_vdit"))
+        .args([
+            "generate",
+            "--prompt",
+            "a red ball moving left on a gray background",
+        ])
+        .args([
+            "--width", "32", "--height", "32", "--frames", "5", "--steps", "2",
+        ])
+        .arg("--output")
+        .arg(&path)
+        // A headless machine: no display, no session directory.
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("WAYLAND_DISPLAY")
+        .env_remove("DISPLAY")
+        .env_remove("NODEVICE_SELECT")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report = stderr
+        .lines()
+        .find(|l| l.starts_with("wrote "))
+        .unwrap_or_else(|| panic!("no 'wrote' line in:\n{stderr}"));
+    assert!(report.contains(path.to_str().unwrap()), "{report}");
+    for stage in ["prompt", "denoise", "decode", "write"] {
+        assert!(
+            report.contains(&format!("{stage} ")),
+            "no {stage} time: {report}"
+        );
+    }
+    for line in stderr.lines() {
+        assert!(
+            !line.to_lowercase().contains("error"),
+            "spurious error line {line:?} in:\n{stderr}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

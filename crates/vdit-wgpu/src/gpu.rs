@@ -92,11 +92,26 @@ pub fn parse_backend(name: &str) -> Result<wgpu::Backends> {
     }
 }
 
+/// Mesa's implicit Vulkan layer `VK_LAYER_MESA_device_select` asks the Wayland compositor which
+/// GPU drives the display, and on a headless machine libwayland prints "error: XDG_RUNTIME_DIR is
+/// invalid or not set" for every instance. Compute needs no display and picks its adapter itself,
+/// so the layer is switched off (its documented `NODEVICE_SELECT`) unless the user set it.
+fn quiet_display_probe() {
+    // Once, before the first instance: later instances read the same environment.
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("NODEVICE_SELECT").is_none() {
+            std::env::set_var("NODEVICE_SELECT", "1");
+        }
+    });
+}
+
 fn env_nonempty(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
 fn instance_for(backends: wgpu::Backends) -> wgpu::Instance {
+    quiet_display_probe();
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
     desc.backends = backends;
     wgpu::Instance::new(desc)
