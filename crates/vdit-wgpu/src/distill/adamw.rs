@@ -178,6 +178,7 @@ pub struct Moments {
 
 /// Records one AdamW update of `theta` (f32) at step `t` (1-based) with its gradient `g`,
 /// clipped by the global norm whose squared parts are the first `slots` values of `norms`.
+#[allow(clippy::too_many_arguments)]
 pub fn adamw_update(
     rec: &mut Recorder,
     settings: &AdamW,

@@ -24,6 +24,10 @@ struct KeysParams {
     rate: u32,
     has_state: u32,
     grid_x: u32,
+    ktiles: u32,
+    ftiles: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 pub fn keys_variants() -> Vec<Defines> {
@@ -73,13 +77,11 @@ pub fn key_grad(
             format!("keys {k_lo}..{k_hi} outside 0..{nk}"),
         ));
     }
-    if d > 512 {
-        return Err(shape_err(op, format!("head dim {d} above 512")));
-    }
     let gpu = rec.gpu();
     require_f16_support(gpu, "f16 distillation", &[v])?;
     let count = k_hi - k_lo;
-    let workgroups = folded_grid(gpu, count * h);
+    let (ktiles, ftiles) = (count.div_ceil(64), df.div_ceil(64));
+    let workgroups = folded_grid(gpu, ktiles * ftiles * h);
     let params = KeysParams {
         heads: h as u32,
         d: d as u32,
@@ -89,6 +91,10 @@ pub fn key_grad(
         rate: exclude_rate as u32,
         has_state: dsz.is_some() as u32,
         grid_x: workgroups[0],
+        ktiles: ktiles as u32,
+        ftiles: ftiles as u32,
+        _pad0: 0,
+        _pad1: 0,
     };
     // Without a state the kernel reads no table: any f32 tensor may stand in.
     let table = dsz.unwrap_or(dg);
@@ -104,7 +110,8 @@ pub fn key_grad(
         label: format!("distill key gradient {count}k x {h}h x {d} x {df}").into(),
         cost: Cost::new(
             n * 2.0 * df as f64 * (d as f64 + 1.0),
-            n * (d as f64 * v.dtype().size() as f64 + df as f64 * 4.0),
+            n * (d as f64 * v.dtype().size() as f64 + df as f64 * 4.0)
+                + (h * df * (d + 2) * 4) as f64,
         ),
     })
 }

@@ -220,9 +220,9 @@ pub fn reference_gradients(
             out.df[(r * h_n + h) * df_n..][..df_n].copy_from_slice(&dfi);
             hedgehog_backward(&f, &dfi, &p.row(p.q, i, h), h, half, &mut out.grad_q);
         }
-        for j in 0..p.nk {
+        for (j, gj) in g.iter().enumerate() {
             let dgj = out.dg[(j * h_n + h) * df_n..][..df_n].to_vec();
-            hedgehog_backward(&g[j], &dgj, &p.row(p.k, j, h), h, half, &mut out.grad_k);
+            hedgehog_backward(gj, &dgj, &p.row(p.k, j, h), h, half, &mut out.grad_k);
         }
     }
     out

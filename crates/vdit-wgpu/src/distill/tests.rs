@@ -163,8 +163,8 @@ fn trainer_with<'g>(
 ) -> PhiTrainer<'g> {
     let mut cfg = PhiTrainerConfig::hedgehog(heads, d, half, mode, 0);
     cfg.init = PhiInit::Host {
-        phi_q: maps.0.clone(),
-        phi_k: maps.1.clone(),
+        phi_q: Box::new(maps.0.clone()),
+        phi_k: Box::new(maps.1.clone()),
     };
     cfg.loss = loss;
     PhiTrainer::new(test_gpu(), cfg).unwrap()

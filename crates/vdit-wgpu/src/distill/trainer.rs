@@ -30,8 +30,8 @@ pub enum PhiInit {
     Seeded(u64),
     /// Given weights, e.g. a previous run's (hedgehog maps of the configured sizes).
     Host {
-        phi_q: HostFeatureMap,
-        phi_k: HostFeatureMap,
+        phi_q: Box<HostFeatureMap>,
+        phi_k: Box<HostFeatureMap>,
     },
 }
 
