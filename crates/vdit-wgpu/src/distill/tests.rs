@@ -183,12 +183,22 @@ const REHYAT: AttentionMode = Rehyat {
 /// Analytic GPU gradients against the f64 reference, and the reference against central
 /// finite differences of the f64 loss, for every intermediate the backward produces.
 fn check_gradients(mode: AttentionMode, dtype: DType, loss: Loss, subset: QuerySubset) {
+    check_gradients_at([37, 3, 16, 5, 5], mode, dtype, loss, subset)
+}
+
+/// [`check_gradients`] at `[n, heads, d, half, frame_tokens]`.
+fn check_gradients_at(
+    [n, h, d, half, ft]: [usize; 5],
+    mode: AttentionMode,
+    dtype: DType,
+    loss: Loss,
+    subset: QuerySubset,
+) {
     if skip_f16(dtype) {
         return;
     }
     let seed = seed();
     let mut rng = Rng::new(seed);
-    let (n, h, d, half, ft) = (37, 3, 16, 5, 5);
     let cap = capture(&mut rng, n, n, h, d, ft, 1.0, dtype);
     let maps = host_maps(&mut rng, h, d, half);
     let mut tr = trainer_with(mode, h, d, half, &maps, loss);
@@ -209,7 +219,11 @@ fn check_gradients(mode: AttentionMode, dtype: DType, loss: Loss, subset: QueryS
         Hedgehog64::from_host(&maps.1).unwrap(),
     );
     let want = reference_gradients(&prob, &hq, &hk, &queries, loss);
-    let case = format!("{} {dtype} {loss:?} {subset:?}", mode.name());
+    let case = format!(
+        "{} n {n} h {h} d {d} df {} {dtype} {loss:?} {subset:?}",
+        mode.name(),
+        2 * half
+    );
     let tol = 2e-5;
 
     // The softmax part (A | alpha | m).
@@ -373,6 +387,21 @@ fn gradients_rehyat() {
         QuerySubset::Strided { start: 3, step: 3 },
     );
     check_gradients(REHYAT, F16, Loss::Mse, QuerySubset::All);
+}
+
+/// Sizes past one tile: 300 keys (several partial states), DF = 80 (two feature tiles of the
+/// key gradient), eight rehyat chunks.
+#[test]
+fn gradients_multi_tile() {
+    let sub = QuerySubset::Strided { start: 2, step: 5 };
+    check_gradients_at([300, 2, 24, 40, 1], Hybrid { rate: 2 }, F32, Loss::L1, sub);
+    check_gradients_at(
+        [300, 1, 24, 36, 20],
+        REHYAT,
+        F16,
+        Loss::Mse,
+        QuerySubset::All,
+    );
 }
 
 /// The student's y_hat with given weights is the inference attention of that mode with the
