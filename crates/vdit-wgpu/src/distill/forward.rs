@@ -379,13 +379,35 @@ struct QueryParams {
     mse: u32,
     write_yhat: u32,
     grid_x: u32,
-    _pad0: u32,
+    tiles: u32,
     inv_count: f32,
     _pad1: u32,
 }
 
+/// The query pass's defines for `qr` rows per workgroup.
+fn query_defines(dtype: DType, qr: usize, d: usize, df: usize) -> Defines {
+    defines(&[
+        ("IO_T", dtype.wgsl().to_string()),
+        ("QR", format!("{qr}u")),
+        ("FS_SIZE", (qr * df).to_string()),
+        ("US_SIZE", (qr * d).to_string()),
+        ("RED_SIZE", (3 * qr * 64).to_string()),
+    ])
+}
+
+/// Workgroup memory of the query pass with `qr` rows.
+fn query_shared_bytes(qr: usize, d: usize, df: usize) -> usize {
+    (qr * (df + d + 3 * 64 + 2)) * 4
+}
+
 pub fn query_variants() -> Vec<Defines> {
-    gather_variants()
+    let mut v = Vec::new();
+    for dtype in [DType::F32, DType::F16] {
+        for (qr, d, df) in [(8, 128, 128), (8, 16, 10), (4, 512, 256), (1, 512, 1024)] {
+            v.push(query_defines(dtype, qr, d, df));
+        }
+    }
+    v
 }
 
 /// The buffers of [`query_pass`]: inputs of a capture and of a step, and its outputs.
@@ -477,7 +499,19 @@ pub fn query_pass(rec: &mut Recorder, a: &QueryPass) -> Result<()> {
     let gpu = rec.gpu();
     require_f16_support(gpu, "f16 distillation", &[a.y])?;
     let r_count = a.r_hi - a.r_lo;
-    let workgroups = folded_grid(gpu, r_count * h);
+    // As many rows per workgroup (each state value read serves them all) as memory allows.
+    let mem = gpu.limits.max_compute_workgroup_storage_size as usize;
+    let qr = [8usize, 4, 2, 1]
+        .into_iter()
+        .find(|&qr| query_shared_bytes(qr, d, df) <= mem)
+        .ok_or_else(|| crate::error::GpuError::OverLimit {
+            what: format!("the distillation query pass at D = {d}, DF = {df}"),
+            needed: query_shared_bytes(1, d, df) as u64,
+            limit: mem as u64,
+            limit_name: "max_compute_workgroup_storage_size",
+        })?;
+    let tiles = r_count.div_ceil(qr);
+    let workgroups = folded_grid(gpu, tiles * h);
     let params = QueryParams {
         heads: h as u32,
         d: d as u32,
@@ -488,7 +522,7 @@ pub fn query_pass(rec: &mut Recorder, a: &QueryPass) -> Result<()> {
         mse: (a.loss == Loss::Mse) as u32,
         write_yhat: a.write_yhat as u32,
         grid_x: workgroups[0],
-        _pad0: 0,
+        tiles: tiles as u32,
         inv_count: 1.0 / a.count as f32,
         _pad1: 0,
     };
@@ -497,7 +531,7 @@ pub fn query_pass(rec: &mut Recorder, a: &QueryPass) -> Result<()> {
     rec.dispatch(Dispatch {
         shader: "distill_query",
         entry: "main",
-        defines: io_defines(a.y.dtype()),
+        defines: query_defines(a.y.dtype(), qr, d, df),
         constants: vec![],
         params: bytemuck::bytes_of(&params),
         tensors: &[
@@ -507,7 +541,7 @@ pub fn query_pass(rec: &mut Recorder, a: &QueryPass) -> Result<()> {
         label: format!("distill query pass {r_count}q x {h}h x {d} x {df}").into(),
         cost: Cost::new(
             n * 4.0 * dff * (dd + 1.0),
-            n * (dd * 4.0 * 3.0 + dff * 8.0) + h as f64 * dff * (dd + 1.0) * 4.0,
+            n * (dd * 4.0 * 3.0 + dff * 8.0) + (tiles * h) as f64 * dff * (dd + 1.0) * 8.0,
         ),
     })
 }
