@@ -167,6 +167,47 @@ fn softmax_defines(dtype: DType, d: usize) -> Defines {
     ])
 }
 
+/// Query rows per workgroup of `distill_softmax_tiled.wgsl` at head dim `d`, if it fits
+/// (head dims up to 128).
+fn softmax_tiled_rows(gpu: &crate::gpu::Gpu, d: usize) -> Option<usize> {
+    let dp = d.div_ceil(16).max(1) * 16;
+    if dp > 128 {
+        return None;
+    }
+    let mem = gpu.limits.max_compute_workgroup_storage_size as usize;
+    let inv = gpu.limits.max_compute_invocations_per_workgroup as usize;
+    let max_y = gpu.limits.max_compute_workgroup_size_y as usize;
+    [8usize, 4, 2, 1]
+        .into_iter()
+        .find(|&bq| softmax_tiled_bytes(bq, dp) <= mem && 16 * bq <= inv && bq <= max_y)
+}
+
+fn softmax_tiled_bytes(bq: usize, dp: usize) -> usize {
+    (bq * dp + 16 * (dp + 1) + 2 * bq * 16) * 4
+}
+
+fn softmax_tiled_defines(dtype: DType, bq: usize, d: usize) -> Defines {
+    let dp = d.div_ceil(16).max(1) * 16;
+    defines(&[
+        ("IO_T", dtype.wgsl().to_string()),
+        ("DP", format!("{dp}u")),
+        ("BQ", format!("{bq}u")),
+        ("QS_SIZE", (bq * dp).to_string()),
+        ("KV_SIZE", (16 * (dp + 1)).to_string()),
+        ("PS_SIZE", (bq * 16).to_string()),
+    ])
+}
+
+pub fn softmax_tiled_variants() -> Vec<Defines> {
+    let mut v = Vec::new();
+    for dtype in [DType::F32, DType::F16] {
+        for (bq, d) in [(8, 128), (8, 16), (4, 64), (1, 128)] {
+            v.push(softmax_tiled_defines(dtype, bq, d));
+        }
+    }
+    v
+}
+
 pub fn softmax_variants() -> Vec<Defines> {
     let mut v = Vec::new();
     for dtype in [DType::F32, DType::F16] {
@@ -183,7 +224,8 @@ pub fn softmax_part_shape(nq: usize, heads: usize, d: usize) -> [usize; 3] {
 }
 
 /// Records the constant softmax part of every query for the mode of `seg` (see
-/// `distill_softmax.wgsl`) into `soft` `[Nq, H, D + 2]` f32.
+/// `distill_softmax_tiled.wgsl`, or `distill_softmax.wgsl` for heads wider than 128) into
+/// `soft` `[Nq, H, D + 2]` f32.
 pub fn softmax_part(
     rec: &mut Recorder,
     seg: &Segments,
@@ -240,7 +282,16 @@ pub fn softmax_part(
         }
         _ => (2, 0, 0, 0, 0, 0),
     };
-    let tiles = nq.div_ceil(64);
+    let tiled = softmax_tiled_rows(gpu, d);
+    let (shader, defines, rows) = match tiled {
+        Some(bq) => (
+            "distill_softmax_tiled",
+            softmax_tiled_defines(q.dtype(), bq, d),
+            bq,
+        ),
+        None => ("distill_softmax", softmax_defines(q.dtype(), d), 64),
+    };
+    let tiles = nq.div_ceil(rows);
     let workgroups = folded_grid(gpu, tiles * h);
     let params = SoftmaxParams {
         nq: to_u32(op, nq)?,
@@ -263,9 +314,9 @@ pub fn softmax_part(
     let (qn, kn, hf, dd) = (nq as f64, keys as f64, h as f64, d as f64);
     let el = q.dtype().size() as f64;
     rec.dispatch(Dispatch {
-        shader: "distill_softmax",
+        shader,
         entry: "main",
-        defines: softmax_defines(q.dtype(), d),
+        defines,
         constants: vec![],
         params: bytemuck::bytes_of(&params),
         tensors: &[q, k, v, soft],

@@ -47,6 +47,7 @@ use crate::tensor::Tensor;
 pub fn shaders() -> Vec<ShaderFile> {
     vec![
         crate::shader_file!("distill_softmax", forward::softmax_variants),
+        crate::shader_file!("distill_softmax_tiled", forward::softmax_tiled_variants),
         crate::shader_file!("distill_gather", forward::gather_variants),
         crate::shader_file!("distill_query", forward::query_variants),
         crate::shader_file!("distill_keys", backward::keys_variants),

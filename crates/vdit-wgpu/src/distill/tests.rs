@@ -412,6 +412,8 @@ fn forward_matches_inference_attention() {
     let cases = [
         (Hybrid { rate: 2 }, 37, 3, 16, 5, 1, F32),
         (Hybrid { rate: 3 }, 45, 2, 64, 16, 1, F16),
+        // Wider than 128: the softmax part's untiled kernel.
+        (Hybrid { rate: 2 }, 21, 1, 160, 8, 1, F32),
         (Linear { eps: LINEAR_EPS }, 37, 3, 16, 5, 1, F32),
         (Linear { eps: LINEAR_EPS }, 30, 1, 40, 8, 1, F16),
         (REHYAT, 37, 3, 16, 5, 5, F32),
