@@ -24,9 +24,23 @@
 //!   `[H, DF/2, D + 1]` (dW | db), which is exactly what the linear-state kernel computes from
 //!   du and x, so the weight gradients reuse `attention_state.wgsl`.
 //!
-//! Modules: [`forward`] (softmax part, gather, the query pass), [`backward`] (key side and the
-//! hedgehog backward), [`adamw`] (global-norm clipping and AdamW), [`trainer`] (the API),
-//! [`reference`] (CPU float64 forward, analytic gradients and losses for the tests).
+//! What the student computes is exactly what `attention()` computes for the mode with
+//! [`PhiTrainer::weights`]: the softmax part uses the true row maximum as its stabiliser (the
+//! inference kernel's m_i), the linear term is not rescaled, and linear mode's epsilon is its
+//! alpha. Hybrid and linear share one (S | z) over their linear keys; rehyat has one prefix state
+//! per chunk of `chunk_frames` frames. Queries may be subsampled per step ([`QuerySubset`]); S and z
+//! always sum over every linear key. Losses are means over the step's queries x H x D, taken
+//! before the step's update. [`TrainerState`] names its tensors `phi_q.w`, `phi_q.b`, `phi_k.w`,
+//! `phi_k.b`. Only hedgehog maps are trained so far.
+//!
+//! GPU memory of a prepared capture, f32: the softmax part and the gathered queries (about
+//! 3 x Nq H D), phi_k and its gradient (2 x Nk H DF plus Nk H DF / 2), phi_q and its gradient
+//! (2 x Nq H DF), and one (S | z) and one (dS | dz) table per segment. [`PhiTrainer::error`] and
+//! [`PhiTrainer::predict`] build their own for the capture they are given.
+//!
+//! Modules: [`forward`] (segments, softmax part, gather, the query pass), [`backward`] (key side
+//! and the hedgehog backward), [`adamw`] (column sums for the loss and the global norm, AdamW),
+//! [`trainer`] (the API), [`reference`] (CPU float64 forward, analytic gradients and losses).
 
 pub mod adamw;
 pub mod backward;
