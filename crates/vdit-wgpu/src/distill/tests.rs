@@ -696,6 +696,13 @@ fn step_and_resume() {
     assert_eq!(la, lb);
     assert_eq!(a.state().unwrap(), b.state().unwrap());
     assert_eq!(b.step_count(), 3);
+    // Steps recorded into one submission are the same steps submitted one by one.
+    let mut c = trainer_with(mode, h, d, half, &maps, Loss::L1);
+    c.load_state(&after).unwrap();
+    c.prepare(&cap.gpu).unwrap();
+    let one_by_one: Vec<f32> = subs.iter().map(|s| c.step(s).unwrap()).collect();
+    assert_eq!(one_by_one, la);
+    assert_eq!(c.state().unwrap(), a.state().unwrap());
     // A state of another shape is refused.
     let mut bad = after.clone();
     bad.params[0].shape = vec![1, 2, 3];
