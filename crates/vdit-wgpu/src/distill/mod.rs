@@ -36,7 +36,7 @@
 //! GPU memory of a prepared capture, f32: the softmax part and the gathered queries (about
 //! 3 x Nq H D), phi_k and its gradient (2 x Nk H DF plus Nk H DF / 2), phi_q and its gradient
 //! (2 x Nq H DF), and one (S | z) and one (dS | dz) table per segment. [`PhiTrainer::error`] and
-//! [`PhiTrainer::predict`] build their own for the capture they are given.
+//! [`PhiTrainer::predict`] build their own, forward-only, for the capture they are given.
 //!
 //! Modules: [`forward`] (segments, softmax part, gather, the query pass), [`backward`] (key side
 //! and the hedgehog backward), [`adamw`] (column sums for the loss and the global norm, AdamW),

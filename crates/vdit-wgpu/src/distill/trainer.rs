@@ -98,7 +98,7 @@ struct Param {
     moments: Moments,
 }
 
-/// The buffers of one capture's forward and backward (sizes in the module docs).
+/// The buffers of one capture's forward (sizes in the module docs).
 struct Workspace {
     seg: Segments,
     soft: Tensor,
@@ -111,6 +111,12 @@ struct Workspace {
     dfq: Tensor,
     parts: Tensor,
     yhat: Tensor,
+    /// Only for training: evaluation needs none of it.
+    bwd: Option<Backward>,
+}
+
+/// The buffers of the backward and the update.
+struct Backward {
     dsz: Vec<Tensor>,
     part_dsz: Tensor,
     dg: Tensor,
@@ -123,10 +129,25 @@ struct Workspace {
 }
 
 impl Workspace {
-    fn new(gpu: &Gpu, seg: Segments, h: usize, d: usize, df: usize) -> Result<Self> {
+    fn new(gpu: &Gpu, seg: Segments, h: usize, d: usize, df: usize, train: bool) -> Result<Self> {
         let (nq, nk, f) = (seg.nq, seg.nk, df / 2);
         let t = |shape: &[usize]| Tensor::empty(gpu, shape, DType::F32);
         let c = seg.list.len();
+        let bwd = if train {
+            Some(Backward {
+                dsz: (0..c).map(|_| t(&[h, df, d + 2])).collect::<Result<_>>()?,
+                part_dsz: t(&[STATE_CHUNKS, h, df, d + 2])?,
+                dg: t(&[nk, h, df])?,
+                duq: t(&[nq, h, f])?,
+                duk: t(&[nk, h, f])?,
+                grad_q: t(&[h, f, d + 1])?,
+                grad_k: t(&[h, f, d + 1])?,
+                part_grad: t(&[STATE_CHUNKS, h, f, d + 1])?,
+                norms: t(&[2])?,
+            })
+        } else {
+            None
+        };
         Ok(Self {
             soft: t(&softmax_part_shape(nq, h, d))?,
             gk: t(&[nk, h, df])?,
@@ -138,17 +159,15 @@ impl Workspace {
             dfq: t(&[nq, h, df])?,
             parts: t(&[nq * h, 2])?,
             yhat: t(&[nq, h, d])?,
-            dsz: (0..c).map(|_| t(&[h, df, d + 2])).collect::<Result<_>>()?,
-            part_dsz: t(&[STATE_CHUNKS, h, df, d + 2])?,
-            dg: t(&[nk, h, df])?,
-            duq: t(&[nq, h, f])?,
-            duk: t(&[nk, h, f])?,
-            grad_q: t(&[h, f, d + 1])?,
-            grad_k: t(&[h, f, d + 1])?,
-            part_grad: t(&[STATE_CHUNKS, h, f, d + 1])?,
-            norms: t(&[2])?,
+            bwd,
             seg,
         })
+    }
+
+    fn bwd(&self) -> Result<&Backward> {
+        self.bwd
+            .as_ref()
+            .ok_or_else(|| shape_err("phi trainer", "an evaluation workspace has no backward"))
     }
 }
 
@@ -279,18 +298,18 @@ impl<'g> PhiTrainer<'g> {
         )
     }
 
-    fn workspace(&self, capture: &BlockCapture) -> Result<Workspace> {
+    fn workspace(&self, capture: &BlockCapture, train: bool) -> Result<Workspace> {
         let (h, d) = (self.cfg.heads, self.cfg.head_dim);
         let (nq, nk) = capture.check(h, d)?;
         let seg = Segments::new(&self.cfg.mode, nq, nk, capture.frame_tokens)?;
-        Workspace::new(self.gpu, seg, h, d, self.df)
+        Workspace::new(self.gpu, seg, h, d, self.df, train)
     }
 
     /// Makes `capture` the one the next steps train on: records and runs its constant softmax
     /// part (m, A, alpha) once. The capture's tensors must stay unchanged until the next call.
     pub fn prepare(&mut self, capture: &BlockCapture) -> Result<()> {
         self.prepared = None;
-        let ws = self.workspace(capture)?;
+        let ws = self.workspace(capture, true)?;
         let mut rec = Recorder::new(self.gpu);
         let c = capture;
         softmax_part(
@@ -382,7 +401,7 @@ impl<'g> PhiTrainer<'g> {
 
     /// The forward over all queries of a capture: (y_hat, [sum |y_hat - y|, sum |y|]).
     fn evaluate(&self, capture: &BlockCapture, want_yhat: bool) -> Result<(Tensor, Vec<f32>)> {
-        let ws = self.workspace(capture)?;
+        let ws = self.workspace(capture, false)?;
         let nq = ws.seg.nq;
         let all = QuerySubset::All.indices(nq)?;
         let idx = upload_indices(self.gpu, &all)?;
@@ -508,6 +527,7 @@ impl<'g> PhiTrainer<'g> {
     /// (dS | dz) per segment, dg, the hedgehog backward and (dW | db) of both maps.
     fn record_backward(&self, rec: &mut Recorder, prep: &Prepared, set: &[u32]) -> Result<()> {
         let (c, ws) = (&prep.capture, &prep.ws);
+        let b = ws.bwd()?;
         let seg = &ws.seg;
         let ranges = seg.row_ranges(set);
         let last = seg.list.len() - 1;
@@ -515,7 +535,7 @@ impl<'g> PhiTrainer<'g> {
         // (dS | dz) from the last segment back.
         for t in (0..=last).rev() {
             if t < last {
-                rec.copy(&ws.dsz[t + 1], &ws.dsz[t])?;
+                rec.copy(&b.dsz[t + 1], &b.dsz[t])?;
             }
             let (r_lo, r_hi) = ranges[t];
             if t == last || r_hi > r_lo {
@@ -527,8 +547,8 @@ impl<'g> PhiTrainer<'g> {
                     r_lo,
                     r_hi,
                     0,
-                    &ws.part_dsz,
-                    &ws.dsz[t],
+                    &b.part_dsz,
+                    &b.dsz[t],
                     t < last,
                 )?;
             }
@@ -539,53 +559,54 @@ impl<'g> PhiTrainer<'g> {
                 key_grad(
                     rec,
                     &c.v,
-                    Some(&ws.dsz[t]),
+                    Some(&b.dsz[t]),
                     prev,
                     s.lin_hi,
                     seg.exclude_rate,
-                    &ws.dg,
+                    &b.dg,
                 )?;
             }
             prev = s.lin_hi;
         }
         let m = set.len();
-        hedgehog_du(rec, &ws.fq, &ws.dfq, m, &ws.duq)?;
+        hedgehog_du(rec, &ws.fq, &ws.dfq, m, &b.duq)?;
         linear_state(
             rec,
-            &ws.duq,
+            &b.duq,
             0,
             &ws.xq,
             0,
             m,
             0,
-            &ws.part_grad,
-            &ws.grad_q,
+            &b.part_grad,
+            &b.grad_q,
             false,
         )?;
         let lin_end = seg.lin_end();
         if lin_end > 0 {
-            hedgehog_du(rec, &ws.gk, &ws.dg, lin_end, &ws.duk)?;
+            hedgehog_du(rec, &ws.gk, &b.dg, lin_end, &b.duk)?;
         }
         let rate = seg.exclude_rate;
         linear_state(
             rec,
-            &ws.duk,
+            &b.duk,
             0,
             &c.k,
             0,
             lin_end,
             rate,
-            &ws.part_grad,
-            &ws.grad_k,
+            &b.part_grad,
+            &b.grad_k,
             false,
         )
     }
 
     /// Squared gradient norms, then AdamW on every tensor at step `t`.
     fn record_update(&self, rec: &mut Recorder, ws: &Workspace, t: u64) -> Result<()> {
-        let (g_q, g_k) = (&ws.grad_q, &ws.grad_k);
-        column_sums(rec, g_q, g_q.numel(), 1, true, &ws.norms, 0)?;
-        column_sums(rec, g_k, g_k.numel(), 1, true, &ws.norms, 1)?;
+        let b = ws.bwd()?;
+        let (g_q, g_k) = (&b.grad_q, &b.grad_k);
+        column_sums(rec, g_q, g_q.numel(), 1, true, &b.norms, 0)?;
+        column_sums(rec, g_k, g_k.numel(), 1, true, &b.norms, 1)?;
         let d = self.cfg.head_dim;
         for (i, p) in self.params.iter().enumerate() {
             let grad = if i < 2 { g_q } else { g_k };
@@ -612,7 +633,7 @@ impl<'g> PhiTrainer<'g> {
                 &p.theta,
                 view,
                 &p.moments,
-                &ws.norms,
+                &b.norms,
                 2,
             )?;
         }
@@ -644,8 +665,8 @@ impl<'g> PhiTrainer<'g> {
         self.record_backward(&mut rec, prep, &set)?;
         rec.submit(None)?;
         Ok((
-            prep.ws.grad_q.to_vec_f32(self.gpu)?,
-            prep.ws.grad_k.to_vec_f32(self.gpu)?,
+            prep.ws.bwd()?.grad_q.to_vec_f32(self.gpu)?,
+            prep.ws.bwd()?.grad_k.to_vec_f32(self.gpu)?,
         ))
     }
 
@@ -656,7 +677,7 @@ impl<'g> PhiTrainer<'g> {
         let ws = &self.prepared.as_ref()?.ws;
         Some(match name {
             "df" => ws.dfq.clone(),
-            "dg" => ws.dg.clone(),
+            "dg" => ws.bwd.as_ref()?.dg.clone(),
             "ud" => ws.ud.clone(),
             "soft" => ws.soft.clone(),
             _ => return None,
