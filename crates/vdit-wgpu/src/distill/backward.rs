@@ -187,3 +187,139 @@ pub fn hedgehog_du(
         ),
     })
 }
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct PolyParams {
+    heads: u32,
+    d: u32,
+    hid: u32,
+    df: u32,
+    d1: u32,
+    count: u32,
+    grid_x: u32,
+    _pad0: u32,
+}
+
+pub fn poly_variants() -> Vec<Defines> {
+    keys_variants()
+}
+
+/// One stage of the poly backward (see `distill_poly.wgsl`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolyStage {
+    /// pre = W1 x + b1, a = gelu(pre)
+    Hidden,
+    /// dpsi = p psi^(p - 1) dphi
+    Dpsi,
+    /// dpre = gelu'(pre) W2^T dpsi
+    Dpre,
+}
+
+/// The tensors of the poly backward of one map: inputs x `[rows, H, D]`, f32 weights
+/// (w1 `[H, HID, D]`, b1 `[H, HID]`, w2 `[H, DF, HID]`, b2 `[H, DF]`), upstream dphi
+/// `[rows, H, DF]`; f32 scratch pre, a, dpre `[rows, H, HID]` and dpsi `[rows, H, DF]`.
+#[derive(Clone, Copy, Debug)]
+pub struct PolyBuffers<'a> {
+    pub x: &'a Tensor,
+    pub w1: &'a Tensor,
+    pub b1: &'a Tensor,
+    pub w2: &'a Tensor,
+    pub b2: &'a Tensor,
+    pub dphi: &'a Tensor,
+    pub pre: &'a Tensor,
+    pub a: &'a Tensor,
+    pub dpsi: &'a Tensor,
+    pub dpre: &'a Tensor,
+    /// Values per part: DF = P * D1.
+    pub d1: usize,
+}
+
+/// Records one stage of the poly backward for rows `0..count`.
+pub fn poly_stage(
+    rec: &mut Recorder,
+    stage: PolyStage,
+    b: &PolyBuffers,
+    count: usize,
+) -> Result<()> {
+    let op = "distill poly backward";
+    let [rows, h, d] = match b.x.shape() {
+        [r, hh, dd] => [*r, *hh, *dd],
+        s => return Err(shape_err(op, format!("x must be [rows, H, D], got {s:?}"))),
+    };
+    let (hid, df) = match (b.w1.shape(), b.w2.shape()) {
+        ([hh, c, dd], [h2, f, c2]) if *hh == h && *dd == d && *h2 == h && c2 == c => (*c, *f),
+        (s1, s2) => {
+            return Err(shape_err(
+                op,
+                format!("w1 {s1:?} and w2 {s2:?} do not fit x {:?}", b.x.shape()),
+            ))
+        }
+    };
+    let f32_shape = |t: &Tensor, shape: &[usize]| t.dtype() == DType::F32 && t.shape() == shape;
+    let ok = f32_shape(b.w1, &[h, hid, d])
+        && f32_shape(b.w2, &[h, df, hid])
+        && f32_shape(b.b1, &[h, hid])
+        && f32_shape(b.b2, &[h, df])
+        && [b.dphi, b.dpsi]
+            .iter()
+            .all(|t| t.dtype() == DType::F32 && t.shape().len() == 3 && t.shape()[1..] == [h, df])
+        && [b.pre, b.a, b.dpre]
+            .iter()
+            .all(|t| t.dtype() == DType::F32 && t.shape().len() == 3 && t.shape()[1..] == [h, hid])
+        && [b.dphi, b.dpsi, b.pre, b.a, b.dpre]
+            .iter()
+            .all(|t| t.shape()[0] >= count)
+        && count <= rows
+        && b.d1 > 0
+        && df % b.d1 == 0;
+    if !ok {
+        return Err(shape_err(
+            op,
+            format!(
+                "the poly buffers do not fit {count} rows of {:?}: {b:?}",
+                b.x.shape()
+            ),
+        ));
+    }
+    let gpu = rec.gpu();
+    require_f16_support(gpu, "f16 distillation", &[b.x])?;
+    let (entry, width) = match stage {
+        PolyStage::Hidden => ("hidden_main", hid),
+        PolyStage::Dpsi => ("dpsi_main", df),
+        PolyStage::Dpre => ("dpre_main", hid),
+    };
+    let n = count * h * width;
+    let workgroups = folded_grid(gpu, n.div_ceil(256));
+    let params = PolyParams {
+        heads: h as u32,
+        d: d as u32,
+        hid: hid as u32,
+        df: df as u32,
+        d1: b.d1 as u32,
+        count: to_u32(op, count)?,
+        grid_x: workgroups[0],
+        _pad0: 0,
+    };
+    let inner = match stage {
+        PolyStage::Hidden => d,
+        PolyStage::Dpsi => hid,
+        PolyStage::Dpre => df,
+    };
+    rec.dispatch(Dispatch {
+        shader: "distill_poly",
+        entry,
+        defines: defines(&[("IO_T", b.x.dtype().wgsl())]),
+        constants: vec![],
+        params: bytemuck::bytes_of(&params),
+        tensors: &[
+            b.x, b.w1, b.b1, b.w2, b.b2, b.dphi, b.pre, b.a, b.dpsi, b.dpre,
+        ],
+        workgroups,
+        label: format!("distill poly backward {stage:?} {count} x {h}h x {width}").into(),
+        cost: Cost::new(
+            2.0 * n as f64 * inner as f64,
+            n as f64 * (inner as f64 + 2.0) * 4.0,
+        ),
+    })
+}

@@ -18,11 +18,13 @@
 //!   them (after norm and RoPE), y `[Nq, H, D]` the teacher's softmax attention output;
 //!   `frame_tokens` tokens per latent frame (rehyat). Rehyat needs Nq == Nk.
 //! - the trained weights are f32, shaped as the attention plan reads them (attention module
-//!   docs): hedgehog `w [H, DF/2, D]`, `b [H, DF/2]` for each of phi_q and phi_k.
+//!   docs): hedgehog `w [H, DF/2, D]`, `b [H, DF/2]`; poly `w1 [H, HID, D]`, `b1 [H, HID]`,
+//!   `w2 [H, DF, HID]`, `b2 [H, DF]`; for each of phi_q and phi_k.
 //! - internal: the softmax part `[Nq, H, D + 2]` f32 (A in columns 0..D, alpha in D, m in D + 1);
-//!   states `[H, DF, D + 1]` (S | z) per query segment; gradients of a hedgehog map as
-//!   `[H, DF/2, D + 1]` (dW | db), which is exactly what the linear-state kernel computes from
-//!   du and x, so the weight gradients reuse `attention_state.wgsl`.
+//!   states `[H, DF, D + 1]` (S | z) per query segment; the gradient of each layer of a map as a
+//!   (dW | db) table (hedgehog `[H, DF/2, D + 1]`; poly `[H, HID, D + 1]` and `[H, DF, HID + 1]`),
+//!   which is exactly what the linear-state kernel computes from the layer's output gradient and
+//!   its input, so the weight gradients reuse `attention_state.wgsl`.
 //!
 //! What the student computes is exactly what `attention()` computes for the mode with
 //! [`PhiTrainer::weights`]: the softmax part uses the true row maximum as its stabiliser (the
@@ -31,15 +33,15 @@
 //! per chunk of `chunk_frames` frames. Queries may be subsampled per step ([`QuerySubset`]); S and z
 //! always sum over every linear key. Losses are means over the step's queries x H x D, taken
 //! before the step's update. [`TrainerState`] names its tensors `phi_q.w`, `phi_q.b`, `phi_k.w`,
-//! `phi_k.b`. Only hedgehog maps are trained so far.
+//! `phi_k.b` (hedgehog) or `phi_q.w1`, `.b1`, `.w2`, `.b2` and the same for `phi_k` (poly).
 //!
 //! GPU memory of a prepared capture, f32: the softmax part and the gathered queries (about
 //! 3 x Nq H D), phi_k and its gradient (2 x Nk H DF plus Nk H DF / 2), phi_q and its gradient
 //! (2 x Nq H DF), and one (S | z) and one (dS | dz) table per segment. [`PhiTrainer::error`] and
 //! [`PhiTrainer::predict`] build their own, forward-only, for the capture they are given.
 //!
-//! Modules: [`forward`] (segments, softmax part, gather, the query pass), [`backward`] (key side
-//! and the hedgehog backward), [`adamw`] (column sums for the loss and the global norm, AdamW),
+//! Modules: [`forward`] (segments, softmax part, gather, the query pass), [`backward`] (key side,
+//! the hedgehog and poly backward), [`adamw`] (column sums for the loss and the global norm, AdamW),
 //! [`trainer`] (the API), [`reference`] (CPU float64 forward, analytic gradients and losses).
 
 pub mod adamw;
@@ -66,6 +68,7 @@ pub fn shaders() -> Vec<ShaderFile> {
         crate::shader_file!("distill_query", forward::query_variants),
         crate::shader_file!("distill_keys", backward::keys_variants),
         crate::shader_file!("distill_hedgehog", backward::hedgehog_variants),
+        crate::shader_file!("distill_poly", backward::poly_variants),
         crate::shader_file!("distill_reduce", adamw::reduce_variants),
         crate::shader_file!("distill_adamw", adamw::adamw_variants),
     ]

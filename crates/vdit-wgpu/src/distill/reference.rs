@@ -4,6 +4,7 @@
 //! gradients.
 
 use crate::attention::reference::{HostFeatureMap, RefMode};
+use crate::kernels::gelu_tanh_f64;
 
 use super::Loss;
 
@@ -40,6 +41,167 @@ impl Hedgehog64 {
         let mut out = softmax(&u);
         out.extend(softmax(&u.iter().map(|v| -v).collect::<Vec<_>>()));
         out
+    }
+}
+
+/// A poly map with f64 weights: w1 `[H, HID, D]`, b1 `[H, HID]`, w2 `[H, DF, HID]`, b2 `[H, DF]`;
+/// psi = W2 gelu_tanh(W1 x + b1) + b2, phi = [psi_1, psi_2^2, .., psi_P^P] in parts of DF / P.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Poly64 {
+    pub w1: Vec<f64>,
+    pub b1: Vec<f64>,
+    pub w2: Vec<f64>,
+    pub b2: Vec<f64>,
+    pub hid: usize,
+    pub df: usize,
+    pub powers: usize,
+}
+
+impl Poly64 {
+    /// (pre-activations, hidden layer, psi) of head `h`.
+    fn layers(&self, h: usize, x: &[f64]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let (hid, df, d) = (self.hid, self.df, x.len());
+        let pre: Vec<f64> = (0..hid)
+            .map(|c| {
+                let row = &self.w1[(h * hid + c) * d..][..d];
+                self.b1[h * hid + c] + row.iter().zip(x).map(|(a, b)| a * b).sum::<f64>()
+            })
+            .collect();
+        let a: Vec<f64> = pre.iter().map(|&v| gelu_tanh_f64(v)).collect();
+        let psi = (0..df)
+            .map(|f| {
+                let row = &self.w2[(h * df + f) * hid..][..hid];
+                self.b2[h * df + f] + row.iter().zip(&a).map(|(w, a)| w * a).sum::<f64>()
+            })
+            .collect();
+        (pre, a, psi)
+    }
+
+    /// The power of output f.
+    fn power(&self, f: usize) -> i32 {
+        (f / (self.df / self.powers)) as i32 + 1
+    }
+}
+
+/// The derivative of the tanh form of GELU.
+fn gelu_tanh_grad_f64(v: f64) -> f64 {
+    let c = (2.0 / std::f64::consts::PI).sqrt();
+    let t = (c * (v + 0.044715 * v * v * v)).tanh();
+    0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * c * (1.0 + 3.0 * 0.044715 * v * v)
+}
+
+/// A trainable map in f64.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Map64 {
+    Hedgehog(Hedgehog64),
+    Poly(Poly64),
+}
+
+impl Map64 {
+    /// The f64 copy of a host map (None for elu1).
+    pub fn from_host(m: &HostFeatureMap) -> Option<Self> {
+        match m {
+            HostFeatureMap::Hedgehog { .. } => Hedgehog64::from_host(m).map(Map64::Hedgehog),
+            HostFeatureMap::Poly {
+                w1,
+                b1,
+                w2,
+                b2,
+                hid,
+                df,
+                powers,
+            } => {
+                let f = |v: &[f32]| v.iter().map(|&x| x as f64).collect();
+                Some(Map64::Poly(Poly64 {
+                    w1: f(w1),
+                    b1: f(b1),
+                    w2: f(w2),
+                    b2: f(b2),
+                    hid: *hid,
+                    df: *df,
+                    powers: *powers,
+                }))
+            }
+            HostFeatureMap::Elu1 => None,
+        }
+    }
+
+    pub fn apply(&self, h: usize, x: &[f64]) -> Vec<f64> {
+        match self {
+            Map64::Hedgehog(m) => m.apply(h, x),
+            Map64::Poly(m) => {
+                let (_, _, psi) = m.layers(h, x);
+                psi.iter()
+                    .enumerate()
+                    .map(|(f, &v)| v.powi(m.power(f)))
+                    .collect()
+            }
+        }
+    }
+
+    /// The tensors, in the trainer's order (hedgehog w, b; poly w1, b1, w2, b2).
+    pub fn tensors_mut(&mut self) -> Vec<&mut Vec<f64>> {
+        match self {
+            Map64::Hedgehog(m) => vec![&mut m.w, &mut m.b],
+            Map64::Poly(m) => vec![&mut m.w1, &mut m.b1, &mut m.w2, &mut m.b2],
+        }
+    }
+
+    /// The length of the gradient: the (dW | db) tables of the layers one after the other
+    /// (hedgehog `[H, F, D + 1]`; poly `[H, HID, D + 1]` then `[H, DF, HID + 1]`).
+    pub fn grad_len(&self, heads: usize, d: usize) -> usize {
+        match self {
+            Map64::Hedgehog(m) => heads * m.half * (d + 1),
+            Map64::Poly(m) => heads * m.hid * (d + 1) + heads * m.df * (m.hid + 1),
+        }
+    }
+
+    /// Where element `e` of tensor `t` finds its gradient in that layout.
+    pub fn grad_index(&self, t: usize, e: usize, heads: usize, d: usize) -> usize {
+        let (base, cols) = match (self, t / 2) {
+            (_, 0) => (0, d),
+            (Map64::Poly(m), _) => (heads * m.hid * (d + 1), m.hid),
+            (Map64::Hedgehog(_), _) => panic!("hedgehog has two tensors"),
+        };
+        base + if t % 2 == 0 {
+            (e / cols) * (cols + 1) + e % cols
+        } else {
+            e * (cols + 1) + cols
+        }
+    }
+
+    /// Adds the gradient of one row (input x, outputs phi, upstream dphi) for head h.
+    pub fn backward(&self, h: usize, x: &[f64], phi: &[f64], dphi: &[f64], grad: &mut [f64]) {
+        match self {
+            Map64::Hedgehog(m) => hedgehog_backward(phi, dphi, x, h, m.half, grad),
+            Map64::Poly(m) => {
+                let (d, hid, df) = (x.len(), m.hid, m.df);
+                let (pre, a, psi) = m.layers(h, x);
+                let heads = grad.len() / (hid * (d + 1) + df * (hid + 1));
+                let (t1, t2) = grad.split_at_mut(heads * hid * (d + 1));
+                // dpsi = n psi^(n - 1) dphi, then (dW2 | db2) and da = W2^T dpsi.
+                let mut da = vec![0.0; hid];
+                for f in 0..df {
+                    let n = m.power(f);
+                    let dpsi = n as f64 * psi[f].powi(n - 1) * dphi[f];
+                    let row = &mut t2[(h * df + f) * (hid + 1)..][..hid + 1];
+                    for c in 0..hid {
+                        row[c] += dpsi * a[c];
+                        da[c] += m.w2[(h * df + f) * hid + c] * dpsi;
+                    }
+                    row[hid] += dpsi;
+                }
+                // dpre = gelu'(pre) da, then (dW1 | db1).
+                for c in 0..hid {
+                    let dpre = gelu_tanh_grad_f64(pre[c]) * da[c];
+                    let row = &mut t1[(h * hid + c) * (d + 1)..][..d + 1];
+                    for (g, xv) in row.iter_mut().zip(x) {
+                        *g += dpre * xv;
+                    }
+                    row[d] += dpre;
+                }
+            }
+        }
     }
 }
 
@@ -140,24 +302,23 @@ pub struct RefGradients {
     pub dg: Vec<f64>,
 }
 
-/// The loss of the listed queries (duplicates count twice) and, when `grads`, its gradients.
+/// The loss of the listed queries (duplicates count twice) and its gradients.
 pub fn reference_gradients(
     p: &Problem,
-    phi_q: &Hedgehog64,
-    phi_k: &Hedgehog64,
+    phi_q: &Map64,
+    phi_k: &Map64,
     queries: &[usize],
     loss: Loss,
 ) -> RefGradients {
     let (h_n, d) = (p.heads, p.d);
-    let half = phi_q.half;
-    let df_n = 2 * half;
+    let df_n = phi_q.apply(0, &vec![0.0; d]).len();
     let m_n = queries.len();
     let count = (m_n * h_n * d) as f64;
     let mut out = RefGradients {
         loss: 0.0,
         yhat: vec![0.0; m_n * h_n * d],
-        grad_q: vec![0.0; h_n * half * (d + 1)],
-        grad_k: vec![0.0; h_n * half * (d + 1)],
+        grad_q: vec![0.0; phi_q.grad_len(h_n, d)],
+        grad_k: vec![0.0; phi_k.grad_len(h_n, d)],
         df: vec![0.0; m_n * h_n * df_n],
         dg: vec![0.0; p.nk * h_n * df_n],
     };
@@ -218,11 +379,11 @@ pub fn reference_gradients(
                 }
             }
             out.df[(r * h_n + h) * df_n..][..df_n].copy_from_slice(&dfi);
-            hedgehog_backward(&f, &dfi, &p.row(p.q, i, h), h, half, &mut out.grad_q);
+            phi_q.backward(h, &p.row(p.q, i, h), &f, &dfi, &mut out.grad_q);
         }
         for (j, gj) in g.iter().enumerate() {
             let dgj = out.dg[(j * h_n + h) * df_n..][..df_n].to_vec();
-            hedgehog_backward(gj, &dgj, &p.row(p.k, j, h), h, half, &mut out.grad_k);
+            phi_k.backward(h, &p.row(p.k, j, h), gj, &dgj, &mut out.grad_k);
         }
     }
     out
@@ -255,8 +416,8 @@ fn hedgehog_backward(
 /// The loss alone (for finite differences).
 pub fn reference_loss(
     p: &Problem,
-    phi_q: &Hedgehog64,
-    phi_k: &Hedgehog64,
+    phi_q: &Map64,
+    phi_k: &Map64,
     queries: &[usize],
     loss: Loss,
 ) -> f64 {

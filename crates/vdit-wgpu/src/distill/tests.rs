@@ -144,9 +144,8 @@ fn host_maps(
     rng: &mut Rng,
     heads: usize,
     d: usize,
-    half: usize,
+    spec: FeatureSpec,
 ) -> (HostFeatureMap, HostFeatureMap) {
-    let spec = FeatureSpec::Hedgehog { half };
     (
         random_feature_map(rng, spec, heads, d, false),
         random_feature_map(rng, spec, heads, d, false),
@@ -157,11 +156,12 @@ fn trainer_with<'g>(
     mode: AttentionMode,
     heads: usize,
     d: usize,
-    half: usize,
+    spec: FeatureSpec,
     maps: &(HostFeatureMap, HostFeatureMap),
     loss: Loss,
 ) -> PhiTrainer<'g> {
-    let mut cfg = PhiTrainerConfig::hedgehog(heads, d, half, mode, 0);
+    let mut cfg = PhiTrainerConfig::hedgehog(heads, d, 1, mode, 0);
+    cfg.feature = spec;
     cfg.init = PhiInit::Host {
         phi_q: Box::new(maps.0.clone()),
         phi_k: Box::new(maps.1.clone()),
@@ -183,12 +183,14 @@ const REHYAT: AttentionMode = Rehyat {
 /// Analytic GPU gradients against the f64 reference, and the reference against central
 /// finite differences of the f64 loss, for every intermediate the backward produces.
 fn check_gradients(mode: AttentionMode, dtype: DType, loss: Loss, subset: QuerySubset) {
-    check_gradients_at([37, 3, 16, 5, 5], mode, dtype, loss, subset)
+    let hedgehog = FeatureSpec::Hedgehog { half: 5 };
+    check_gradients_at([37, 3, 16, 5], hedgehog, mode, dtype, loss, subset)
 }
 
-/// [`check_gradients`] at `[n, heads, d, half, frame_tokens]`.
+/// [`check_gradients`] at `[n, heads, d, frame_tokens]` with maps of `spec`.
 fn check_gradients_at(
-    [n, h, d, half, ft]: [usize; 5],
+    [n, h, d, ft]: [usize; 4],
+    spec: FeatureSpec,
     mode: AttentionMode,
     dtype: DType,
     loss: Loss,
@@ -200,8 +202,9 @@ fn check_gradients_at(
     let seed = seed();
     let mut rng = Rng::new(seed);
     let cap = capture(&mut rng, n, n, h, d, ft, 1.0, dtype);
-    let maps = host_maps(&mut rng, h, d, half);
-    let mut tr = trainer_with(mode, h, d, half, &maps, loss);
+    let maps = host_maps(&mut rng, h, d, spec);
+    let df = maps.0.out_dim(d);
+    let mut tr = trainer_with(mode, h, d, spec, &maps, loss);
     tr.prepare(&cap.gpu).unwrap();
     for name in ["df", "dg", "ud"] {
         tr.intermediate(name).unwrap().poison(test_gpu());
@@ -215,14 +218,13 @@ fn check_gradients_at(
         .collect();
     let prob = cap.problem(&mode);
     let (hq, hk) = (
-        Hedgehog64::from_host(&maps.0).unwrap(),
-        Hedgehog64::from_host(&maps.1).unwrap(),
+        Map64::from_host(&maps.0).unwrap(),
+        Map64::from_host(&maps.1).unwrap(),
     );
     let want = reference_gradients(&prob, &hq, &hk, &queries, loss);
     let case = format!(
-        "{} n {n} h {h} d {d} df {} {dtype} {loss:?} {subset:?}",
+        "{} {spec:?} n {n} h {h} d {d} {dtype} {loss:?} {subset:?}",
         mode.name(),
-        2 * half
     );
     let tol = 2e-5;
 
@@ -249,7 +251,7 @@ fn check_gradients_at(
     );
     // df of the gathered queries and dg of all keys.
     let m = queries.len();
-    let df = tr
+    let dfq = tr
         .intermediate("df")
         .unwrap()
         .to_vec_f32(test_gpu())
@@ -257,7 +259,7 @@ fn check_gradients_at(
     assert_close(
         &format!("{case}: df"),
         seed,
-        &df[..m * h * 2 * half],
+        &dfq[..m * h * df],
         &want.df,
         tol,
     );
@@ -278,7 +280,7 @@ fn check_gradients_at(
         _ => n,
     };
     // Keys past the last state's are never written (they get no gradient).
-    let cut = lin_end * h * 2 * half;
+    let cut = lin_end * h * df;
     assert_close(
         &format!("{case}: dg"),
         seed,
@@ -307,28 +309,16 @@ fn check_gradients_at(
     let (mut fd, mut an, mut gpu) = (Vec::new(), Vec::new(), Vec::new());
     for probe in 0..16 {
         let which_k = probe % 2 == 1;
-        let bias = probe % 4 >= 2;
-        let len = match (which_k, bias) {
-            (false, false) => hq.w.len(),
-            (false, true) => hq.b.len(),
-            (true, false) => hk.w.len(),
-            (true, true) => hk.b.len(),
-        };
-        let e = (rng.next_u64() % len as u64) as usize;
-        // The (dW | db) entry of this weight.
-        let g_index = if bias {
-            e * (d + 1) + d
-        } else {
-            (e / d) * (d + 1) + e % d
-        };
+        let map = if which_k { &hk } else { &hq };
+        let mut probe_map = map.clone();
+        let tensors = probe_map.tensors_mut();
+        let t = (probe / 2) % tensors.len();
+        let e = (rng.next_u64() % tensors[t].len() as u64) as usize;
+        let g_index = map.grad_index(t, e, h, d);
         let at = |delta: f64| {
             let (mut a, mut b) = (hq.clone(), hk.clone());
             let map = if which_k { &mut b } else { &mut a };
-            if bias {
-                map.b[e] += delta;
-            } else {
-                map.w[e] += delta;
-            }
+            map.tensors_mut()[t][e] += delta;
             reference_loss(&prob, &a, &b, &queries, loss)
         };
         fd.push((at(step) - at(-step)) / (2.0 * step));
@@ -389,14 +379,42 @@ fn gradients_rehyat() {
     check_gradients(REHYAT, F16, Loss::Mse, QuerySubset::All);
 }
 
+/// The poly map (two layers, GELU, powers): every mode, f32 and f16 storage.
+#[test]
+fn gradients_poly() {
+    let poly = |hid, d1, powers| FeatureSpec::Poly { hid, d1, powers };
+    let sub = QuerySubset::Strided { start: 0, step: 2 };
+    let size = [37, 3, 16, 5];
+    check_gradients_at(
+        size,
+        poly(12, 4, 2),
+        Hybrid { rate: 2 },
+        F32,
+        Loss::Mse,
+        sub.clone(),
+    );
+    check_gradients_at(size, poly(9, 3, 3), REHYAT, F16, Loss::L1, QuerySubset::All);
+    let lin = Linear { eps: LINEAR_EPS };
+    check_gradients_at(size, poly(7, 5, 2), lin, F32, Loss::L1, sub);
+}
+
 /// Sizes past one tile: 300 keys (several partial states), DF = 80 (two feature tiles of the
 /// key gradient), eight rehyat chunks.
 #[test]
 fn gradients_multi_tile() {
     let sub = QuerySubset::Strided { start: 2, step: 5 };
-    check_gradients_at([300, 2, 24, 40, 1], Hybrid { rate: 2 }, F32, Loss::L1, sub);
+    let hedgehog = |half| FeatureSpec::Hedgehog { half };
     check_gradients_at(
-        [300, 1, 24, 36, 20],
+        [300, 2, 24, 1],
+        hedgehog(40),
+        Hybrid { rate: 2 },
+        F32,
+        Loss::L1,
+        sub,
+    );
+    check_gradients_at(
+        [300, 1, 24, 20],
+        hedgehog(36),
         REHYAT,
         F16,
         Loss::Mse,
@@ -409,41 +427,41 @@ fn gradients_multi_tile() {
 #[test]
 fn forward_matches_inference_attention() {
     let gpu = test_gpu();
+    let hh = |half| FeatureSpec::Hedgehog { half };
+    let poly = |hid, d1, powers| FeatureSpec::Poly { hid, d1, powers };
+    let rehyat_3_1 = Rehyat {
+        chunk_frames: 3,
+        overlap_frames: 1,
+        frame_tokens: 10,
+    };
+    let lin = Linear { eps: LINEAR_EPS };
     let cases = [
-        (Hybrid { rate: 2 }, 37, 3, 16, 5, 1, F32),
-        (Hybrid { rate: 3 }, 45, 2, 64, 16, 1, F16),
+        (Hybrid { rate: 2 }, 37, 3, 16, hh(5), 1, F32),
+        (Hybrid { rate: 3 }, 45, 2, 64, hh(16), 1, F16),
         // Wider than 128: the softmax part's untiled kernel.
-        (Hybrid { rate: 2 }, 21, 1, 160, 8, 1, F32),
-        (Linear { eps: LINEAR_EPS }, 37, 3, 16, 5, 1, F32),
-        (Linear { eps: LINEAR_EPS }, 30, 1, 40, 8, 1, F16),
-        (REHYAT, 37, 3, 16, 5, 5, F32),
-        (
-            Rehyat {
-                chunk_frames: 3,
-                overlap_frames: 1,
-                frame_tokens: 10,
-            },
-            70,
-            2,
-            64,
-            16,
-            10,
-            F16,
-        ),
+        (Hybrid { rate: 2 }, 21, 1, 160, hh(8), 1, F32),
+        (lin, 37, 3, 16, hh(5), 1, F32),
+        (lin, 30, 1, 40, hh(8), 1, F16),
+        (REHYAT, 37, 3, 16, hh(5), 5, F32),
+        (rehyat_3_1, 70, 2, 64, hh(16), 10, F16),
+        (Hybrid { rate: 2 }, 37, 3, 16, poly(12, 8, 2), 1, F32),
+        (lin, 30, 1, 40, poly(16, 6, 3), 1, F16),
+        (REHYAT, 37, 2, 16, poly(10, 5, 2), 5, F32),
     ];
-    for (mode, n, h, d, half, ft, dtype) in cases {
+    for (mode, n, h, d, spec, ft, dtype) in cases {
         if skip_f16(dtype) {
             continue;
         }
         let seed = seed();
         let mut rng = Rng::new(seed);
         let cap = capture(&mut rng, n, n, h, d, ft, 1.0, dtype);
-        let maps = host_maps(&mut rng, h, d, half);
-        let tr = trainer_with(mode, h, d, half, &maps, Loss::L1);
+        let maps = host_maps(&mut rng, h, d, spec);
+        let df = maps.0.out_dim(d);
+        let tr = trainer_with(mode, h, d, spec, &maps, Loss::L1);
         let got = tr.predict(&cap.gpu).unwrap().to_vec_f32(gpu).unwrap();
         let inf_mode = with_frames(&mode, ft);
         let weights = tr.weights().unwrap();
-        let ws = AttentionWorkspace::new(gpu, &inf_mode, n, n, h, d, 2 * half).unwrap();
+        let ws = AttentionWorkspace::new(gpu, &inf_mode, n, n, h, d, df).unwrap();
         let out = Tensor::empty(gpu, &[n, h, d], dtype).unwrap();
         out.poison(gpu);
         let mut rec = Recorder::new(gpu);
@@ -463,7 +481,7 @@ fn forward_matches_inference_attention() {
         .unwrap();
         rec.run().unwrap();
         let inference = out.to_vec_f32(gpu).unwrap();
-        let case = format!("{} n {n} h {h} d {d} df {} {dtype}", mode.name(), 2 * half);
+        let case = format!("{} {spec:?} n {n} h {h} d {d} {dtype}", mode.name());
         let tol = if dtype == F16 { 2e-3 } else { 2e-5 };
         assert_close(
             &format!("{case}: student vs attention()"),
@@ -474,8 +492,8 @@ fn forward_matches_inference_attention() {
         );
         let all: Vec<usize> = (0..n).collect();
         let (hq, hk) = (
-            Hedgehog64::from_host(&maps.0).unwrap(),
-            Hedgehog64::from_host(&maps.1).unwrap(),
+            Map64::from_host(&maps.0).unwrap(),
+            Map64::from_host(&maps.1).unwrap(),
         );
         let want = reference_gradients(&cap.problem(&mode), &hq, &hk, &all, Loss::L1);
         assert_close(
@@ -628,11 +646,12 @@ fn adamw_and_clipping_match_reference() {
 fn step_and_resume() {
     let seed = seed();
     let mut rng = Rng::new(seed);
-    let (n, h, d, half) = (37, 3, 16, 5);
+    let (n, h, d) = (37, 3, 16);
+    let spec = FeatureSpec::Hedgehog { half: 5 };
     let mode = Hybrid { rate: 2 };
     let cap = capture(&mut rng, n, n, h, d, 1, 1.0, F32);
-    let maps = host_maps(&mut rng, h, d, half);
-    let mut a = trainer_with(mode, h, d, half, &maps, Loss::L1);
+    let maps = host_maps(&mut rng, h, d, spec);
+    let mut a = trainer_with(mode, h, d, spec, &maps, Loss::L1);
     a.prepare(&cap.gpu).unwrap();
     let sub = QuerySubset::Strided { start: 0, step: 3 };
     let (gq, gk) = a.gradients(&sub).unwrap();
@@ -648,8 +667,8 @@ fn step_and_resume() {
         .map(|&i| i as usize)
         .collect();
     let (hq, hk) = (
-        Hedgehog64::from_host(&maps.0).unwrap(),
-        Hedgehog64::from_host(&maps.1).unwrap(),
+        Map64::from_host(&maps.0).unwrap(),
+        Map64::from_host(&maps.1).unwrap(),
     );
     let want_loss = reference_loss(&cap.problem(&mode), &hq, &hk, &queries, Loss::L1);
     assert!(
@@ -687,7 +706,7 @@ fn step_and_resume() {
         );
     }
     // Resume: a fresh trainer loaded with the state takes the same next steps.
-    let mut b = trainer_with(mode, h, d, half, &host_maps(&mut rng, h, d, half), Loss::L1);
+    let mut b = trainer_with(mode, h, d, spec, &host_maps(&mut rng, h, d, spec), Loss::L1);
     b.load_state(&after).unwrap();
     b.prepare(&cap.gpu).unwrap();
     let subs = [sub.clone(), QuerySubset::List(vec![3, 9, 27])];
@@ -697,7 +716,7 @@ fn step_and_resume() {
     assert_eq!(a.state().unwrap(), b.state().unwrap());
     assert_eq!(b.step_count(), 3);
     // Steps recorded into one submission are the same steps submitted one by one.
-    let mut c = trainer_with(mode, h, d, half, &maps, Loss::L1);
+    let mut c = trainer_with(mode, h, d, spec, &maps, Loss::L1);
     c.load_state(&after).unwrap();
     c.prepare(&cap.gpu).unwrap();
     let one_by_one: Vec<f32> = subs.iter().map(|s| c.step(s).unwrap()).collect();

@@ -1,8 +1,8 @@
 //! [`PhiTrainer`]: stage-1 distillation of phi_q, phi_k for one (block, mode) pair, every step on
 //! the GPU. A step: g = phi_k(k) and the (S | z) states of the segments; the gathered queries'
 //! f = phi_q(q); the query pass (y_hat, loss, u, delta, df); (dS | dz) per segment summed from
-//! the last segment back (rehyat's keys feed every later state); dg; the hedgehog backward and
-//! (dW | db); the squared gradient norms; AdamW on the four weight tensors.
+//! the last segment back (rehyat's keys feed every later state); dg; the map's backward and
+//! the (dW | db) tables of each layer; the squared gradient norms; AdamW on every weight tensor.
 
 use crate::attention::reference::{FeatureSpec, HostFeatureMap};
 use crate::attention::{feature_map, linear_state, AttentionMode, FeatureMap, FeatureMapWeights};
@@ -13,7 +13,7 @@ use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
 
 use super::adamw::{adamw_update, column_sums, AdamW, GradView, Moments};
-use super::backward::{hedgehog_du, key_grad};
+use super::backward::{hedgehog_du, key_grad, poly_stage, PolyBuffers, PolyStage};
 use super::forward::{
     gather_rows, query_pass, softmax_part, softmax_part_shape, upload_indices, QueryPass, Segments,
 };
@@ -25,10 +25,11 @@ const STATE_CHUNKS: usize = 32;
 /// Where the first weights come from.
 #[derive(Clone, Debug)]
 pub enum PhiInit {
-    /// W ~ N(0, 1/D), drawn once and given to both maps (so that phi_q(q).phi_k(k) starts out
-    /// larger for aligned q and k), b = 0.
+    /// Drawn once and given to both maps (so that phi_q(q).phi_k(k) starts out larger for
+    /// aligned q and k): hedgehog W ~ N(0, 1/D), b = 0; poly W1 ~ N(0, 1/D), b1 = 0,
+    /// W2 ~ N(0, 0.01/HID), b2 = 1 (psi near 1: positive features).
     Seeded(u64),
-    /// Given weights, e.g. a previous run's (hedgehog maps of the configured sizes).
+    /// Given weights, e.g. a previous run's (maps of the configured kind and sizes).
     Host {
         phi_q: Box<HostFeatureMap>,
         phi_k: Box<HostFeatureMap>,
@@ -40,7 +41,7 @@ pub enum PhiInit {
 pub struct PhiTrainerConfig {
     pub heads: usize,
     pub head_dim: usize,
-    /// The feature map and its sizes (hedgehog; poly is not trained yet).
+    /// The feature map and its sizes (hedgehog or poly; elu1 has nothing to train).
     pub feature: FeatureSpec,
     /// Hybrid { rate > 1 }, Rehyat (frame_tokens 0 or the captures'), or Linear.
     pub mode: AttentionMode,
@@ -93,9 +94,181 @@ pub struct TrainerState {
 }
 
 struct Param {
-    name: &'static str,
+    name: String,
     theta: Tensor,
     moments: Moments,
+}
+
+/// The sizes of the trained maps (phi_q and phi_k have the same).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MapShape {
+    Hedgehog {
+        half: usize,
+    },
+    Poly {
+        hid: usize,
+        d1: usize,
+        powers: usize,
+    },
+}
+
+impl MapShape {
+    fn df(&self) -> usize {
+        match *self {
+            MapShape::Hedgehog { half } => 2 * half,
+            MapShape::Poly { d1, powers, .. } => d1 * powers,
+        }
+    }
+
+    /// Name and shape of each tensor of one map, in the order of `FeatureMap`.
+    fn tensors(&self, h: usize, d: usize) -> Vec<(&'static str, Vec<usize>)> {
+        match *self {
+            MapShape::Hedgehog { half } => vec![("w", vec![h, half, d]), ("b", vec![h, half])],
+            MapShape::Poly { hid, .. } => {
+                let df = self.df();
+                vec![
+                    ("w1", vec![h, hid, d]),
+                    ("b1", vec![h, hid]),
+                    ("w2", vec![h, df, hid]),
+                    ("b2", vec![h, df]),
+                ]
+            }
+        }
+    }
+
+    /// The gradient tables of one map, `[H, rows, cols + 1]` = (dW | db) of each layer.
+    fn tables(&self, h: usize, d: usize) -> Vec<[usize; 3]> {
+        match *self {
+            MapShape::Hedgehog { half } => vec![[h, half, d + 1]],
+            MapShape::Poly { hid, .. } => vec![[h, hid, d + 1], [h, self.df(), hid + 1]],
+        }
+    }
+
+    /// Where tensor `t` of a map finds its gradient: (table, cols, stride, offset), the
+    /// weight in columns 0..cols of its layer's table, the bias in the last column.
+    fn grad_view(&self, t: usize, d: usize) -> (usize, usize, usize, usize) {
+        let cols = match (*self, t / 2) {
+            (_, 0) => d,
+            (MapShape::Poly { hid, .. }, _) => hid,
+            (MapShape::Hedgehog { .. }, _) => unreachable!("hedgehog has two tensors"),
+        };
+        if t % 2 == 0 {
+            (t / 2, cols, cols + 1, 0)
+        } else {
+            (t / 2, 1, cols + 1, cols)
+        }
+    }
+
+    /// The `FeatureMap` over one map's tensors.
+    fn feature_map(&self, t: &[Tensor]) -> FeatureMap {
+        match *self {
+            MapShape::Hedgehog { .. } => FeatureMap::Hedgehog {
+                w: t[0].clone(),
+                b: t[1].clone(),
+            },
+            MapShape::Poly { powers, .. } => FeatureMap::Poly {
+                w1: t[0].clone(),
+                b1: t[1].clone(),
+                w2: t[2].clone(),
+                b2: t[3].clone(),
+                powers,
+            },
+        }
+    }
+
+    /// The host map of one map's values.
+    fn host_map(&self, mut v: Vec<Vec<f32>>) -> HostFeatureMap {
+        match *self {
+            MapShape::Hedgehog { half } => {
+                let b = v.pop().unwrap_or_default();
+                let w = v.pop().unwrap_or_default();
+                HostFeatureMap::Hedgehog { w, b, half }
+            }
+            MapShape::Poly { hid, powers, .. } => {
+                let b2 = v.pop().unwrap_or_default();
+                let w2 = v.pop().unwrap_or_default();
+                let b1 = v.pop().unwrap_or_default();
+                let w1 = v.pop().unwrap_or_default();
+                HostFeatureMap::Poly {
+                    w1,
+                    b1,
+                    w2,
+                    b2,
+                    hid,
+                    df: self.df(),
+                    powers,
+                }
+            }
+        }
+    }
+
+    /// The values of a host map of these sizes, in the order of `tensors`.
+    fn values_of(
+        &self,
+        m: &HostFeatureMap,
+        h: usize,
+        d: usize,
+        name: &str,
+    ) -> Result<Vec<Vec<f32>>> {
+        let v: Vec<Vec<f32>> = match (m, *self) {
+            (HostFeatureMap::Hedgehog { w, b, half: hf }, MapShape::Hedgehog { half })
+                if *hf == half =>
+            {
+                vec![w.clone(), b.clone()]
+            }
+            (
+                HostFeatureMap::Poly {
+                    w1,
+                    b1,
+                    w2,
+                    b2,
+                    hid: hh,
+                    powers: pp,
+                    df,
+                },
+                MapShape::Poly { hid, powers, .. },
+            ) if *hh == hid && *pp == powers && *df == self.df() => {
+                vec![w1.clone(), b1.clone(), w2.clone(), b2.clone()]
+            }
+            _ => vec![],
+        };
+        let shapes = self.tensors(h, d);
+        if v.len() != shapes.len()
+            || v.iter()
+                .zip(&shapes)
+                .any(|(v, (_, s))| v.len() != s.iter().product::<usize>())
+        {
+            return Err(shape_err(
+                "phi trainer",
+                format!("{name} must be a map of sizes {self:?} ({shapes:?})"),
+            ));
+        }
+        Ok(v)
+    }
+
+    /// Seeded first values: drawn once and given to both maps.
+    fn seeded(&self, seed: u64, h: usize, d: usize) -> Vec<Vec<f32>> {
+        let mut rng = Rng::new(seed);
+        let inv_sqrt = |n: usize| 1.0 / (n as f32).sqrt();
+        match *self {
+            MapShape::Hedgehog { half } => {
+                vec![
+                    rng.vec_normal(h * half * d, inv_sqrt(d)),
+                    vec![0.0; h * half],
+                ]
+            }
+            MapShape::Poly { hid, .. } => {
+                let df = self.df();
+                vec![
+                    rng.vec_normal(h * hid * d, inv_sqrt(d)),
+                    vec![0.0; h * hid],
+                    rng.vec_normal(h * df * hid, 0.1 * inv_sqrt(hid)),
+                    // psi near 1 keeps every power, and so every feature, positive.
+                    vec![1.0; h * df],
+                ]
+            }
+        }
+    }
 }
 
 /// The buffers of one capture's forward (sizes in the module docs).
@@ -120,17 +293,54 @@ struct Backward {
     dsz: Vec<Tensor>,
     part_dsz: Tensor,
     dg: Tensor,
-    duq: Tensor,
-    duk: Tensor,
-    grad_q: Tensor,
-    grad_k: Tensor,
-    part_grad: Tensor,
+    q: MapGrads,
+    k: MapGrads,
+    /// Squared norms of every gradient table.
     norms: Tensor,
 }
 
+/// One map's backward: scratch (hedgehog: du; poly: pre, a, dpre `[rows, H, HID]`, dpsi
+/// `[rows, H, DF]`), the (dW | db) tables of its layers and their partial sums.
+struct MapGrads {
+    scratch: Vec<Tensor>,
+    tables: Vec<Tensor>,
+    partials: Vec<Tensor>,
+}
+
+impl MapGrads {
+    fn new(gpu: &Gpu, shape: MapShape, rows: usize, h: usize, d: usize) -> Result<Self> {
+        let t = |s: &[usize]| Tensor::empty(gpu, s, DType::F32);
+        let scratch = match shape {
+            MapShape::Hedgehog { half } => vec![t(&[rows, h, half])?],
+            MapShape::Poly { hid, .. } => vec![
+                t(&[rows, h, hid])?,
+                t(&[rows, h, hid])?,
+                t(&[rows, h, hid])?,
+                t(&[rows, h, shape.df()])?,
+            ],
+        };
+        let tables = shape.tables(h, d);
+        Ok(Self {
+            scratch,
+            tables: tables.iter().map(|s| t(s)).collect::<Result<_>>()?,
+            partials: tables
+                .iter()
+                .map(|s| t(&[STATE_CHUNKS, s[0], s[1], s[2]]))
+                .collect::<Result<_>>()?,
+        })
+    }
+}
+
 impl Workspace {
-    fn new(gpu: &Gpu, seg: Segments, h: usize, d: usize, df: usize, train: bool) -> Result<Self> {
-        let (nq, nk, f) = (seg.nq, seg.nk, df / 2);
+    fn new(
+        gpu: &Gpu,
+        seg: Segments,
+        h: usize,
+        d: usize,
+        shape: MapShape,
+        train: bool,
+    ) -> Result<Self> {
+        let (nq, nk, df) = (seg.nq, seg.nk, shape.df());
         let t = |shape: &[usize]| Tensor::empty(gpu, shape, DType::F32);
         let c = seg.list.len();
         let bwd = if train {
@@ -138,12 +348,9 @@ impl Workspace {
                 dsz: (0..c).map(|_| t(&[h, df, d + 2])).collect::<Result<_>>()?,
                 part_dsz: t(&[STATE_CHUNKS, h, df, d + 2])?,
                 dg: t(&[nk, h, df])?,
-                duq: t(&[nq, h, f])?,
-                duk: t(&[nk, h, f])?,
-                grad_q: t(&[h, f, d + 1])?,
-                grad_k: t(&[h, f, d + 1])?,
-                part_grad: t(&[STATE_CHUNKS, h, f, d + 1])?,
-                norms: t(&[2])?,
+                q: MapGrads::new(gpu, shape, nq, h, d)?,
+                k: MapGrads::new(gpu, shape, nk, h, d)?,
+                norms: t(&[4])?,
             })
         } else {
             None
@@ -181,8 +388,8 @@ struct Prepared {
 pub struct PhiTrainer<'g> {
     gpu: &'g Gpu,
     cfg: PhiTrainerConfig,
-    df: usize,
-    /// phi_q.w, phi_q.b, phi_k.w, phi_k.b, all f32.
+    shape: MapShape,
+    /// The tensors of phi_q, then those of phi_k (f32; names in `MapShape::tensors`).
     params: Vec<Param>,
     step: u64,
     prepared: Option<Prepared>,
@@ -215,54 +422,56 @@ impl<'g> PhiTrainer<'g> {
             } => return Err(shape_err(op, "rehyat needs chunk_frames > 0")),
             _ => {}
         }
-        let half = match cfg.feature {
-            FeatureSpec::Hedgehog { half } if (1..=512).contains(&half) => half,
-            FeatureSpec::Hedgehog { half } => {
-                return Err(shape_err(
-                    op,
-                    format!("hedgehog half size {half} not in 1..=512"),
-                ))
+        let shape = match cfg.feature {
+            FeatureSpec::Hedgehog { half } if (1..=512).contains(&half) => {
+                MapShape::Hedgehog { half }
+            }
+            FeatureSpec::Poly { hid, d1, powers }
+                if (1..=1024).contains(&hid)
+                    && d1 > 0
+                    && (1..=8).contains(&powers)
+                    && d1 * powers <= 1024 =>
+            {
+                MapShape::Poly { hid, d1, powers }
             }
             other => {
                 return Err(shape_err(
                     op,
-                    format!("only hedgehog maps are trained, not {other:?}"),
+                    format!(
+                        "{other:?}: hedgehog (half 1..=512) and poly (HID 1..=1024, P 1..=8, \
+                         DF <= 1024) maps are trained"
+                    ),
                 ))
             }
         };
         let (q, k) = match &cfg.init {
             PhiInit::Seeded(seed) => {
-                let mut rng = Rng::new(*seed);
-                let w = rng.vec_normal(h * half * d, 1.0 / (d as f32).sqrt());
-                let b = vec![0.0; h * half];
-                ((w.clone(), b.clone()), (w, b))
+                let v = shape.seeded(*seed, h, d);
+                (v.clone(), v)
             }
             PhiInit::Host { phi_q, phi_k } => (
-                hedgehog_host(phi_q, h, half, d, "phi_q")?,
-                hedgehog_host(phi_k, h, half, d, "phi_k")?,
+                shape.values_of(phi_q, h, d, "phi_q")?,
+                shape.values_of(phi_k, h, d, "phi_k")?,
             ),
         };
         let mut params = Vec::new();
-        for (name, shape, value) in [
-            ("phi_q.w", vec![h, half, d], q.0),
-            ("phi_q.b", vec![h, half], q.1),
-            ("phi_k.w", vec![h, half, d], k.0),
-            ("phi_k.b", vec![h, half], k.1),
-        ] {
-            let zeros = vec![0.0; value.len()];
-            params.push(Param {
-                name,
-                theta: Tensor::from_f32(gpu, &shape, &value, DType::F32)?,
-                moments: Moments {
-                    m: Tensor::from_f32(gpu, &shape, &zeros, DType::F32)?,
-                    v: Tensor::from_f32(gpu, &shape, &zeros, DType::F32)?,
-                },
-            });
+        for (map, values) in [("phi_q", q), ("phi_k", k)] {
+            for ((name, dims), value) in shape.tensors(h, d).into_iter().zip(values) {
+                let zeros = vec![0.0; value.len()];
+                params.push(Param {
+                    name: format!("{map}.{name}"),
+                    theta: Tensor::from_f32(gpu, &dims, &value, DType::F32)?,
+                    moments: Moments {
+                        m: Tensor::from_f32(gpu, &dims, &zeros, DType::F32)?,
+                        v: Tensor::from_f32(gpu, &dims, &zeros, DType::F32)?,
+                    },
+                });
+            }
         }
         Ok(Self {
             gpu,
             cfg,
-            df: 2 * half,
+            shape,
             params,
             step: 0,
             prepared: None,
@@ -285,16 +494,16 @@ impl<'g> PhiTrainer<'g> {
 
     /// The maps over the trained tensors themselves (shared buffers: they change with training).
     fn live_maps(&self) -> (FeatureMap, FeatureMap) {
-        let p = &self.params;
+        let t: Vec<Tensor> = self.params.iter().map(|p| p.theta.clone()).collect();
+        self.maps_of(&t)
+    }
+
+    /// (phi_q, phi_k) over tensors in the order of `params`.
+    fn maps_of(&self, t: &[Tensor]) -> (FeatureMap, FeatureMap) {
+        let n = t.len() / 2;
         (
-            FeatureMap::Hedgehog {
-                w: p[0].theta.clone(),
-                b: p[1].theta.clone(),
-            },
-            FeatureMap::Hedgehog {
-                w: p[2].theta.clone(),
-                b: p[3].theta.clone(),
-            },
+            self.shape.feature_map(&t[..n]),
+            self.shape.feature_map(&t[n..]),
         )
     }
 
@@ -302,7 +511,7 @@ impl<'g> PhiTrainer<'g> {
         let (h, d) = (self.cfg.heads, self.cfg.head_dim);
         let (nq, nk) = capture.check(h, d)?;
         let seg = Segments::new(&self.cfg.mode, nq, nk, capture.frame_tokens)?;
-        Workspace::new(self.gpu, seg, h, d, self.df, train)
+        Workspace::new(self.gpu, seg, h, d, self.shape, train)
     }
 
     /// Makes `capture` the one the next steps train on: records and runs its constant softmax
@@ -568,79 +777,125 @@ impl<'g> PhiTrainer<'g> {
             }
             prev = s.lin_hi;
         }
-        let m = set.len();
-        hedgehog_du(rec, &ws.fq, &ws.dfq, m, &b.duq)?;
-        linear_state(
-            rec,
-            &b.duq,
-            0,
-            &ws.xq,
-            0,
-            m,
-            0,
-            &b.part_grad,
-            &b.grad_q,
-            false,
-        )?;
-        let lin_end = seg.lin_end();
-        if lin_end > 0 {
-            hedgehog_du(rec, &ws.gk, &b.dg, lin_end, &b.duk)?;
-        }
+        let n = self.params.len() / 2;
+        let (wq, wk) = self.params.split_at(n);
+        self.record_map_backward(rec, &b.q, wq, &ws.fq, &ws.dfq, &ws.xq, set.len(), 0)?;
         let rate = seg.exclude_rate;
-        linear_state(
-            rec,
-            &b.duk,
-            0,
-            &c.k,
-            0,
-            lin_end,
-            rate,
-            &b.part_grad,
-            &b.grad_k,
-            false,
-        )
+        self.record_map_backward(rec, &b.k, wk, &ws.gk, &b.dg, &c.k, seg.lin_end(), rate)
     }
 
-    /// Squared gradient norms, then AdamW on every tensor at step `t`.
+    /// The (dW | db) tables of one map from its outputs `phi` and upstream `dphi` over rows
+    /// `0..count` of its inputs `x` (rows `j % rate == 0` left out when `rate > 1`).
+    #[allow(clippy::too_many_arguments)]
+    fn record_map_backward(
+        &self,
+        rec: &mut Recorder,
+        g: &MapGrads,
+        weights: &[Param],
+        phi: &Tensor,
+        dphi: &Tensor,
+        x: &Tensor,
+        count: usize,
+        rate: usize,
+    ) -> Result<()> {
+        match self.shape {
+            MapShape::Hedgehog { .. } => {
+                let du = &g.scratch[0];
+                hedgehog_du(rec, phi, dphi, count, du)?;
+                linear_state(
+                    rec,
+                    du,
+                    0,
+                    x,
+                    0,
+                    count,
+                    rate,
+                    &g.partials[0],
+                    &g.tables[0],
+                    false,
+                )
+            }
+            MapShape::Poly { d1, .. } => {
+                let (pre, a, dpre, dpsi) =
+                    (&g.scratch[0], &g.scratch[1], &g.scratch[2], &g.scratch[3]);
+                let bufs = PolyBuffers {
+                    x,
+                    w1: &weights[0].theta,
+                    b1: &weights[1].theta,
+                    w2: &weights[2].theta,
+                    b2: &weights[3].theta,
+                    dphi,
+                    pre,
+                    a,
+                    dpsi,
+                    dpre,
+                    d1,
+                };
+                for stage in [PolyStage::Hidden, PolyStage::Dpsi, PolyStage::Dpre] {
+                    poly_stage(rec, stage, &bufs, count)?;
+                }
+                linear_state(
+                    rec,
+                    dpre,
+                    0,
+                    x,
+                    0,
+                    count,
+                    rate,
+                    &g.partials[0],
+                    &g.tables[0],
+                    false,
+                )?;
+                linear_state(
+                    rec,
+                    dpsi,
+                    0,
+                    a,
+                    0,
+                    count,
+                    rate,
+                    &g.partials[1],
+                    &g.tables[1],
+                    false,
+                )
+            }
+        }
+    }
+
+    /// Squared norms of every gradient table, then AdamW on every tensor at step `t`.
     fn record_update(&self, rec: &mut Recorder, ws: &Workspace, t: u64) -> Result<()> {
         let b = ws.bwd()?;
-        let (g_q, g_k) = (&b.grad_q, &b.grad_k);
-        column_sums(rec, g_q, g_q.numel(), 1, true, &b.norms, 0)?;
-        column_sums(rec, g_k, g_k.numel(), 1, true, &b.norms, 1)?;
-        let d = self.cfg.head_dim;
+        let tables: Vec<&Tensor> = b.q.tables.iter().chain(&b.k.tables).collect();
+        for (slot, g) in tables.iter().enumerate() {
+            column_sums(rec, g, g.numel(), 1, true, &b.norms, slot)?;
+        }
+        let n = self.params.len() / 2;
         for (i, p) in self.params.iter().enumerate() {
-            let grad = if i < 2 { g_q } else { g_k };
-            // Weights in columns 0..D of the (dW | db) table, the bias in column D.
-            let view = if i % 2 == 0 {
-                GradView {
-                    grad,
-                    cols: d,
-                    stride: d + 1,
-                    offset: 0,
-                }
-            } else {
-                GradView {
-                    grad,
-                    cols: 1,
-                    stride: d + 1,
-                    offset: d,
-                }
+            let (table, cols, stride, offset) = self.shape.grad_view(i % n, self.cfg.head_dim);
+            let side = if i < n { &b.q } else { &b.k };
+            let view = GradView {
+                grad: &side.tables[table],
+                cols,
+                stride,
+                offset,
             };
+            let opt = &self.cfg.optimizer;
             adamw_update(
                 rec,
-                &self.cfg.optimizer,
+                opt,
                 t,
                 &p.theta,
                 view,
                 &p.moments,
                 &b.norms,
-                2,
+                tables.len(),
             )?;
         }
         Ok(())
     }
 
-    /// The last gradients as host vectors (phi_q (dW | db) `[H, F, D + 1]`, phi_k the same)
+    /// The gradients as host vectors, (phi_q, phi_k), each the (dW | db) tables of its layers one
+    /// after the other (hedgehog `[H, DF/2, D + 1]`; poly `[H, HID, D + 1]` then `[H, DF, HID + 1]`)
     /// after a forward and backward on `queries` without an update (tests, diagnostics).
     pub fn gradients(&mut self, queries: &QuerySubset) -> Result<(Vec<f32>, Vec<f32>)> {
         let prep = self
@@ -664,10 +919,15 @@ impl<'g> PhiTrainer<'g> {
         )?;
         self.record_backward(&mut rec, prep, &set)?;
         rec.submit(None)?;
-        Ok((
-            prep.ws.bwd()?.grad_q.to_vec_f32(self.gpu)?,
-            prep.ws.bwd()?.grad_k.to_vec_f32(self.gpu)?,
-        ))
+        let b = prep.ws.bwd()?;
+        let read = |tables: &[Tensor]| -> Result<Vec<f32>> {
+            let mut v = Vec::new();
+            for t in tables {
+                v.extend(t.to_vec_f32(self.gpu)?);
+            }
+            Ok(v)
+        };
+        Ok((read(&b.q.tables)?, read(&b.k.tables)?))
     }
 
     /// The prepared workspace's intermediate tensors by name (tests): `df` `[M, H, DF]` of the
@@ -694,31 +954,18 @@ impl<'g> PhiTrainer<'g> {
             copies.push(t);
         }
         rec.submit(None)?;
-        let mut it = copies.into_iter();
-        let mut next = || it.next().expect("four tensors");
-        let (wq, bq, wk, bk) = (next(), next(), next(), next());
-        Ok(FeatureMapWeights {
-            phi_q: FeatureMap::Hedgehog { w: wq, b: bq },
-            phi_k: FeatureMap::Hedgehog { w: wk, b: bk },
-        })
+        let (phi_q, phi_k) = self.maps_of(&copies);
+        Ok(FeatureMapWeights { phi_q, phi_k })
     }
 
     /// The current weights on the host, (phi_q, phi_k).
     pub fn host_weights(&self) -> Result<(HostFeatureMap, HostFeatureMap)> {
-        let half = self.df / 2;
-        let v = |i: usize| self.params[i].theta.to_vec_f32(self.gpu);
-        Ok((
-            HostFeatureMap::Hedgehog {
-                w: v(0)?,
-                b: v(1)?,
-                half,
-            },
-            HostFeatureMap::Hedgehog {
-                w: v(2)?,
-                b: v(3)?,
-                half,
-            },
-        ))
+        let mut values = Vec::new();
+        for p in &self.params {
+            values.push(p.theta.to_vec_f32(self.gpu)?);
+        }
+        let k = values.split_off(values.len() / 2);
+        Ok((self.shape.host_map(values), self.shape.host_map(k)))
     }
 
     /// Weights, Adam moments and the step count, for a later [`load_state`](Self::load_state).
@@ -729,7 +976,7 @@ impl<'g> PhiTrainer<'g> {
             .iter()
             .map(|p| {
                 Ok(ParamState {
-                    name: p.name.to_string(),
+                    name: p.name.clone(),
                     shape: p.theta.shape().to_vec(),
                     value: p.theta.to_vec_f32(gpu)?,
                     m: p.moments.m.to_vec_f32(gpu)?,
@@ -786,26 +1033,5 @@ impl<'g> PhiTrainer<'g> {
         }
         self.step = s.step;
         Ok(())
-    }
-}
-
-/// (w, b) of a host hedgehog map, checked against the configured sizes.
-fn hedgehog_host(
-    m: &HostFeatureMap,
-    h: usize,
-    half: usize,
-    d: usize,
-    name: &str,
-) -> Result<(Vec<f32>, Vec<f32>)> {
-    match m {
-        HostFeatureMap::Hedgehog { w, b, half: hf }
-            if *hf == half && w.len() == h * half * d && b.len() == h * half =>
-        {
-            Ok((w.clone(), b.clone()))
-        }
-        _ => Err(shape_err(
-            "phi trainer",
-            format!("{name} must be a hedgehog map with w [{h}, {half}, {d}] and b [{h}, {half}]"),
-        )),
     }
 }
