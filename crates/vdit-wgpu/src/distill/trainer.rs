@@ -733,7 +733,7 @@ impl<'g> PhiTrainer<'g> {
         )
     }
 
-    /// (dS | dz) per segment, dg, the hedgehog backward and (dW | db) of both maps.
+    /// (dS | dz) per segment, dg, and each map's backward to its (dW | db) tables.
     fn record_backward(&self, rec: &mut Recorder, prep: &Prepared, set: &[u32]) -> Result<()> {
         let (c, ws) = (&prep.capture, &prep.ws);
         let b = ws.bwd()?;
