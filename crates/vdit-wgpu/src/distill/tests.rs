@@ -761,6 +761,9 @@ fn bad_input_is_an_error() {
     ] {
         assert!(PhiTrainer::new(gpu, cfg).is_err());
     }
+    // Poly sizes past the kernels' limits.
+    let poly = PhiTrainerConfig::poly(2, 16, [2048, 8, 2], Hybrid { rate: 2 }, 1);
+    assert!(PhiTrainer::new(gpu, poly).is_err());
     let mut tr = PhiTrainer::new(gpu, ok.clone()).unwrap();
     assert!(tr.step(&QuerySubset::All).is_err(), "a step before prepare");
     let wrong = PhiTrainer::new(

@@ -72,6 +72,21 @@ impl PhiTrainerConfig {
             loss: Loss::L1,
         }
     }
+
+    /// Poly maps (HID hidden units, P powers of D1 values each: DF = P * D1), seeded, LoLCATs'
+    /// AdamW, L1 loss. Attention Surgery's setting: P = 2, D1 = 128.
+    pub fn poly(
+        heads: usize,
+        head_dim: usize,
+        [hid, d1, powers]: [usize; 3],
+        mode: AttentionMode,
+        seed: u64,
+    ) -> Self {
+        Self {
+            feature: FeatureSpec::Poly { hid, d1, powers },
+            ..Self::hedgehog(heads, head_dim, 1, mode, seed)
+        }
+    }
 }
 
 /// One trained tensor on the host: its value and Adam moments.
