@@ -5,11 +5,13 @@
 //! - [`Recorder`]: kernel launches recorded into one command buffer; pipelines and bind groups
 //!   are cached, parameter blocks share one uniform buffer.
 //! - [`kernels`] and [`attention`]: each WGSL file of `shaders/` with its launcher and CPU reference.
+//! - [`distill`]: stage-1 distillation of the attention feature maps (forward, backward, AdamW).
 //! - [`Profiler`]: per-kernel timings from timestamp queries, as a table or a Chrome trace.
 //!
 //! The crate knows nothing of any particular model.
 
 pub mod attention;
+pub mod distill;
 pub mod error;
 pub mod gpu;
 pub mod kernels;

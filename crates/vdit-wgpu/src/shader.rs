@@ -51,6 +51,7 @@ macro_rules! shader_file {
 pub fn all_shaders() -> Vec<ShaderFile> {
     let mut all = crate::kernels::core_shaders();
     all.extend(crate::attention::shaders());
+    all.extend(crate::distill::shaders());
     all
 }
 
