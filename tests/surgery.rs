@@ -244,3 +244,189 @@ fn planned_plans_load_and_run() {
     assert!(e.contains("blocks.1.attn1.linear.phi_q.weight"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+mod distill_runs {
+    use super::*;
+    use vdit_model::pipeline::{CancelToken, GenerateRequest, ModelPaths, Pipeline, Prompt};
+    use vdit_model::surgery::distill::{CaptureSteps, DistillProgress, Pair};
+    use vdit_model::surgery::phi::{gpu_trainer, FeatureDims};
+    use vdit_model::surgery::run::{run_distill, DistillJob};
+    use vdit_model::ModelError;
+    use vdit_wgpu::distill::PhiTrainer;
+
+    /// Cancels the run once `after` training samples are done.
+    struct StopAfter {
+        after: usize,
+        training: bool,
+        cancel: CancelToken,
+    }
+
+    impl DistillProgress for StopAfter {
+        fn stage(&mut self, what: &str, _total: u64) {
+            self.training = what == "train";
+        }
+        fn sample(&mut self, done: usize) {
+            if self.training && done == self.after {
+                self.cancel.cancel();
+            }
+        }
+    }
+
+    fn request(prompt: &str, seed: u64) -> GenerateRequest {
+        let mut r = GenerateRequest::new(Prompt::Text(prompt.into()));
+        (r.width, r.height, r.frames, r.steps, r.seed) = (32, 32, 1, 2, seed);
+        r
+    }
+
+    fn pairs(steps_seed: u64) -> Vec<Pair<PhiTrainer<'static>>> {
+        let dims = FeatureDims {
+            heads: 2,
+            head_dim: 64,
+            half: 16,
+            lr: 1e-2,
+            frame_tokens: 4,
+        };
+        let modes = [LayerAttention::Hybrid { rate: 2 }, LayerAttention::Linear];
+        (0..3)
+            .flat_map(|block| modes.iter().map(move |&mode| (block, mode)))
+            .map(|(block, mode)| Pair {
+                block,
+                mode,
+                trainer: gpu_trainer(test_gpu(), &dims, mode, steps_seed + block as u64).unwrap(),
+                loss: f32::NAN,
+            })
+            .collect()
+    }
+
+    /// Runs (or resumes) a distillation of the default model into `dir`.
+    fn distill(
+        dir: &Path,
+        steps: u64,
+        progress: &mut dyn DistillProgress,
+        cancel: &CancelToken,
+    ) -> (
+        vdit_model::Result<vdit_model::surgery::errors::ErrorTable>,
+        Vec<u64>,
+    ) {
+        let gpu = test_gpu();
+        let paths = ModelPaths::embedded_default().unwrap();
+        let pipeline = Pipeline::new(gpu, paths, Precision::F32);
+        let cost = |m: LayerAttention| {
+            if m == LayerAttention::Softmax {
+                100.0
+            } else {
+                50.0
+            }
+        };
+        let job = DistillJob {
+            pipeline: &pipeline,
+            dir,
+            train: vec![
+                request("a red ball moving left on a black background", 0),
+                request("a blue square moving up on a white background", 1),
+                request("a green ring moving right on a gray background", 2),
+            ],
+            held_out: vec![request(
+                "a white triangle moving down on a blue background",
+                0,
+            )],
+            captures: CaptureSteps::All,
+            steps,
+            queries: 8,
+            layers: 3,
+            settings: serde_json::json!({ "steps": steps }),
+            feature_map: "hedgehog".into(),
+            cost: &cost,
+        };
+        let mut p = pairs(7);
+        let r = run_distill(gpu, &job, &mut p, progress, cancel);
+        let taken = p.iter().map(|p| p.trainer.step_count()).collect();
+        (r, taken)
+    }
+
+    struct Quiet;
+    impl DistillProgress for Quiet {}
+
+    #[test]
+    fn an_interrupted_run_resumes_to_the_same_maps_and_the_error_falls() {
+        let (a, b) = (scratch("distill-a"), scratch("distill-b"));
+        let never = CancelToken::default();
+        let (whole, taken) = distill(&a, 12, &mut Quiet, &never);
+        let whole = whole.unwrap();
+        assert_eq!(taken, vec![12; 6]);
+
+        let cancel = CancelToken::default();
+        let mut stop = StopAfter {
+            after: 1,
+            training: false,
+            cancel: cancel.clone(),
+        };
+        let (first, _) = distill(&b, 12, &mut stop, &cancel);
+        assert!(
+            matches!(first, Err(ModelError::Cancelled)),
+            "{:?}",
+            first.err()
+        );
+        assert!(b.join("checkpoint.safetensors").exists() && !b.join("errors.json").exists());
+        let (resumed, taken) = distill(&b, 12, &mut Quiet, &never);
+        let resumed = resumed.unwrap();
+        assert_eq!(taken, vec![12; 6]);
+
+        // The same feature maps and errors as the uninterrupted run.
+        let fa = vdit_model::weights::WeightFile::open(a.join("features.safetensors")).unwrap();
+        let fb = vdit_model::weights::WeightFile::open(b.join("features.safetensors")).unwrap();
+        let mut names: Vec<&str> = fa.names().collect();
+        names.sort();
+        assert_eq!(names.len(), 3 * 2 * 4, "{names:?}");
+        assert!(names.contains(&"blocks.2.attn1.hybrid_2.phi_k.bias"));
+        for n in names {
+            let (x, y) = (
+                fa.get(n).unwrap().to_f32().unwrap(),
+                fb.get(n).unwrap().to_f32().unwrap(),
+            );
+            let want: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+            assert_close(n, 0, &y, &want, 1e-5);
+        }
+        for (la, lb) in whole.layers.iter().zip(&resumed.layers) {
+            for (oa, ob) in la.options.iter().zip(&lb.options) {
+                assert!(
+                    (oa.error - ob.error).abs() <= 1e-5 * oa.error.max(1e-6),
+                    "{oa:?} {ob:?}"
+                );
+            }
+        }
+        // Twelve steps already lower the held-out error of the initial maps, on average.
+        let opts: Vec<_> = whole.layers.iter().flat_map(|l| &l.options[1..]).collect();
+        let mean = |f: &dyn Fn(&vdit_model::surgery::errors::ModeOption) -> f64| {
+            opts.iter().map(|o| f(o)).sum::<f64>() / opts.len() as f64
+        };
+        let (after, before) = (mean(&|o| o.error), mean(&|o| o.initial_error.unwrap()));
+        assert!(
+            after < 0.9 * before,
+            "held-out error {after:.4} after, {before:.4} before"
+        );
+        assert!(opts.iter().all(|o| o.elu1_error.unwrap() > 0.0));
+        // errors.json holds the table (JSON keeps f64 to about 1 ulp).
+        let read = ErrorTable::read(&a.join("errors.json")).unwrap();
+        let errors = |t: &ErrorTable| -> Vec<f64> {
+            t.layers
+                .iter()
+                .flat_map(|l| l.options.iter().map(|o| o.error))
+                .collect()
+        };
+        for (x, y) in errors(&read).iter().zip(errors(&whole)) {
+            assert!((x - y).abs() <= 1e-12 * y.abs(), "{x} vs {y}");
+        }
+        assert_eq!(read.layers.len(), 3);
+
+        // Other settings do not resume this folder's checkpoint.
+        let (other, _) = distill(&b, 13, &mut Quiet, &never);
+        let e = other.unwrap_err().to_string();
+        assert!(
+            e.contains("checkpoint.safetensors") && e.contains("steps"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&a).unwrap();
+        std::fs::remove_dir_all(&b).unwrap();
+    }
+}

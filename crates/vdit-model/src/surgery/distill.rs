@@ -95,28 +95,46 @@ pub trait DistillProgress {
     fn step(&mut self, _pair: &str, _steps: u64, _loss: f32) {}
 }
 
-/// The tap that trains: at each captured forward, each block's pairs take a few steps.
+/// How a pair's optimiser steps are spread over a run's captures: capture c (counted over
+/// all training samples) gets floor((c + 1) N / C) - floor(c N / C) of the N steps, so every
+/// capture contributes, however N and C compare.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepSchedule {
+    /// Optimiser steps per pair in all (N).
+    pub total_steps: u64,
+    /// Captured forwards in all (C), over every training sample.
+    pub captures: u64,
+}
+
+impl StepSchedule {
+    pub fn quota(&self, capture: u64) -> u64 {
+        let at =
+            |c: u64| (c as u128 * self.total_steps as u128 / self.captures.max(1) as u128) as u64;
+        at(capture + 1) - at(capture)
+    }
+}
+
+/// The tap that trains: at each captured forward, each block's pairs take their steps.
 pub struct Trainer<'a, T> {
     pub pairs: &'a mut [Pair<T>],
     pub captures: &'a CaptureSteps,
-    /// Optimiser steps per pair in all.
-    pub total_steps: u64,
-    /// Steps per pair and capture.
-    pub steps_per_capture: usize,
+    pub schedule: StepSchedule,
     /// Queries per step (a strided subset with a random start).
     pub queries: usize,
     pub rng: Rng,
     pub progress: &'a mut dyn DistillProgress,
-    capturing: bool,
+    /// The run-wide index of the next captured forward, and of the current one.
+    next_capture: u64,
+    current: Option<u64>,
 }
 
 impl<'a, T: PairTrainer> Trainer<'a, T> {
-    #[allow(clippy::too_many_arguments)]
+    /// A tap for one training sample whose first captured forward is the run's `first_capture`.
     pub fn new(
         pairs: &'a mut [Pair<T>],
         captures: &'a CaptureSteps,
-        total_steps: u64,
-        steps_per_capture: usize,
+        schedule: StepSchedule,
+        first_capture: u64,
         queries: usize,
         seed: u64,
         progress: &'a mut dyn DistillProgress,
@@ -124,36 +142,43 @@ impl<'a, T: PairTrainer> Trainer<'a, T> {
         Self {
             pairs,
             captures,
-            total_steps,
-            steps_per_capture,
+            schedule,
             queries,
             rng: Rng::new(seed),
             progress,
-            capturing: false,
+            next_capture: first_capture,
+            current: None,
         }
     }
 }
 
 impl<T: PairTrainer> AttentionTap for Trainer<'_, T> {
     fn forward_begins(&mut self, pass: Pass) {
-        self.capturing = self.captures.contains(pass.step);
+        self.current = None;
+        if self.captures.contains(pass.step) {
+            self.current = Some(self.next_capture);
+            self.next_capture += 1;
+        }
     }
 
     fn block_attention(&mut self, rec: &mut Recorder, seen: &BlockAttention<'_>) -> Result<()> {
-        let wanted =
-            |p: &Pair<T>| p.block == seen.block && p.trainer.steps_taken() < self.total_steps;
-        if !self.capturing || !self.pairs.iter().any(wanted) {
+        let Some(capture) = self.current else {
+            return Ok(());
+        };
+        let quota = self.schedule.quota(capture);
+        let total = self.schedule.total_steps;
+        let wanted = |p: &Pair<T>| p.block == seen.block && p.trainer.steps_taken() < total;
+        if quota == 0 || !self.pairs.iter().any(wanted) {
             return Ok(());
         }
         flush(rec)?;
         let n = seen.q.shape()[0];
         let stride = (n / self.queries.max(1)).max(1);
         for p in self.pairs.iter_mut() {
-            if p.block != seen.block || p.trainer.steps_taken() >= self.total_steps {
+            if !wanted(p) {
                 continue;
             }
-            let left = self.total_steps - p.trainer.steps_taken();
-            let count = (self.steps_per_capture as u64).min(left) as usize;
+            let count = quota.min(total - p.trainer.steps_taken()) as usize;
             let subsets: Vec<(usize, usize)> = (0..count)
                 .map(|_| ((self.rng.next_u64() % stride as u64) as usize, stride))
                 .collect();
@@ -381,5 +406,31 @@ pub fn resume<T: PairTrainer>(
             load_pairs_state(pairs, &tensors, &path)?;
             Ok(progress)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_spread_every_step_over_the_captures() {
+        for (n, c) in [(4u64, 8u64), (200, 16), (7, 7), (5, 3), (1, 10)] {
+            let s = StepSchedule {
+                total_steps: n,
+                captures: c,
+            };
+            let q: Vec<u64> = (0..c).map(|i| s.quota(i)).collect();
+            assert_eq!(q.iter().sum::<u64>(), n, "{n} over {c}: {q:?}");
+            let (lo, hi) = (q.iter().min().unwrap(), q.iter().max().unwrap());
+            assert!(hi - lo <= 1, "{n} over {c}: {q:?}");
+        }
+        assert_eq!(CaptureSteps::parse("all"), Some(CaptureSteps::All));
+        assert_eq!(
+            CaptureSteps::parse("0, 3"),
+            Some(CaptureSteps::List(vec![0, 3]))
+        );
+        assert_eq!(CaptureSteps::parse("x"), None);
+        assert_eq!(CaptureSteps::List(vec![0, 3, 9]).count(4), 2);
     }
 }

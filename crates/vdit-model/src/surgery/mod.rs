@@ -4,6 +4,7 @@
 //!
 //! - [`distill`]: training each (block, mode) pair's feature maps during the model's own
 //!   sampling, and their held-out errors; [`checkpoint`]: its resumable state.
+//! - [`phi`]: vdit-wgpu's GPU trainer as a distillation pair's trainer.
 //! - [`run`]: one distillation run to `features.safetensors` and `errors.json`.
 //! - [`compare`]: a plan's per-block error along its own sampling, and its DiT time.
 //! - [`measure`]: attention-output errors against softmax; [`quality`]: PSNR and SSIM of videos.
@@ -17,6 +18,7 @@ pub mod distill;
 pub mod errors;
 pub mod knapsack;
 pub mod measure;
+pub mod phi;
 pub mod planner;
 pub mod quality;
 pub mod run;

@@ -120,7 +120,10 @@ impl PairTrainer for PhiTrainer<'_> {
                 if t.shape != p.shape {
                     return Err(input_err(
                         "checkpoint",
-                        format!("'{}.{s}' is {:?}, the trainer's is {:?}", p.name, t.shape, p.shape),
+                        format!(
+                            "'{}.{s}' is {:?}, the trainer's is {:?}",
+                            p.name, t.shape, p.shape
+                        ),
                     ));
                 }
                 Ok(t.data.clone())
@@ -134,6 +137,9 @@ impl PairTrainer for PhiTrainer<'_> {
             });
         }
         let step = get("step")?.data.first().copied().unwrap_or(0.0) as u64;
-        Ok(PhiTrainer::load_state(self, &TrainerState { step, params })?)
+        Ok(PhiTrainer::load_state(
+            self,
+            &TrainerState { step, params },
+        )?)
     }
 }

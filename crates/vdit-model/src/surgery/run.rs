@@ -8,7 +8,7 @@ use vdit_wgpu::Gpu;
 use super::checkpoint::{self, Progress};
 use super::distill::{
     error_table, feature_tensors, pairs_state, resume, CaptureSteps, DistillProgress, Evaluator,
-    Pair, PairTrainer, Trainer,
+    Pair, PairTrainer, StepSchedule, Trainer,
 };
 use super::errors::ErrorTable;
 use super::planner::FEATURES_FILE;
@@ -70,27 +70,32 @@ pub fn run_distill<T: PairTrainer>(
         save(&state, pairs)?;
     }
 
-    // Training: each sample's captures feed a few steps of every pair.
-    let captured: usize = job
+    // Training: each sample's captured forwards (both branches) feed every pair's steps.
+    let per_sample: Vec<u64> = job
         .train
         .iter()
         .map(|r| {
-            job.captures.count(r.steps) * (1 + crate::scheduler::needs_uncond(r.guidance) as usize)
+            let branches = 1 + crate::scheduler::needs_uncond(r.guidance) as usize;
+            (job.captures.count(r.steps) * branches) as u64
         })
-        .sum();
-    if captured == 0 {
+        .collect();
+    let schedule = StepSchedule {
+        total_steps: job.steps,
+        captures: per_sample.iter().sum(),
+    };
+    if schedule.captures == 0 {
         return Err(input_err("--captures", "selects no denoising step"));
     }
-    let per_capture = (job.steps as usize).div_ceil(captured).max(1);
     progress.stage("train", job.train.len() as u64);
     progress.sample(state.samples_done);
     for (i, request) in job.train.iter().enumerate().skip(state.samples_done) {
         cancel.check()?;
+        let first: u64 = per_sample[..i].iter().sum();
         let mut tap = Trainer::new(
             pairs,
             &job.captures,
-            job.steps,
-            per_capture,
+            schedule,
+            first,
             job.queries,
             request.seed ^ (i as u64).wrapping_mul(0x9E37_79B9),
             progress,
