@@ -61,6 +61,9 @@ pub struct DistillArgs {
 struct Bar(Option<ProgressBar>, bool);
 
 impl DistillProgress for Bar {
+    fn resumed(&mut self, done: usize, total: usize) {
+        eprintln!("resuming from the checkpoint: {done} of {total} training samples done");
+    }
     fn stage(&mut self, what: &str, total: u64) {
         if let Some(b) = self.0.take() {
             b.finish();

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use vdit_model::plan::{feature_tensor_name, LayerAttention};
+use vdit_model::surgery::errors::ErrorTable;
 use vdit_model::tensor_file::{write_tensors, HostTensor};
 use vdit_wgpu::testing::Rng;
 
@@ -193,5 +194,143 @@ fn plan_bad_input_names_the_flag_or_file() {
         .args(["plan", "--budget", "0.5", "--errors"])
         .arg(dir.join("missing.json")));
     assert!(!ok && stderr.contains("missing.json"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `vdit distill` with tiny settings into `out`: (success, stdout, stderr).
+fn distill(dir: &Path, out: &Path, extra: &[&str]) -> (bool, String, String) {
+    let p = prompts(
+        dir,
+        &[
+            "a red ball moving left on a black background",
+            "a blue square moving up on a white background",
+            "# held out:",
+            "a white triangle moving down on a blue background",
+        ],
+    );
+    run(vdit()
+        .arg("distill")
+        .args([
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--frames",
+            "1",
+            "--sampling-steps",
+            "2",
+        ])
+        .args([
+            "--modes",
+            "hybrid:2,linear",
+            "--feature-dim",
+            "4",
+            "--steps",
+            "3",
+        ])
+        .args(["--queries", "8", "--quiet", "--prompts"])
+        .arg(&p)
+        .arg("--output")
+        .arg(out)
+        .args(extra))
+}
+
+#[test]
+fn distill_resume_plan_and_generate() {
+    let dir = scratch("distill");
+    let out = dir.join("run");
+    let (ok, stdout, stderr) = distill(&dir, &out, &[]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("initial") && stdout.contains("linear"),
+        "{stdout}"
+    );
+    let table = ErrorTable::read(&out.join("errors.json")).unwrap();
+    assert_eq!(table.layers.len(), LAYERS);
+    assert_eq!(table.feature_map.as_deref(), Some("hedgehog"));
+    for l in &table.layers {
+        let modes: Vec<&str> = l.options.iter().map(|o| o.mode.as_str()).collect();
+        assert_eq!(modes, ["softmax", "hybrid:2", "linear"]);
+        let soft = l.options[0].cost;
+        // 16 tokens, 2 heads x 64, DF 4: the cost model's FLOPs.
+        assert_eq!(soft, 2.0 * 4.0 * 16.0 * 16.0 * 64.0);
+        for o in &l.options[1..] {
+            assert!(o.error.is_finite() && o.error > 0.0, "{o:?}");
+            assert!(o.initial_error.is_some() && o.elu1_error.is_some(), "{o:?}");
+            assert!(o.cost < soft, "{o:?}");
+        }
+    }
+    // The same command again resumes the finished run and writes the same errors.
+    let before = std::fs::read_to_string(out.join("errors.json")).unwrap();
+    let (ok, _, stderr) = distill(&dir, &out, &[]);
+    assert!(
+        ok && stderr.contains("resuming") && stderr.contains("2 of 2"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("errors.json")).unwrap(),
+        before
+    );
+    // Other settings are refused, naming the setting.
+    let (ok, _, stderr) = distill(&dir, &out, &["--lr", "0.02"]);
+    assert!(
+        !ok && stderr.contains("other settings") && stderr.contains("lr"),
+        "{stderr}"
+    );
+
+    // Plan on the distilled errors and generate with it.
+    let plan = dir.join("plan.json");
+    let (ok, stdout, stderr) = run(vdit()
+        .args(["plan", "--budget", "0.5", "--errors"])
+        .arg(out.join("errors.json"))
+        .arg("--output")
+        .arg(&plan));
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("total"), "{stdout}");
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&plan).unwrap()).unwrap();
+    assert_eq!(
+        written["feature_weights"], "run/features.safetensors",
+        "{written}"
+    );
+    let video = dir.join("planned.gif");
+    let (ok, _, stderr) = run(vdit()
+        .arg("generate")
+        .args([
+            "--width", "64", "--height", "64", "--frames", "1", "--steps", "2", "--quiet",
+        ])
+        .args(["--prompt", "a red ball", "--attention-plan"])
+        .arg(&plan)
+        .arg("--output")
+        .arg(&video));
+    assert!(ok && video.is_file(), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn distill_bad_input_names_the_flag_or_file() {
+    let dir = scratch("distill-bad");
+    let out = dir.join("run");
+    for (extra, needle) in [
+        (&["--modes", "hybrid:x"][..], "--modes"),
+        (&["--modes", "softmax"][..], "--modes"),
+        (&["--held-out", "3"][..], "--held-out"),
+        (&["--held-out", "none.txt"][..], "none.txt"),
+        (&["--captures", "first"][..], "--captures"),
+        (&["--feature-map", "poly"][..], "--feature-map"),
+    ] {
+        let (ok, _, stderr) = distill(&dir, &out, extra);
+        assert!(!ok && stderr.contains(needle), "{extra:?}: {stderr}");
+        assert!(!out.join("errors.json").exists());
+    }
+    let (ok, _, stderr) = run(vdit()
+        .args(["distill", "--prompts"])
+        .arg(dir.join("missing.txt"))
+        .arg("--output")
+        .arg(&out));
+    assert!(
+        !ok && stderr.contains("--prompts") && stderr.contains("missing.txt"),
+        "{stderr}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -89,6 +89,8 @@ impl CaptureSteps {
 
 /// What the trainers hear, for a progress display.
 pub trait DistillProgress {
+    /// A checkpoint was found: `done` of `total` training samples are behind.
+    fn resumed(&mut self, _done: usize, _total: usize) {}
     fn stage(&mut self, _what: &str, _total: u64) {}
     fn sample(&mut self, _done: usize) {}
     /// After an optimiser step of a pair: its name, its step count and loss.

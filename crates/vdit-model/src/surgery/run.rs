@@ -55,7 +55,11 @@ pub fn run_distill<T: PairTrainer>(
     if job.held_out.is_empty() {
         return Err(input_err("--held-out", "no held-out prompts"));
     }
+    let resuming = job.dir.join(checkpoint::CHECKPOINT_FILE).exists();
     let mut state = resume(job.dir, &job.settings, pairs)?;
+    if resuming {
+        progress.resumed(state.samples_done, job.train.len());
+    }
     let save = |state: &Progress, pairs: &[Pair<T>]| -> Result<()> {
         checkpoint::save(job.dir, state, &pairs_state(pairs)?)
     };
