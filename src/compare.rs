@@ -10,6 +10,7 @@ use vdit_model::pipeline::{CancelToken, Pipeline, Silent};
 use vdit_model::surgery::compare::{dit_forward_ms, BlockErrors};
 use vdit_model::surgery::quality::{psnr, ssim};
 use vdit_model::tensor_file::write_atomically;
+use vdit_model::weights::Checkpoint;
 use vdit_wgpu::Gpu;
 
 use crate::sampling_args::{read_prompts, SamplingArgs};
@@ -63,10 +64,7 @@ pub fn run(gpu: &Gpu, a: &CompareArgs) -> Result<(), Box<dyn std::error::Error>>
 
     let mut videos = Vec::new();
     let mut blocks = BlockErrors::default();
-    println!(
-        "{:>8} {:>6}  {:>8} {:>7}  prompt",
-        "PSNR dB", "SSIM", "seed", ""
-    );
+    println!("{:>8} {:>6} {:>6}  prompt", "PSNR dB", "SSIM", "seed");
     for r in &requests {
         let reference = softmax.sample(r, &mut Silent, &cancel, None)?;
         let reference = softmax.decode(&reference, &mut Silent, &cancel)?.frames;
@@ -80,7 +78,7 @@ pub fn run(gpu: &Gpu, a: &CompareArgs) -> Result<(), Box<dyn std::error::Error>>
             vdit_model::pipeline::Prompt::Text(t) => t.clone(),
             _ => String::new(),
         };
-        println!("{p:>8.2} {q:>6.4}  {:>8} {:>7}  {prompt}", r.seed, "");
+        println!("{p:>8.2} {q:>6.4} {:>6}  {prompt}", r.seed);
         videos.push(
             serde_json::json!({"prompt": prompt, "seed": r.seed, "psnr": finite(p), "ssim": q}),
         );
@@ -90,7 +88,8 @@ pub fn run(gpu: &Gpu, a: &CompareArgs) -> Result<(), Box<dyn std::error::Error>>
     for (i, e) in means.iter().enumerate() {
         println!("{i:>5}  {e:.4e}");
     }
-    let shape = requests[0].latent_shape(16);
+    let channels = Checkpoint::open(&dit_path)?.config()?.in_channels;
+    let shape = requests[0].latent_shape(channels);
     let ms_soft = dit_forward_ms(gpu, &dit_path, None, precision, shape)?;
     let ms_plan = dit_forward_ms(gpu, &dit_path, Some(&a.attention_plan), precision, shape)?;
     println!(

@@ -232,7 +232,7 @@ mod tests {
                 "appears twice",
             ),
             (
-                format!(r#"{{"layers": [{{"layer": 0, "options": [{{"mode": "softmax", "eror": 0.0, "cost": 10}}]}}]}}"#),
+                r#"{"layers": [{"layer": 0, "options": [{"mode": "softmax", "eror": 0.0, "cost": 10}]}]}"#.into(),
                 "eror",
             ),
         ] {

@@ -47,7 +47,7 @@ pub fn solve(layers: &[Vec<Item>], budget: f64) -> Result<Solution, Infeasible> 
         .map(|l| l.iter().map(|i| i.cost).fold(f64::INFINITY, f64::min))
         .sum();
     let infeasible = Infeasible { min_cost };
-    if !(budget >= 0.0) || min_cost > budget {
+    if budget.is_nan() || budget < 0.0 || min_cost > budget {
         return Err(infeasible);
     }
     let (units, cells, exact) = discretise(layers, budget);
@@ -60,8 +60,8 @@ pub fn solve(layers: &[Vec<Item>], budget: f64) -> Result<Solution, Infeasible> 
     let mut pick = vec![vec![u16::MAX; cells + 1]; layers.len()];
     for (l, items) in layers.iter().enumerate() {
         let mut next = vec![f64::INFINITY; cells + 1];
-        for b in 0..=cells {
-            if best[b].is_infinite() {
+        for (b, &so_far) in best.iter().enumerate() {
+            if so_far.is_infinite() {
                 continue;
             }
             for (o, item) in items.iter().enumerate() {
@@ -69,7 +69,7 @@ pub fn solve(layers: &[Vec<Item>], budget: f64) -> Result<Solution, Infeasible> 
                 if nb > cells as u64 {
                     continue;
                 }
-                let e = best[b] + item.error;
+                let e = so_far + item.error;
                 if e < next[nb as usize] {
                     next[nb as usize] = e;
                     pick[l][nb as usize] = o as u16;
