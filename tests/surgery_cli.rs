@@ -194,6 +194,16 @@ fn plan_bad_input_names_the_flag_or_file() {
         .args(["plan", "--budget", "0.5", "--errors"])
         .arg(dir.join("missing.json")));
     assert!(!ok && stderr.contains("missing.json"), "{stderr}");
+    let p = prompts(&dir, &["a red ball"]);
+    let (ok, _, stderr) = run(vdit()
+        .args(["compare", "--prompts"])
+        .arg(&p)
+        .arg("--attention-plan")
+        .arg(dir.join("no-plan.json")));
+    assert!(
+        !ok && stderr.contains("--attention-plan") && stderr.contains("no-plan.json"),
+        "{stderr}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
