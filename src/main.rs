@@ -5,11 +5,15 @@ mod bench_dit;
 mod bench_generate;
 mod bench_kernels;
 mod bench_vae;
+mod compare;
+mod distill;
 mod dit_forward;
 mod encode_prompt;
 mod generate;
 mod gpu_args;
 mod info;
+mod plan;
+mod sampling_args;
 mod vae_decode;
 
 use clap::{Parser, Subcommand};
@@ -41,6 +45,12 @@ enum Command {
     DitForward(dit_forward::DitForwardArgs),
     /// Decode latents to frames with the Wan-VAE: latent in, frames [3, T, H, W] out (safetensors).
     VaeDecode(vae_decode::VaeDecodeArgs),
+    /// Distil each block's feature maps for cheaper attention modes on the model's own sampling.
+    Distill(Box<distill::DistillArgs>),
+    /// Per-layer attention modes of least distillation error within a cost budget.
+    Plan(plan::PlanArgs),
+    /// Softmax against an attention plan from the same noise: PSNR, SSIM, per-block error, time.
+    Compare(Box<compare::CompareArgs>),
     /// Time kernels or models with GPU timestamp queries.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -76,6 +86,9 @@ fn main() {
         Command::EncodePrompt(a) => with_gpu(&cli.gpu, |gpu| encode_prompt::run(gpu, a)),
         Command::DitForward(a) => with_gpu(&cli.gpu, |gpu| dit_forward::run(gpu, a)),
         Command::VaeDecode(a) => with_gpu(&cli.gpu, |gpu| vae_decode::run(gpu, a)),
+        Command::Plan(a) => plan::run(a),
+        Command::Distill(a) => with_gpu(&cli.gpu, |gpu| distill::run(gpu, a)),
+        Command::Compare(a) => with_gpu(&cli.gpu, |gpu| compare::run(gpu, a)),
         Command::Bench(b) => match b {
             BenchCommand::Kernels(a) => with_gpu(&cli.gpu, |gpu| bench_kernels::run(gpu, a)),
             BenchCommand::Dit(a) => with_gpu(&cli.gpu, |gpu| bench_dit::run(gpu, a)),

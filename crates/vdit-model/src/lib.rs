@@ -3,6 +3,7 @@
 //! - [`weights`]: safetensors checkpoints in the original, diffusers and ComfyUI layouts.
 //! - [`dit`]: the diffusion transformer.
 //! - [`plan`]: the per-layer attention plan (softmax, linear, hybrid, chunk-recurrent hybrid).
+//! - [`surgery`]: distilling feature maps and planning per-layer rates for a cost budget.
 
 pub mod dit;
 pub mod error;
@@ -10,6 +11,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod pth;
 pub mod scheduler;
+pub mod surgery;
 pub mod tensor_file;
 pub mod text;
 pub mod vae;

@@ -19,6 +19,9 @@
 //! - poly: `blocks.N.attn1.phi_q.l1.weight` [H, HID, D], `.l1.bias` [H, HID],
 //!   `.l2.weight` [H, P*D1, HID], `.l2.bias` [H, P*D1]
 //! - elu1: no weights.
+//!
+//! A file may also hold one set per (layer, mode), as `vdit distill` writes it, with the mode
+//! in the name: `blocks.N.attn1.hybrid_2.phi_q.weight` (see [`feature_tensor_name`]).
 
 use std::path::Path;
 
@@ -79,8 +82,45 @@ impl LayerAttention {
         }
     }
 
-    fn needs_features(self) -> bool {
+    pub fn needs_features(self) -> bool {
         !matches!(self, Self::Softmax | Self::Hybrid { rate: 1 })
+    }
+
+    /// The mode as a key segment of a feature-weights file: `hybrid_2`, `rehyat_3_1`, `linear`.
+    pub fn key(self) -> String {
+        self.to_string().replace(':', "_")
+    }
+}
+
+impl std::fmt::Display for LayerAttention {
+    /// The plan-file spelling: `softmax`, `linear`, `hybrid:R`, `rehyat:TC:TO`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Softmax => f.write_str("softmax"),
+            Self::Linear => f.write_str("linear"),
+            Self::Hybrid { rate } => write!(f, "hybrid:{rate}"),
+            Self::Rehyat {
+                chunk_frames,
+                overlap_frames,
+            } => write!(f, "rehyat:{chunk_frames}:{overlap_frames}"),
+        }
+    }
+}
+
+/// The name of one feature-map tensor (`which` = `phi_q` or `phi_k`, `tensor` = `weight`,
+/// `l1.bias`, ...) of a layer: `blocks.N.attn1.phi_q.weight`, or with a mode, the set trained
+/// for that mode: `blocks.N.attn1.hybrid_2.phi_q.weight`. A file may hold one set per
+/// (layer, mode); the plan loader takes the set of the layer's mode and falls back to the
+/// mode-less one.
+pub fn feature_tensor_name(
+    layer: usize,
+    mode: Option<LayerAttention>,
+    which: &str,
+    tensor: &str,
+) -> String {
+    match mode {
+        Some(m) => format!("blocks.{layer}.attn1.{}.{which}.{tensor}", m.key()),
+        None => format!("blocks.{layer}.attn1.{which}.{tensor}"),
     }
 }
 
@@ -224,7 +264,13 @@ impl AttentionPlan {
                     let Some(ws) = &weights else {
                         return Ok(FeatureMap::Elu1);
                     };
-                    let name = |s: &str| format!("blocks.{i}.attn1.{which}.{s}");
+                    let first = if kind == "hedgehog" {
+                        "weight"
+                    } else {
+                        "l1.weight"
+                    };
+                    let per_mode = ws.contains(&feature_tensor_name(i, Some(*l), which, first));
+                    let name = |s: &str| feature_tensor_name(i, per_mode.then_some(*l), which, s);
                     let up = |n: &str, rank: usize| -> Result<vdit_wgpu::Tensor> {
                         let info = ws.info(n).ok_or_else(|| {
                             err(format!("{}: no tensor '{n}'", ws.source().display()))
@@ -285,6 +331,13 @@ mod tests {
                 chunk_frames: 3,
                 overlap_frames: 1
             })
+        );
+        for s in ["softmax", "linear", "hybrid:4", "rehyat:3:1"] {
+            assert_eq!(LayerAttention::parse(s).unwrap().to_string(), s);
+        }
+        assert_eq!(
+            LayerAttention::parse("rehyat:3:1").unwrap().key(),
+            "rehyat_3_1"
         );
         for bad in [
             "", "hybrid", "hybrid:0", "hybrid:x", "rehyat:3", "linear:2", "flash",

@@ -11,6 +11,7 @@ use vdit_wgpu::kernels::rope::{rope_in_place, RopeTable};
 use vdit_wgpu::kernels::{Modulation, Row};
 use vdit_wgpu::{DType, Gpu, Recorder, Tensor};
 
+use super::tap::{reborrow, AttentionTap, BlockAttention};
 use super::{timestep_sinusoid, WanDit};
 use crate::error::{input_err, Result};
 
@@ -40,6 +41,7 @@ pub struct DitRunner<'m> {
     dit: &'m WanDit,
     latent_shape: [usize; 4],
     tokens: usize,
+    frame_tokens: usize,
     patches: Tensor,
     x: Tensor,
     h: Tensor,
@@ -150,6 +152,7 @@ impl WanDit {
             dit: self,
             latent_shape,
             tokens: n,
+            frame_tokens,
             patches: empty(&[n, c.in_channels * c.patch_volume()], f32)?,
             x: empty(&[n, c.dim], f32)?,
             h: empty(&[n, c.dim], act)?,
@@ -210,6 +213,19 @@ impl DitRunner<'_> {
         context: &ContextCache,
         velocity: &Tensor,
     ) -> Result<()> {
+        self.forward_tapped(rec, latent, timestep, context, velocity, None)
+    }
+
+    /// [`DitRunner::forward`], handing every block's self-attention to `tap`.
+    pub fn forward_tapped(
+        &self,
+        rec: &mut Recorder,
+        latent: &Tensor,
+        timestep: f32,
+        context: &ContextCache,
+        velocity: &Tensor,
+        mut tap: Option<&mut dyn AttentionTap>,
+    ) -> Result<()> {
         let dit = self.dit;
         let c = &dit.config;
         let gpu = rec.gpu();
@@ -262,7 +278,14 @@ impl DitRunner<'_> {
             .forward(rec, &self.patches, &self.x, Epilogue::None)?;
 
         for (i, block) in dit.blocks.iter().enumerate() {
-            self.block(rec, i, block, &self.block_mod[i], context)?;
+            self.block(
+                rec,
+                i,
+                block,
+                &self.block_mod[i],
+                context,
+                reborrow(&mut tap),
+            )?;
         }
 
         // Head: LN(x) * (1 + scale) + shift, Linear, unpatchify.
@@ -284,6 +307,7 @@ impl DitRunner<'_> {
         block: &super::Block,
         m: &Tensor,
         context: &ContextCache,
+        tap: Option<&mut dyn AttentionTap>,
     ) -> Result<()> {
         let dit = self.dit;
         let c = &dit.config;
@@ -326,6 +350,18 @@ impl DitRunner<'_> {
                 &o,
                 ws,
             )?,
+        }
+        if let Some(tap) = tap {
+            let seen = BlockAttention {
+                block: index,
+                q: &q,
+                k: &k,
+                v: &v,
+                output: &o,
+                mode: dit.plan.layers()[index],
+                frame_tokens: self.frame_tokens,
+            };
+            tap.block_attention(rec, &seen)?;
         }
         a.to_out
             .forward(rec, &self.o, &self.x, Epilogue::ResidualGate(Row::of(m, 2)))?;

@@ -8,6 +8,7 @@
 
 mod forward;
 mod layers;
+pub mod tap;
 mod time;
 
 use std::collections::HashSet;
@@ -17,6 +18,7 @@ use vdit_wgpu::{DType, Gpu, Tensor};
 
 pub use forward::{ContextCache, DitRunner};
 pub use layers::{Attention, Block, Linear};
+pub use tap::{AttentionTap, BlockAttention, Branch, Pass};
 pub use time::timestep_sinusoid;
 
 use crate::error::Result;

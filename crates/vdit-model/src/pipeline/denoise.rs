@@ -5,7 +5,8 @@ use vdit_wgpu::{DType, Gpu, Recorder, Tensor};
 
 use super::generate::{CancelToken, Progress, Stage};
 use super::request::GenerateRequest;
-use crate::dit::{ContextCache, DitRunner};
+use crate::dit::tap::reborrow;
+use crate::dit::{AttentionTap, Branch, ContextCache, DitRunner, Pass};
 use crate::error::{input_err, Result};
 use crate::scheduler::{guide_in_place, needs_uncond, Sampler};
 
@@ -20,6 +21,22 @@ pub fn denoise(
     request: &GenerateRequest,
     progress: &mut dyn Progress,
     cancel: &CancelToken,
+) -> Result<()> {
+    denoise_tapped(gpu, runner, caches, latent, request, progress, cancel, None)
+}
+
+/// [`denoise`], handing every block's self-attention of every forward to `tap`, told before
+/// each forward which step and guidance branch it computes.
+#[allow(clippy::too_many_arguments)]
+pub fn denoise_tapped(
+    gpu: &Gpu,
+    runner: &DitRunner<'_>,
+    caches: &[ContextCache],
+    latent: &Tensor,
+    request: &GenerateRequest,
+    progress: &mut dyn Progress,
+    cancel: &CancelToken,
+    mut tap: Option<&mut dyn AttentionTap>,
 ) -> Result<()> {
     let guided = needs_uncond(request.guidance);
     let needed = 1 + guided as usize;
@@ -46,9 +63,28 @@ pub fn denoise(
     for (step, &t) in timesteps.iter().enumerate() {
         cancel.check()?;
         let mut rec = Recorder::new(gpu);
-        runner.forward(&mut rec, latent, t, &caches[0], &v_cond)?;
+        let mut pass = Pass {
+            step,
+            timestep: t,
+            branch: Branch::Cond,
+        };
+        if let Some(tap) = reborrow(&mut tap) {
+            tap.forward_begins(pass);
+        }
+        runner.forward_tapped(&mut rec, latent, t, &caches[0], &v_cond, reborrow(&mut tap))?;
         if let Some(v_uncond) = &v_uncond {
-            runner.forward(&mut rec, latent, t, &caches[1], v_uncond)?;
+            pass.branch = Branch::Uncond;
+            if let Some(tap) = reborrow(&mut tap) {
+                tap.forward_begins(pass);
+            }
+            runner.forward_tapped(
+                &mut rec,
+                latent,
+                t,
+                &caches[1],
+                v_uncond,
+                reborrow(&mut tap),
+            )?;
             guide_in_place(&mut rec, &v_cond, v_uncond, request.guidance)?;
         }
         sampler.step(&mut rec, &v_cond, latent)?;

@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use vdit_wgpu::{DType, Gpu, Recorder, Tensor};
 
-use super::denoise::denoise;
+use super::denoise::denoise_tapped;
 use super::noise::gaussian_noise;
 use super::paths::ModelPaths;
 use super::request::{GenerateRequest, Prompt};
-use crate::dit::{Precision, WanDit};
+use crate::dit::{AttentionTap, Precision, WanDit};
 use crate::error::{input_err, ModelError, Result};
 use crate::plan::AttentionPlan;
 use crate::scheduler::needs_uncond;
@@ -119,6 +119,19 @@ impl<'g> Pipeline<'g> {
         progress: &mut dyn Progress,
         cancel: &CancelToken,
     ) -> Result<Video> {
+        let latent = self.sample(request, progress, cancel, None)?;
+        self.decode(&latent, progress, cancel)
+    }
+
+    /// The denoised latent [16, F, H/8, W/8] of `request` (prompt encoding and denoising),
+    /// handing every block's self-attention of every forward to `tap` if one is given.
+    pub fn sample(
+        &self,
+        request: &GenerateRequest,
+        progress: &mut dyn Progress,
+        cancel: &CancelToken,
+        tap: Option<&mut dyn AttentionTap>,
+    ) -> Result<Tensor> {
         request.validate()?;
         if let Some(t) = &self.vae_tiling {
             t.validate().map_err(|e| input_err("--vae-tile", e))?;
@@ -168,13 +181,27 @@ impl<'g> Pipeline<'g> {
             &gaussian_noise(request.seed, numel),
             DType::F32,
         )?;
-        denoise(gpu, &runner, &caches, &latent, request, progress, cancel)?;
+        denoise_tapped(
+            gpu, &runner, &caches, &latent, request, progress, cancel, tap,
+        )?;
         drop(runner);
         drop(caches);
         drop(dit);
         gpu.trim_pool();
+        Ok(latent)
+    }
 
-        // Decoding, one latent frame (and tile) at a time.
+    /// Decodes a denoised latent with the VAE, one latent frame (and tile) at a time.
+    pub fn decode(
+        &self,
+        latent: &Tensor,
+        progress: &mut dyn Progress,
+        cancel: &CancelToken,
+    ) -> Result<Video> {
+        let gpu = self.gpu;
+        if let Some(t) = &self.vae_tiling {
+            t.validate().map_err(|e| input_err("--vae-tile", e))?;
+        }
         cancel.check()?;
         progress.begin(Stage::Decoding, 1);
         let vae_path = self
@@ -188,7 +215,7 @@ impl<'g> Pipeline<'g> {
             tiling: self.vae_tiling,
             profiler: None,
         };
-        let frames = vae.decode_with(gpu, &latent, options)?;
+        let frames = vae.decode_with(gpu, latent, options)?;
         gpu.wait()?;
         progress.advance(Stage::Decoding, 1);
         progress.end(Stage::Decoding);

@@ -8,7 +8,7 @@ pub mod request;
 pub mod texture;
 
 pub use crate::scheduler::SamplerKind;
-pub use denoise::denoise;
+pub use denoise::{denoise, denoise_tapped};
 pub use generate::{CancelToken, Pipeline, Progress, Silent, Stage, Video};
 pub use noise::gaussian_noise;
 pub use paths::{ModelDefaults, ModelPaths};
