@@ -204,3 +204,24 @@ fn legacy_and_non_zip_files_are_errors() {
     assert!(err.contains("missing.pth"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn views_larger_than_their_storage_are_refused() {
+    // Stride 0 repeats one element 2^31 - 1 times per row: reading it would gather 32 GiB.
+    let mut w = Writer::default();
+    w.proto()
+        .op(b'}')
+        .str("x")
+        .tensor("FloatStorage", "0", 1, 0, &[i32::MAX, 4], &[0, 0])
+        .op(b's')
+        .op(b'.');
+    let dir = temp_dir("expanded");
+    let path = dir.join("expanded.pth");
+    write_archive(&path, &w.0, &[("0", f32_bytes(&[1.0]))]);
+    let err = PthFile::open(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("tensor 'x'") && err.contains("larger than its storage of 1"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
