@@ -14,7 +14,8 @@ mod vae_decode;
 
 use clap::{Parser, Subcommand};
 
-use gpu_args::GpuArgs;
+use gpu_args::{in_part, GpuArgs};
+use vdit_model::ModelPart;
 
 #[derive(Parser)]
 #[command(
@@ -73,9 +74,15 @@ fn main() {
     let result = match &cli.command {
         Command::Generate(a) => with_gpu(&cli.gpu, |gpu| generate::run(gpu, a)),
         Command::Info => info::run(&cli.gpu),
-        Command::EncodePrompt(a) => with_gpu(&cli.gpu, |gpu| encode_prompt::run(gpu, a)),
-        Command::DitForward(a) => with_gpu(&cli.gpu, |gpu| dit_forward::run(gpu, a)),
-        Command::VaeDecode(a) => with_gpu(&cli.gpu, |gpu| vae_decode::run(gpu, a)),
+        Command::EncodePrompt(a) => with_gpu(&cli.gpu, |gpu| {
+            encode_prompt::run(gpu, a).map_err(|e| in_part(e, ModelPart::TextEncoder))
+        }),
+        Command::DitForward(a) => with_gpu(&cli.gpu, |gpu| {
+            dit_forward::run(gpu, a).map_err(|e| in_part(e, ModelPart::Dit))
+        }),
+        Command::VaeDecode(a) => with_gpu(&cli.gpu, |gpu| {
+            vae_decode::run(gpu, a).map_err(|e| in_part(e, ModelPart::Vae))
+        }),
         Command::Bench(b) => match b {
             BenchCommand::Kernels(a) => with_gpu(&cli.gpu, |gpu| bench_kernels::run(gpu, a)),
             BenchCommand::Dit(a) => with_gpu(&cli.gpu, |gpu| bench_dit::run(gpu, a)),
