@@ -96,8 +96,6 @@ impl BufferPool {
                 if limit.is_some_and(|l| in_use + free + size > l) {
                     return Err(out_of_memory(limit));
                 }
-                self.peak_bytes
-                    .fetch_max(in_use + free + size, Ordering::Relaxed);
                 // The device's own refusal arrives as an error, not a panic, inside a scope.
                 let scope = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
                 let buffer = device.create_buffer(&wgpu::BufferDescriptor {
@@ -109,6 +107,8 @@ impl BufferPool {
                 if pollster::block_on(scope.pop()).is_some() {
                     return Err(out_of_memory(None));
                 }
+                self.peak_bytes
+                    .fetch_max(in_use + free + size, Ordering::Relaxed);
                 buffer
             }
         };
