@@ -95,6 +95,16 @@ fn each_command_names_its_part_when_memory_runs_out() {
         ],
     );
     assert_out_of_memory(ok, &stderr, "VAE", "--vae-tile", &dir);
+    // The same from the original .pth, whose upload errors pass through its own reader.
+    let (ok, stderr) = vdit(
+        &[&["vae-decode"][..], &cap].concat(),
+        &[
+            ("--model", &vae.join("original/Wan2.1_VAE.pth")),
+            ("--latent", &vae.join("io.safetensors")),
+            ("--output", &dir.join("frames.safetensors")),
+        ],
+    );
+    assert_out_of_memory(ok, &stderr, "VAE", "--vae-tile", &dir);
 
     let dir = scratch("dit-forward");
     let io = dit.join("io.safetensors");

@@ -1,6 +1,9 @@
 //! Every file reader fed mutated copies of the goldens: safetensors (header and tensors), the
-//! shards index, PyTorch zip checkpoints (the archive, and the pickle inside it), tokenizer.json
-//! and attention plans. Harness and budgets: `fuzz/mod.rs`.
+//! shards index, PyTorch zip checkpoints (the archive, and the pickle inside it), tokenizer.json,
+//! attention plans and model configs. Harness and budgets: `fuzz/mod.rs`.
+
+// A seed's hot bytes are a list of ranges, often of one.
+#![allow(clippy::single_range_in_vec_init)]
 
 mod fuzz;
 
@@ -9,9 +12,11 @@ use std::path::{Path, PathBuf};
 
 use fuzz::mutate::{below, Seed};
 use fuzz::Target;
+use vdit_model::pipeline::ModelPaths;
 use vdit_model::plan::PlanSpec;
 use vdit_model::pth::PthFile;
 use vdit_model::text::PromptTokenizer;
+use vdit_model::vae::VaeConfig;
 use vdit_model::weights::{DitConfig, WeightFile, WeightSet};
 use vdit_wgpu::rng::Rng;
 
@@ -53,7 +58,7 @@ fn safetensors_seed(rel: &str) -> Seed {
 }
 
 /// The header length field set to a lie: around the real length, the file's, or an extreme.
-fn header_length_lie(data: &mut Vec<u8>, rng: &mut Rng) {
+fn header_length_lie(data: &mut [u8], rng: &mut Rng) {
     if data.len() < 8 {
         return;
     }
@@ -395,4 +400,53 @@ fn tokenizer_findings_are_clear_errors() {
         err.contains("precompiled_charsmap: a lookup reaches unit"),
         "{err}"
     );
+}
+
+// ---- model configs ----
+
+/// A config.json (DiT or VAE, diffusers or original) and vdit.json, each parsed by every
+/// reader of configs: a config meant for one is only refused by another.
+#[test]
+fn fuzz_configs() {
+    let dir = scratch("configs");
+    std::fs::write(dir.join("model_index.json"), "{}").unwrap();
+    let report = fuzz::run(Target {
+        name: "configs",
+        seeds: [
+            "goldens/dit/tiny/diffusers/config.json",
+            "goldens/dit/tiny/original/config.json",
+            "goldens/vae/tiny/diffusers/config.json",
+            "goldens/t5/text_encoder/config.json",
+            "default-model/vdit.json",
+        ]
+        .into_iter()
+        .map(|rel| Seed::whole(rel, read(rel)))
+        .collect(),
+        lie: None,
+        alloc_base: BASE,
+        alloc_per_byte: 64,
+        feed: Box::new(move |input| {
+            let text = String::from_utf8_lossy(input);
+            let path = dir.join("vdit.json");
+            std::fs::write(&path, input).unwrap();
+            // What the models derive from a valid config, too.
+            let dit = DitConfig::from_json_str(&text, &path)
+                .map_err(|e| e.to_string())
+                .and_then(|c| {
+                    c.validate()?;
+                    std::hint::black_box(c.patch_volume());
+                    Ok(())
+                });
+            let vae = VaeConfig::from_json_str(&text, &path)
+                .map_err(|e| e.to_string())
+                .and_then(|c| {
+                    c.validate()?;
+                    drop((c.stage_dims(), c.spatial_scale(), c.output_frames(21)));
+                    Ok(())
+                });
+            let defaults = ModelPaths::resolve(&dir).map_err(|e| e.to_string());
+            dit.or(vae).or(defaults.map(drop))
+        }),
+    });
+    assert!(report.accepted > 0, "no seed was read: {report:?}");
 }

@@ -17,7 +17,7 @@ pub struct Seed {
 impl Seed {
     /// A seed whose every byte is interesting (small text files).
     pub fn whole(name: impl Into<String>, bytes: Vec<u8>) -> Self {
-        let hot = vec![0..bytes.len()];
+        let hot = std::iter::once(0..bytes.len()).collect();
         Self {
             name: name.into(),
             bytes,
@@ -27,7 +27,7 @@ impl Seed {
 }
 
 /// A reader-specific mutation, for example a length field that lies.
-pub type Lie = fn(&mut Vec<u8>, &mut Rng);
+pub type Lie = fn(&mut [u8], &mut Rng);
 
 /// Integers at the edges of every width, and around them.
 const BOUNDARIES: &[u64] = &[
