@@ -4,8 +4,9 @@
 //! than its bound (a fixed base plus a multiple of the input's size).
 //!
 //! `VDIT_FUZZ_SECONDS` sets each target's budget (default [`DEFAULT_SECONDS`]);
-//! `VDIT_TEST_SEED` replays a run. An offending input is written under the test's target
-//! folder and named in the failure; a regression keeps it in `tests/fuzz-regressions/`.
+//! `VDIT_TEST_SEED` replays a run. An offending input is written to
+//! `target/tmp/fuzz-findings/` and named in the failure (a regression keeps it in
+//! `tests/fuzz-regressions/`); each run's figures go there too, as `<target>.txt`.
 
 pub mod alloc;
 pub mod mutate;
@@ -212,7 +213,7 @@ fn run_with(target: Target, hang: Duration) -> Report {
     }
     worker.join().expect("the fuzz thread");
     report.seconds = started.elapsed().as_secs_f64();
-    println!(
+    let line = format!(
         "fuzz {name}: {} executions in {:.1} s ({} accepted, {} refused; heap peak at most \
          {:.0}% of its bound; seed {seed})",
         report.executions,
@@ -221,6 +222,11 @@ fn run_with(target: Target, hang: Duration) -> Report {
         report.refused,
         report.worst_share_of_bound * 100.0
     );
+    println!("{line}");
+    // `cargo test` shows a passing test's output only with --nocapture: the figures also go
+    // to a file beside the findings.
+    let log = findings_dir().join(format!("{name}.txt"));
+    std::fs::write(&log, line + "\n").expect("writing the fuzz report");
     report
 }
 
