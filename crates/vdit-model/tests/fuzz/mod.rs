@@ -55,9 +55,15 @@ enum Outcome {
     Done {
         accepted: bool,
         peak: usize,
-        len: usize,
+        bound: usize,
     },
     Panicked(String),
+    /// The reader held `peak` bytes of heap for an input of `len` bytes, beyond `bound`.
+    OverAllocated {
+        peak: usize,
+        bound: usize,
+        len: usize,
+    },
 }
 
 fn budget() -> Duration {
@@ -81,17 +87,22 @@ fn keep_finding(target: &str, n: u64, input: &[u8]) -> PathBuf {
     path
 }
 
-/// Feeds one input, measuring its heap peak and catching a panic.
-fn feed_one(feed: &mut Feed, input: &[u8]) -> Outcome {
+/// Feeds one input, measuring its heap peak against `bound` and catching a panic.
+fn feed_one(feed: &mut Feed, input: &[u8], bound: usize) -> Outcome {
     let base = alloc::live();
     alloc::reset_peak();
     let result = catch_unwind(AssertUnwindSafe(|| feed(input)));
     let peak = alloc::peak_since_reset(base);
     match result {
+        Ok(_) if peak > bound => Outcome::OverAllocated {
+            peak,
+            bound,
+            len: input.len(),
+        },
         Ok(r) => Outcome::Done {
             accepted: r.is_ok(),
             peak,
-            len: input.len(),
+            bound,
         },
         Err(payload) => Outcome::Panicked(
             payload
@@ -150,8 +161,10 @@ fn run_with(target: Target, hang: Duration) -> Report {
                         None => break,
                     };
                     *current.lock().unwrap() = (input.clone(), origin);
-                    let outcome = feed_one(&mut feed, &input);
-                    let stop = matches!(outcome, Outcome::Panicked(_));
+                    let bound = alloc_base + alloc_per_byte * input.len();
+                    let outcome = feed_one(&mut feed, &input, bound);
+                    // After a finding the input must stay in `current` for the report.
+                    let stop = !matches!(outcome, Outcome::Done { .. });
                     if tx.send(outcome).is_err() || stop {
                         break;
                     }
@@ -178,21 +191,20 @@ fn run_with(target: Target, hang: Duration) -> Report {
         };
         report.executions += 1;
         match outcome {
+            Outcome::OverAllocated { peak, bound, len } => {
+                let (input, origin) = current.lock().unwrap().clone();
+                let path = keep_finding(name, report.executions, &input);
+                panic!(
+                    "{name}: {origin} of {len} bytes made the reader hold {peak} bytes of \
+                     heap, beyond its bound of {bound} (kept in {}; {replay})",
+                    path.display()
+                );
+            }
             Outcome::Done {
                 accepted,
                 peak,
-                len,
+                bound,
             } => {
-                let bound = alloc_base + alloc_per_byte * len;
-                if peak > bound {
-                    let (input, origin) = current.lock().unwrap().clone();
-                    let path = keep_finding(name, report.executions, &input);
-                    panic!(
-                        "{name}: {origin} of {len} bytes made the reader hold {peak} bytes of \
-                         heap, beyond its bound of {bound} (kept in {}; {replay})",
-                        path.display()
-                    );
-                }
                 report.worst_share_of_bound =
                     report.worst_share_of_bound.max(peak as f64 / bound as f64);
                 if accepted {
