@@ -1,7 +1,11 @@
-//! The flags every GPU command shares: which adapter, and which fast paths it may use.
+//! The flags every GPU command shares: which adapter, which fast paths it may use, and how
+//! much memory it may take.
 
 use clap::Args;
-use vdit_wgpu::{Gpu, GpuOptions};
+use vdit_model::weights::WeightError;
+use vdit_model::{ModelError, ModelPart};
+use vdit_wgpu::size::parse_size;
+use vdit_wgpu::{Gpu, GpuError, GpuOptions};
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct GpuArgs {
@@ -23,6 +27,10 @@ pub struct GpuArgs {
     /// Do not use f16 storage or arithmetic (the portable f32 paths only).
     #[arg(long = "f32", global = true)]
     pub f32_only: bool,
+    /// The most GPU memory the tensors may take (e.g. 512M, 2G): beyond it a command stops
+    /// with an out-of-memory error instead of crowding a shared GPU.
+    #[arg(long, global = true, value_name = "SIZE", value_parser = parse_size)]
+    pub max_gpu_memory: Option<u64>,
 }
 
 impl GpuArgs {
@@ -34,10 +42,27 @@ impl GpuArgs {
             allow_f16: !self.f32_only,
             allow_subgroups: !self.no_subgroups,
             allow_cooperative_matrix: !self.no_coop,
+            max_memory: self.max_gpu_memory,
         }
     }
 
     pub fn open(&self) -> vdit_wgpu::Result<Gpu> {
         Gpu::with_options(&self.options())
+    }
+}
+
+/// A command's error, with the model part named when it is running out of GPU memory.
+pub fn in_part(e: Box<dyn std::error::Error>, part: ModelPart) -> Box<dyn std::error::Error> {
+    let e = match e.downcast::<ModelError>() {
+        Ok(m) => return Box::new(m.in_part(part)),
+        Err(e) => e,
+    };
+    let e = match e.downcast::<GpuError>() {
+        Ok(g) => return Box::new(ModelError::Gpu(*g).in_part(part)),
+        Err(e) => e,
+    };
+    match e.downcast::<WeightError>() {
+        Ok(w) => Box::new(ModelError::Weights(*w).in_part(part)),
+        Err(e) => e,
     }
 }

@@ -18,7 +18,8 @@ mod vae_decode;
 
 use clap::{Parser, Subcommand};
 
-use gpu_args::GpuArgs;
+use gpu_args::{in_part, GpuArgs};
+use vdit_model::ModelPart;
 
 #[derive(Parser)]
 #[command(
@@ -83,9 +84,15 @@ fn main() {
     let result = match &cli.command {
         Command::Generate(a) => with_gpu(&cli.gpu, |gpu| generate::run(gpu, a)),
         Command::Info => info::run(&cli.gpu),
-        Command::EncodePrompt(a) => with_gpu(&cli.gpu, |gpu| encode_prompt::run(gpu, a)),
-        Command::DitForward(a) => with_gpu(&cli.gpu, |gpu| dit_forward::run(gpu, a)),
-        Command::VaeDecode(a) => with_gpu(&cli.gpu, |gpu| vae_decode::run(gpu, a)),
+        Command::EncodePrompt(a) => with_gpu(&cli.gpu, |gpu| {
+            encode_prompt::run(gpu, a).map_err(|e| in_part(e, ModelPart::TextEncoder))
+        }),
+        Command::DitForward(a) => with_gpu(&cli.gpu, |gpu| {
+            dit_forward::run(gpu, a).map_err(|e| in_part(e, ModelPart::Dit))
+        }),
+        Command::VaeDecode(a) => with_gpu(&cli.gpu, |gpu| {
+            vae_decode::run(gpu, a).map_err(|e| in_part(e, ModelPart::Vae))
+        }),
         Command::Plan(a) => plan::run(a),
         Command::Distill(a) => with_gpu(&cli.gpu, |gpu| distill::run(gpu, a)),
         Command::Compare(a) => with_gpu(&cli.gpu, |gpu| compare::run(gpu, a)),

@@ -18,4 +18,4 @@ pub mod vae;
 pub mod video;
 pub mod weights;
 
-pub use error::{ModelError, Result};
+pub use error::{ModelError, ModelPart, Result};

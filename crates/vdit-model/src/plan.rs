@@ -145,6 +145,80 @@ struct PlanFile {
     powers: Option<usize>,
 }
 
+/// A plan file read and checked against a model's layer count, before any weight is opened:
+/// what [`AttentionPlan::load`] then uploads.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlanSpec {
+    pub layers: Vec<LayerAttention>,
+    /// `hedgehog`, `poly` or `elu1`, when a layer needs a feature map.
+    pub feature_map: Option<String>,
+    /// The feature weights (relative to the plan's folder), for hedgehog and poly.
+    pub feature_weights: Option<std::path::PathBuf>,
+    /// Powers of the poly map.
+    pub powers: usize,
+}
+
+impl PlanSpec {
+    /// Reads and checks a plan file (format in the module docs) for a model of `config`.
+    pub fn read(path: &Path, config: &DitConfig) -> Result<Self> {
+        let err = |message: String| ModelError::Plan {
+            path: path.display().to_string(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let file: PlanFile = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+        let default = match &file.default {
+            Some(s) => {
+                LayerAttention::parse(s).ok_or_else(|| err(format!("unknown mode '{s}'")))?
+            }
+            None => LayerAttention::Softmax,
+        };
+        let mut layers = vec![default; config.layers];
+        for (range, mode) in &file.layers {
+            let parsed = LayerAttention::parse(mode)
+                .ok_or_else(|| err(format!("layers '{range}': unknown mode '{mode}'")))?;
+            let (a, b) = match range.split_once('-') {
+                Some((a, b)) => (a.trim().parse::<usize>(), b.trim().parse::<usize>()),
+                None => (range.trim().parse(), range.trim().parse()),
+            };
+            let (Ok(a), Ok(b)) = (a, b) else {
+                return Err(err(format!("'{range}' is not a layer or a range A-B")));
+            };
+            if a > b || b >= config.layers {
+                return Err(err(format!(
+                    "layers '{range}' outside 0-{}",
+                    config.layers - 1
+                )));
+            }
+            layers[a..=b].fill(parsed);
+        }
+        let mut spec = Self {
+            layers,
+            feature_map: None,
+            feature_weights: None,
+            powers: file.powers.unwrap_or(2),
+        };
+        if !spec.layers.iter().any(|l| l.needs_features()) {
+            return Ok(spec);
+        }
+        let kind = file
+            .feature_map
+            .ok_or_else(|| err("a linear, hybrid or rehyat layer needs \"feature_map\"".into()))?;
+        match kind.as_str() {
+            "elu1" => {}
+            "hedgehog" | "poly" => {
+                let rel = file.feature_weights.as_deref().ok_or_else(|| {
+                    err(format!("feature map '{kind}' needs \"feature_weights\""))
+                })?;
+                spec.feature_weights = Some(path.parent().unwrap_or(Path::new(".")).join(rel));
+            }
+            other => return Err(err(format!("unknown feature map '{other}'"))),
+        }
+        spec.feature_map = Some(kind);
+        Ok(spec)
+    }
+}
+
 impl AttentionPlan {
     /// Softmax everywhere: the model as published.
     pub fn softmax(layers: usize) -> Self {
@@ -204,56 +278,25 @@ impl AttentionPlan {
         Ok(())
     }
 
-    /// Reads a plan file (format in the module docs) for a model of `config`.
+    /// Reads a plan file (format in the module docs) for a model of `config` and uploads the
+    /// feature-map weights it names.
     pub fn load(gpu: &Gpu, path: &Path, config: &DitConfig, dtype: DType) -> Result<Self> {
         let err = |message: String| ModelError::Plan {
             path: path.display().to_string(),
             message,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        let file: PlanFile = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
-        let default = match &file.default {
-            Some(s) => {
-                LayerAttention::parse(s).ok_or_else(|| err(format!("unknown mode '{s}'")))?
-            }
-            None => LayerAttention::Softmax,
-        };
-        let mut layers = vec![default; config.layers];
-        for (range, mode) in &file.layers {
-            let parsed = LayerAttention::parse(mode)
-                .ok_or_else(|| err(format!("layers '{range}': unknown mode '{mode}'")))?;
-            let (a, b) = match range.split_once('-') {
-                Some((a, b)) => (a.trim().parse::<usize>(), b.trim().parse::<usize>()),
-                None => (range.trim().parse(), range.trim().parse()),
-            };
-            let (Ok(a), Ok(b)) = (a, b) else {
-                return Err(err(format!("'{range}' is not a layer or a range A-B")));
-            };
-            if a > b || b >= config.layers {
-                return Err(err(format!(
-                    "layers '{range}' outside 0-{}",
-                    config.layers - 1
-                )));
-            }
-            layers[a..=b].fill(parsed);
-        }
-        let needs = layers.iter().any(|l| l.needs_features());
+        let PlanSpec {
+            layers,
+            feature_map,
+            feature_weights,
+            powers,
+        } = PlanSpec::read(path, config)?;
         let mut features: Vec<Option<FeatureMapWeights>> =
             (0..config.layers).map(|_| None).collect();
-        if needs {
-            let kind = file.feature_map.as_deref().ok_or_else(|| {
-                err("a linear, hybrid or rehyat layer needs \"feature_map\"".into())
-            })?;
-            let weights = match kind {
-                "elu1" => None,
-                "hedgehog" | "poly" => {
-                    let rel = file.feature_weights.as_deref().ok_or_else(|| {
-                        err(format!("feature map '{kind}' needs \"feature_weights\""))
-                    })?;
-                    let p = path.parent().unwrap_or(Path::new(".")).join(rel);
-                    Some(WeightSet::open(&p)?)
-                }
-                other => return Err(err(format!("unknown feature map '{other}'"))),
+        if let Some(kind) = feature_map.as_deref() {
+            let weights = match &feature_weights {
+                Some(p) => Some(WeightSet::open(p)?),
+                None => None,
             };
             let (h, d) = (config.heads, config.head_dim);
             for (i, l) in layers.iter().enumerate() {
@@ -294,7 +337,7 @@ impl AttentionPlan {
                             b1: up(&name("l1.bias"), 2)?,
                             w2: up(&name("l2.weight"), 3)?,
                             b2: up(&name("l2.bias"), 2)?,
-                            powers: file.powers.unwrap_or(2),
+                            powers,
                         }
                     })
                 };

@@ -23,6 +23,20 @@ pub enum GpuError {
     Shape { op: &'static str, message: String },
     #[error("shader '{shader}' failed to compile: {message}")]
     Shader { shader: String, message: String },
+    /// A buffer the memory limit (`--max-gpu-memory`) or the device itself could not give.
+    #[error(
+        "out of GPU memory: {what} needs {} more while {} are held{}",
+        crate::size::format_size(*.requested),
+        crate::size::format_size(*.held),
+        .limit.map(|l| format!(" (limit {})", crate::size::format_size(l))).unwrap_or_else(|| " (the device refused)".into())
+    )]
+    OutOfMemory {
+        what: String,
+        requested: u64,
+        held: u64,
+        /// The pool's limit, or `None` when the driver itself ran out.
+        limit: Option<u64>,
+    },
     #[error("the GPU device was lost: {0}")]
     DeviceLost(String),
     #[error("GPU error: {0}")]

@@ -22,6 +22,8 @@ pub struct GpuOptions {
     pub allow_subgroups: bool,
     /// Use cooperative matrices (tensor cores) where the adapter has them.
     pub allow_cooperative_matrix: bool,
+    /// The most bytes the buffer pool may hold (`--max-gpu-memory`); `None` for no cap.
+    pub max_memory: Option<u64>,
 }
 
 impl Default for GpuOptions {
@@ -33,6 +35,7 @@ impl Default for GpuOptions {
             allow_f16: true,
             allow_subgroups: true,
             allow_cooperative_matrix: true,
+            max_memory: None,
         }
     }
 }
@@ -289,7 +292,9 @@ impl Gpu {
             timestamps_inside_passes: got.contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
             cooperative_matrix,
         };
-        Ok(Self::assemble(adapter, device, queue, info, limits, caps))
+        let gpu = Self::assemble(adapter, device, queue, info, limits, caps);
+        gpu.set_memory_limit(options.max_memory);
+        Ok(gpu)
     }
 
     fn assemble(

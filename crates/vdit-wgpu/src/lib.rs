@@ -21,6 +21,7 @@ pub mod profiler;
 pub mod recorder;
 pub mod rng;
 pub mod shader;
+pub mod size;
 pub mod tensor;
 pub mod testing;
 

@@ -1,10 +1,14 @@
 //! A buffer pool: tensors of a shape seen before reuse a freed buffer of the same size, so a
 //! steady-state loop (one denoising step after another) allocates nothing. The pool also keeps
-//! the most bytes it ever held, the GPU memory a workload needs.
+//! the most bytes it ever held, the GPU memory a workload needs. It may be given a limit
+//! (`--max-gpu-memory`): an allocation beyond it, or one the device refuses (caught by an
+//! error scope), is an `OutOfMemory` error instead of a crash.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+
+use crate::error::{GpuError, Result};
 
 /// Every tensor buffer can be a storage binding and a copy source or destination.
 pub(crate) const TENSOR_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
@@ -25,6 +29,8 @@ pub struct BufferPool {
     free_bytes: AtomicU64,
     /// High-water mark of in use + free bytes.
     peak_bytes: AtomicU64,
+    /// The most bytes the pool may hold (in use and free); 0 for no limit.
+    limit: AtomicU64,
 }
 
 /// A buffer on loan from the pool; it returns there when the last tensor holding it drops.
@@ -58,13 +64,14 @@ impl Drop for PooledBuffer {
 
 impl BufferPool {
     /// A buffer of exactly `padded_size(bytes)` bytes with `usage`; reused when one is free.
+    /// `what` names it in wgpu's labels and in an out-of-memory error.
     pub(crate) fn take(
         self: &Arc<Self>,
         device: &wgpu::Device,
         bytes: u64,
         usage: wgpu::BufferUsages,
-        label: &str,
-    ) -> Arc<PooledBuffer> {
+        what: &str,
+    ) -> Result<Arc<PooledBuffer>> {
         let size = padded_size(bytes);
         let reused = self
             .free
@@ -78,25 +85,49 @@ impl BufferPool {
                 b
             }
             None => {
-                let held = self.in_use_bytes.load(Ordering::Relaxed)
-                    + self.free_bytes.load(Ordering::Relaxed)
-                    + size;
-                self.peak_bytes.fetch_max(held, Ordering::Relaxed);
-                device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some(label),
+                let (in_use, free) = self.bytes();
+                let out_of_memory = |limit| GpuError::OutOfMemory {
+                    what: what.to_string(),
+                    requested: size,
+                    held: in_use + free,
+                    limit,
+                };
+                let limit = self.limit();
+                if limit.is_some_and(|l| in_use + free + size > l) {
+                    return Err(out_of_memory(limit));
+                }
+                // The device's own refusal arrives as an error, not a panic, inside a scope.
+                let scope = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+                let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(what),
                     size,
                     usage,
                     mapped_at_creation: false,
-                })
+                });
+                if pollster::block_on(scope.pop()).is_some() {
+                    return Err(out_of_memory(None));
+                }
+                self.peak_bytes
+                    .fetch_max(in_use + free + size, Ordering::Relaxed);
+                buffer
             }
         };
         self.in_use_bytes.fetch_add(size, Ordering::Relaxed);
-        Arc::new(PooledBuffer {
+        Ok(Arc::new(PooledBuffer {
             id: NEXT_BUFFER_ID.fetch_add(1, Ordering::Relaxed),
             buffer,
             size,
             pool: Arc::downgrade(self),
-        })
+        }))
+    }
+
+    /// The most bytes the pool may hold, if limited.
+    pub fn limit(&self) -> Option<u64> {
+        Some(self.limit.load(Ordering::Relaxed)).filter(|&l| l > 0)
+    }
+
+    pub fn set_limit(&self, limit: Option<u64>) {
+        self.limit.store(limit.unwrap_or(0), Ordering::Relaxed);
     }
 
     fn give_back(&self, buffer: wgpu::Buffer, size: u64) {
@@ -150,6 +181,32 @@ impl crate::gpu::Gpu {
     pub fn reset_pool_peak(&self) {
         self.pool.reset_peak();
     }
+
+    /// Caps the bytes the buffer pool may hold (`None`: as much as the device gives).
+    pub fn set_memory_limit(&self, limit: Option<u64>) {
+        self.pool.set_limit(limit);
+    }
+
+    pub fn memory_limit(&self) -> Option<u64> {
+        self.pool.limit()
+    }
+
+    /// A buffer from the pool. At the memory limit, the free buffers (of other sizes) are
+    /// released before the request is refused.
+    pub(crate) fn take_buffer(
+        &self,
+        bytes: u64,
+        usage: wgpu::BufferUsages,
+        what: &str,
+    ) -> Result<Arc<PooledBuffer>> {
+        match self.pool.take(&self.device, bytes, usage, what) {
+            Err(GpuError::OutOfMemory { limit: Some(_), .. }) if self.pool.bytes().1 > 0 => {
+                self.trim_pool();
+                self.pool.take(&self.device, bytes, usage, what)
+            }
+            taken => taken,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -161,7 +218,7 @@ mod tests {
     fn the_pool_keeps_its_high_water_mark() {
         let device = &test_gpu().device;
         let pool = Arc::new(BufferPool::default());
-        let take = |bytes| pool.take(device, bytes, TENSOR_USAGE, "test");
+        let take = |bytes| pool.take(device, bytes, TENSOR_USAGE, "test").unwrap();
         let (a, b) = (take(1024), take(4096));
         assert_eq!(pool.peak_bytes(), 5120);
         drop((a, b));
@@ -177,5 +234,30 @@ mod tests {
         let c = take(2048);
         assert_eq!(pool.peak_bytes(), 2048);
         drop(c);
+    }
+
+    #[test]
+    fn the_limit_refuses_what_would_exceed_it() {
+        let device = &test_gpu().device;
+        let pool = Arc::new(BufferPool::default());
+        pool.set_limit(Some(8192));
+        let a = pool.take(device, 4096, TENSOR_USAGE, "a").unwrap();
+        let e = pool
+            .take(device, 8192, TENSOR_USAGE, "the big one")
+            .err()
+            .expect("over the limit");
+        let text = e.to_string();
+        assert!(
+            text.contains("out of GPU memory: the big one needs 8.00 KiB more")
+                && text.contains("4.00 KiB are held")
+                && text.contains("(limit 8.00 KiB)"),
+            "{text}"
+        );
+        // Exactly at the limit is allowed, and a freed buffer is reused, not added.
+        let b = pool.take(device, 4096, TENSOR_USAGE, "b").unwrap();
+        drop(b);
+        let b = pool.take(device, 4096, TENSOR_USAGE, "b").unwrap();
+        assert_eq!(pool.bytes(), (8192, 0));
+        drop((a, b));
     }
 }

@@ -159,16 +159,17 @@ impl<'g> Recorder<'g> {
     /// without timestamps needs host timings). Does not wait.
     pub fn submit(self, profiler: Option<&mut Profiler>) -> Result<()> {
         let gpu = self.gpu;
-        let params = (!self.params.is_empty()).then(|| {
-            let buf = gpu.pool.take(
-                &gpu.device,
+        let params = if self.params.is_empty() {
+            None
+        } else {
+            let buf = gpu.take_buffer(
                 (self.params.len() as u64).next_power_of_two().max(256),
                 wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                "params",
-            );
+                "the kernels' parameter blocks",
+            )?;
             gpu.queue.write_buffer(&buf.buffer, 0, &self.params);
-            buf
-        });
+            Some(buf)
+        };
         match profiler {
             Some(p) => p.run(gpu, &self.ops, params.as_deref())?,
             None => {

@@ -56,8 +56,9 @@ impl Tensor {
     pub fn empty(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Self> {
         let numel: usize = shape.iter().product();
         let bytes = (numel * dtype.size()) as u64;
-        gpu.check_buffer_size(&format!("a {dtype} tensor of shape {shape:?}"), bytes)?;
-        let buf = gpu.pool.take(&gpu.device, bytes, TENSOR_USAGE, "tensor");
+        let what = format!("a {dtype} tensor of shape {shape:?}");
+        gpu.check_buffer_size(&what, bytes)?;
+        let buf = gpu.take_buffer(bytes, TENSOR_USAGE, &what)?;
         Ok(Self {
             buf,
             shape: shape.to_vec(),

@@ -14,7 +14,7 @@ use super::noise::gaussian_noise;
 use super::paths::ModelPaths;
 use super::request::{GenerateRequest, Prompt};
 use crate::dit::{AttentionTap, Precision, WanDit};
-use crate::error::{input_err, ModelError, Result};
+use crate::error::{input_err, ModelError, ModelPart, Result};
 use crate::plan::AttentionPlan;
 use crate::scheduler::needs_uncond;
 use crate::text::{PromptTokenizer, Residency, UmT5Encoder};
@@ -112,7 +112,8 @@ impl<'g> Pipeline<'g> {
     }
 
     /// Runs a whole generation. `progress` hears about each stage and step; `cancel` stops it
-    /// between steps with `ModelError::Cancelled`.
+    /// between steps with `ModelError::Cancelled`. Running out of GPU memory is a
+    /// `ModelError::OutOfMemory` naming the part and what would help.
     pub fn generate(
         &self,
         request: &GenerateRequest,
@@ -137,14 +138,16 @@ impl<'g> Pipeline<'g> {
             t.validate().map_err(|e| input_err("--vae-tile", e))?;
         }
         let gpu = self.gpu;
+        let in_dit = |e: ModelError| e.in_part(ModelPart::Dit);
         let dit_path = self
             .paths
             .dit
             .as_ref()
             .ok_or_else(|| input_err("model", "no DiT weights given"))?;
-        let mut dit = WanDit::load(gpu, dit_path, self.precision)?;
+        let mut dit = WanDit::load(gpu, dit_path, self.precision).map_err(in_dit)?;
         if let Some(plan) = &self.plan {
-            let plan = AttentionPlan::load(gpu, plan, &dit.config, self.precision.dtype())?;
+            let plan = AttentionPlan::load(gpu, plan, &dit.config, self.precision.dtype())
+                .map_err(in_dit)?;
             dit.set_plan(plan)?;
         }
         let c = dit.config.clone();
@@ -160,30 +163,34 @@ impl<'g> Pipeline<'g> {
         if guided {
             prompts.push(&negative);
         }
-        let contexts = self.encode_prompts(&prompts, c.text_dim, c.text_len)?;
+        let contexts = self
+            .encode_prompts(&prompts, c.text_dim, c.text_len)
+            .map_err(|e| e.in_part(ModelPart::TextEncoder))?;
         let mut caches = Vec::new();
         for (i, ctx) in contexts.iter().enumerate() {
             cancel.check()?;
             let mut rec = Recorder::new(gpu);
-            caches.push(dit.prepare_context(&mut rec, ctx)?);
-            rec.submit(None)?;
+            caches.push(dit.prepare_context(&mut rec, ctx).map_err(in_dit)?);
+            rec.submit(None).map_err(|e| in_dit(e.into()))?;
             progress.advance(Stage::EncodingPrompt, i + 1);
         }
         progress.end(Stage::EncodingPrompt);
 
         // Denoising.
         let shape = request.latent_shape(c.in_channels);
-        let runner = dit.runner(gpu, shape)?;
+        let runner = dit.runner(gpu, shape).map_err(in_dit)?;
         let numel: usize = shape.iter().product();
         let latent = Tensor::from_f32(
             gpu,
             &shape,
             &gaussian_noise(request.seed, numel),
             DType::F32,
-        )?;
+        )
+        .map_err(|e| in_dit(e.into()))?;
         denoise_tapped(
             gpu, &runner, &caches, &latent, request, progress, cancel, tap,
-        )?;
+        )
+        .map_err(in_dit)?;
         drop(runner);
         drop(caches);
         drop(dit);
@@ -209,14 +216,15 @@ impl<'g> Pipeline<'g> {
             .vae
             .as_ref()
             .ok_or_else(|| input_err("model", "no VAE weights given"))?;
-        let vae = WanVae::load(gpu, vae_path, self.precision)?;
+        let in_vae = |e: ModelError| e.in_part(ModelPart::Vae);
+        let vae = WanVae::load(gpu, vae_path, self.precision).map_err(in_vae)?;
         let options = DecodeOptions {
             scale: LatentScale::Normalized,
             tiling: self.vae_tiling,
             profiler: None,
         };
-        let frames = vae.decode_with(gpu, latent, options)?;
-        gpu.wait()?;
+        let frames = vae.decode_with(gpu, latent, options).map_err(in_vae)?;
+        gpu.wait().map_err(|e| in_vae(e.into()))?;
         progress.advance(Stage::Decoding, 1);
         progress.end(Stage::Decoding);
         Ok(Video {

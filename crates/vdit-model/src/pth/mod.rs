@@ -66,9 +66,16 @@ pub enum PthError {
 
 impl From<PthError> for ModelError {
     fn from(e: PthError) -> Self {
-        ModelError::Input {
-            what: "PyTorch checkpoint".into(),
-            message: e.to_string(),
+        match e {
+            // Running out of GPU memory is not a fault of the file: it keeps its own variant.
+            PthError::Gpu {
+                source: source @ GpuError::OutOfMemory { .. },
+                ..
+            } => ModelError::Gpu(source),
+            e => ModelError::Input {
+                what: "PyTorch checkpoint".into(),
+                message: e.to_string(),
+            },
         }
     }
 }
@@ -272,6 +279,15 @@ impl PthFile {
                 .iter()
                 .try_fold(1usize, |a, &n| a.checked_mul(n))
                 .ok_or_else(|| bad("element count overflows".into()))?;
+            // Only overlapping strides (an expanded view) give more elements than the
+            // storage holds; reading one would gather far more bytes than the file has.
+            if numel as u64 > t.storage.numel {
+                return Err(bad(format!(
+                    "its view of {numel} elements (shape {shape:?}, stride {stride:?}) is larger \
+                     than its storage of {}: overlapping strides are not weights",
+                    t.storage.numel
+                )));
+            }
             if numel > 0 {
                 let last = shape
                     .iter()

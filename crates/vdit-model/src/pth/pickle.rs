@@ -7,7 +7,7 @@
 //! and only with the arguments a state dict gives them. Any other global, callable or opcode is
 //! refused with an error that names it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Element type of a typed storage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -189,6 +189,9 @@ struct Machine<'a> {
 
 type R<T> = Result<T, PickleError>;
 
+/// Nesting a state dict never comes near (dict, tuple of arguments, tuple of sizes: 4 or 5).
+const MAX_DEPTH: usize = 64;
+
 impl<'a> Machine<'a> {
     fn new(data: &'a [u8]) -> Self {
         Self {
@@ -251,12 +254,39 @@ impl<'a> Machine<'a> {
         String::from_utf8(b.to_vec()).map_err(|_| self.err("string is not UTF-8"))
     }
 
+    /// Every value leaves the stack through here or [`pop_mark`](Self::pop_mark), on its way
+    /// into a container: checking its depth there bounds the depth of everything built.
     fn pop(&mut self) -> R<Value> {
         let floor = self.marks.last().copied().unwrap_or(0);
         if self.stack.len() <= floor {
             return Err(self.err("stack underflow"));
         }
-        Ok(self.stack.pop().expect("checked"))
+        let v = self.stack.pop().expect("checked");
+        self.check_depth(&v)?;
+        Ok(v)
+    }
+    /// Refuses values nested deeper than [`MAX_DEPTH`]: cloning, counting and dropping a value
+    /// recurse, and a pickle of a few hundred kilobytes can nest a million levels.
+    fn check_depth(&self, v: &Value) -> R<()> {
+        let mut todo = vec![(v, 1usize)];
+        while let Some((v, depth)) = todo.pop() {
+            if depth > MAX_DEPTH {
+                return Err(self.err(format!("values nested deeper than {MAX_DEPTH} levels")));
+            }
+            match v {
+                Value::Tuple(items) | Value::List(items) => {
+                    todo.extend(items.iter().map(|x| (x, depth + 1)));
+                }
+                Value::Dict(items) => {
+                    for (k, x) in items {
+                        todo.push((k, depth + 1));
+                        todo.push((x, depth + 1));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
     fn top(&mut self) -> R<&mut Value> {
         let floor = self.marks.last().copied().unwrap_or(0);
@@ -271,7 +301,11 @@ impl<'a> Machine<'a> {
             .marks
             .pop()
             .ok_or_else(|| self.err("no MARK on the stack"))?;
-        Ok(self.stack.split_off(mark))
+        let items = self.stack.split_off(mark);
+        for v in &items {
+            self.check_depth(v)?;
+        }
+        Ok(items)
     }
     fn memo_get(&mut self, key: u32) -> R<()> {
         let v = self
@@ -327,13 +361,12 @@ impl<'a> Machine<'a> {
                 reason: "SETITEM(S) on something that is not a dict".into(),
             });
         };
+        // Appended as they come, a repeated key included: looking each up would make a dict
+        // of n keys cost n^2. The later of two equal keys wins when the dict is read
+        // (`collect_tensors`), as in Python.
         let mut it = items.into_iter();
         while let (Some(k), Some(v)) = (it.next(), it.next()) {
-            if let Some(slot) = d.iter_mut().find(|(old, _)| same_key(old, &k)) {
-                slot.1 = v;
-            } else {
-                d.push((k, v));
-            }
+            d.push((k, v));
         }
         Ok(())
     }
@@ -654,14 +687,6 @@ impl<'a> Machine<'a> {
     }
 }
 
-fn same_key(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Str(x), Value::Str(y)) => x == y,
-        (Value::Int(x), Value::Int(y)) => x == y,
-        _ => false,
-    }
-}
-
 /// Tensors of a state dict by dotted name. Nested dicts join their keys with '.'; entries that
 /// are not tensors (counters, config values) are skipped.
 pub(crate) fn collect_tensors(root: Value) -> Result<Vec<(String, TensorRef)>, String> {
@@ -674,12 +699,17 @@ pub(crate) fn collect_tensors(root: Value) -> Result<Vec<(String, TensorRef)>, S
     let mut out = Vec::new();
     let mut todo = vec![(String::new(), items)];
     while let Some((prefix, items)) = todo.pop() {
-        for (k, v) in items {
+        // From the last entry back: of two equal keys, the later one was set last.
+        let mut seen = HashSet::new();
+        for (k, v) in items.into_iter().rev() {
             let key = match k {
                 Value::Str(s) => s,
                 Value::Int(i) => i.to_string(),
                 other => return Err(format!("a dict key is {}", other.kind())),
             };
+            if !seen.insert(key.clone()) {
+                continue;
+            }
             let name = if prefix.is_empty() {
                 key
             } else {
@@ -917,6 +947,52 @@ pub(crate) mod tests {
                 c[i] = b;
                 let _ = unpickle(&c);
             }
+        }
+    }
+
+    #[test]
+    fn large_dicts_take_linear_time_and_the_later_key_wins() {
+        // 200k keys in 2.6 MB: looked up one by one, this took minutes.
+        let mut w = Writer::default();
+        w.proto().op(b'}').op(b'(');
+        for i in 0..200_000 {
+            w.str(&format!("k{i}")).op(b'N');
+        }
+        w.op(b'u')
+            .str("k7")
+            .tensor("HalfStorage", "0", 4, 0, &[4], &[1])
+            .op(b's')
+            .str("k7")
+            .tensor("HalfStorage", "0", 4, 0, &[2], &[1])
+            .op(b's')
+            .op(b'.');
+        let started = std::time::Instant::now();
+        let t = tensors_of(&w.0);
+        assert!(
+            started.elapsed().as_secs_f64() < 5.0,
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(t.len(), 1);
+        assert_eq!(
+            (t[0].0.as_str(), t[0].1.shape.as_slice()),
+            ("k7", &[2u64][..])
+        );
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        // A million nested lists in 2 MB, then a million nested tuples: dropping either
+        // recursively would overflow a thread's stack.
+        const N: usize = 1_000_000;
+        let lists = [&b"\x80\x02"[..], &[b']'; N], &[b'a'; N - 1], b"."].concat();
+        let tuples = [&b"\x80\x02"[..], &[b'('; N], &[b't'; N], b"."].concat();
+        for (what, bytes) in [("lists", lists), ("tuples", tuples)] {
+            let err = unpickle(&bytes).unwrap_err();
+            assert!(
+                err.to_string().contains("nested deeper than 64"),
+                "{what}: {err}"
+            );
         }
     }
 

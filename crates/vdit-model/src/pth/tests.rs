@@ -204,3 +204,67 @@ fn legacy_and_non_zip_files_are_errors() {
     assert!(err.contains("missing.pth"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn views_larger_than_their_storage_are_refused() {
+    // Stride 0 repeats one element 2^31 - 1 times per row: reading it would gather 32 GiB.
+    let mut w = Writer::default();
+    w.proto()
+        .op(b'}')
+        .str("x")
+        .tensor("FloatStorage", "0", 1, 0, &[i32::MAX, 4], &[0, 0])
+        .op(b's')
+        .op(b'.');
+    let dir = temp_dir("expanded");
+    let path = dir.join("expanded.pth");
+    write_archive(&path, &w.0, &[("0", f32_bytes(&[1.0]))]);
+    let err = PthFile::open(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("tensor 'x'") && err.contains("larger than its storage of 1"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `bytes` (a zip archive) with a zip64 end record and locator in front of its end record,
+/// which then defers to them, the zip64 record claiming `entries` entries.
+fn with_zip64_end(bytes: &[u8], entries: u64) -> Vec<u8> {
+    let end = bytes.windows(4).rposition(|w| w == b"PK\x05\x06").unwrap();
+    let u32_at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().unwrap()) as u64;
+    let (cd_size, cd_offset) = (u32_at(end + 12), u32_at(end + 16));
+    let mut out = bytes[..end].to_vec();
+    out.extend(b"PK\x06\x06");
+    out.extend(44u64.to_le_bytes());
+    out.extend([45, 0, 45, 0]);
+    out.extend([0u8; 8]);
+    for v in [entries, entries, cd_size, cd_offset] {
+        out.extend(v.to_le_bytes());
+    }
+    out.extend(b"PK\x06\x07");
+    out.extend(0u32.to_le_bytes());
+    out.extend((end as u64).to_le_bytes());
+    out.extend(1u32.to_le_bytes());
+    out.extend(b"PK\x05\x06");
+    out.extend([0u8; 4]);
+    out.extend([0xff; 4]);
+    out.extend([0xff; 8]);
+    out.extend([0, 0]);
+    out
+}
+
+#[test]
+fn a_zip64_directory_claiming_too_many_entries_is_refused() {
+    let dir = temp_dir("zip64-count");
+    let path = dir.join("count.pth");
+    write_archive(&path, &sample_pickle(), &sample_storages());
+    let bytes = std::fs::read(&path).unwrap();
+    // The zip64 form of the archive reads as the archive does.
+    std::fs::write(&path, with_zip64_end(&bytes, 4)).unwrap();
+    assert_eq!(PthFile::open(&path).unwrap().len(), 4);
+    // 2^40 entries: trusting the count would reserve terabytes for the directory (the zip
+    // crate checks it against the directory; this keeps that so).
+    std::fs::write(&path, with_zip64_end(&bytes, 1 << 40)).unwrap();
+    let err = PthFile::open(&path).unwrap_err().to_string();
+    assert!(err.contains("cannot read the zip directory"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -6,6 +6,7 @@
 //!   ComfyUI's single file or the original `.pth`; `encode` gives the [512, 4096] f32 context
 //!   the DiT takes, and `free` releases the GPU memory before the DiT is loaded.
 
+mod charsmap;
 mod clean;
 mod encoder;
 mod tokenizer;

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::charsmap::check_normalizer;
 use super::clean::clean_prompt;
 use crate::error::{input_err, Result};
 
@@ -30,7 +31,11 @@ impl PromptTokenizer {
             path = path.join("tokenizer.json");
         }
         let what = path.display().to_string();
-        let inner = tokenizers::Tokenizer::from_file(&path)
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| input_err(&what, format!("cannot read the tokenizer: {e}")))?;
+        check_normalizer_of(&text).map_err(|e| input_err(&what, e))?;
+        let inner: tokenizers::Tokenizer = text
+            .parse()
             .map_err(|e| input_err(&what, format!("cannot read the tokenizer: {e}")))?;
         let eos = inner
             .token_to_id("</s>")
@@ -92,4 +97,19 @@ impl PromptTokenizer {
         ids.push(self.eos);
         Ok(ids)
     }
+}
+
+/// Checks a tokenizer.json before the `tokenizers` crate reads it: that crate panics on some
+/// malformed JSON (a decoder or normalizer cut short) and trusts a `Precompiled` normalizer's
+/// character map (see `charsmap`). Only the syntax and the normalizer are looked at here.
+fn check_normalizer_of(text: &str) -> std::result::Result<(), String> {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        #[serde(default)]
+        normalizer: serde_json::Value,
+    }
+    let head: Head = serde_json::from_str(text)
+        .map_err(|e| format!("cannot read the tokenizer: not valid JSON: {e}"))?;
+    check_normalizer(&head.normalizer)
+        .map_err(|e| format!("cannot read the tokenizer's normalizer: {e}"))
 }

@@ -32,6 +32,9 @@ const WAN21_STD: [f32; 16] = [
     1.6382, 1.1253, 2.8251, 1.9160,
 ];
 
+/// More up stages than any VAE has (Wan's has 4): each doubles the frame size.
+const MAX_STAGES: usize = 16;
+
 impl VaeConfig {
     /// The published Wan2.1 VAE (the original `.pth` carries no config).
     pub fn wan21() -> Self {
@@ -128,7 +131,7 @@ impl VaeConfig {
         Ok(c)
     }
 
-    /// Checks that the sizes fit together.
+    /// Checks that the sizes fit together (and can be counted).
     pub fn validate(&self) -> std::result::Result<(), String> {
         if self.base_dim == 0 || self.z_dim == 0 {
             return Err("base_dim and z_dim must be positive".into());
@@ -137,6 +140,27 @@ impl VaeConfig {
             return Err(format!(
                 "dim_mult {:?} needs at least two positive entries",
                 self.dim_mult
+            ));
+        }
+        // Each stage doubles the frame size; the widths' largest weights (3x3x3 convolutions
+        // from one width to the next) must be countable.
+        if self.dim_mult.len() > MAX_STAGES {
+            return Err(format!(
+                "dim_mult has {} entries; at most {MAX_STAGES} stages are supported",
+                self.dim_mult.len()
+            ));
+        }
+        let countable = |m: usize| {
+            self.base_dim
+                .checked_mul(m)
+                .and_then(|w| w.checked_mul(w))
+                .and_then(|w2| w2.checked_mul(27 * 4))
+                .is_some()
+        };
+        if let Some(m) = self.dim_mult.iter().find(|&&m| !countable(m)) {
+            return Err(format!(
+                "base_dim {} x dim_mult {m} is too wide to count its weights",
+                self.base_dim
             ));
         }
         if self.temporal_upsample.len() + 1 != self.dim_mult.len() {
@@ -196,5 +220,27 @@ impl VaeConfig {
     /// The spatial factor: one x2 per up stage but the last.
     pub fn spatial_scale(&self) -> usize {
         1 << (self.dim_mult.len() - 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_too_large_to_count_are_refused() {
+        let path = Path::new("config.json");
+        // Found by the fuzzer (tests/fuzz-regressions/configs): a dim_mult of 2^63.
+        let text = include_str!("../../tests/fuzz-regressions/configs/vae-width-overflows.json");
+        let err = VaeConfig::from_json_str(text, path)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("too wide to count its weights"), "{err}");
+        // 70 stages would shift the frame size past 64 bits.
+        let mut c = VaeConfig::wan21();
+        c.dim_mult = vec![1; 70];
+        c.temporal_upsample = vec![false; 69];
+        assert!(c.validate().unwrap_err().contains("at most 16 stages"));
+        VaeConfig::wan21().validate().unwrap();
     }
 }

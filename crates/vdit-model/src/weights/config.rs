@@ -122,6 +122,24 @@ impl DitConfig {
         if self.patch.contains(&0) {
             return Err(format!("patch size {:?} has a 0", self.patch));
         }
+        // The largest weights' element counts must be countable (the shapes the weights are
+        // checked against are computed from these sizes).
+        let count = |factors: &[usize]| factors.iter().try_fold(1usize, |a, &f| a.checked_mul(f));
+        let patch = count(&self.patch).unwrap_or(usize::MAX);
+        let channels = self.in_channels.max(self.out_channels);
+        let widest = self
+            .ffn_dim
+            .max(self.text_dim)
+            .max(self.freq_dim)
+            .max(self.dim);
+        if count(&[patch, channels, self.dim, 4]).is_none()
+            || count(&[widest, self.dim, 4]).is_none()
+        {
+            return Err(format!(
+                "sizes too large to count (patch {:?}, {channels} channels, dim {}, widest {widest})",
+                self.patch, self.dim
+            ));
+        }
         if self.heads.checked_mul(self.head_dim) != Some(self.dim) {
             return Err(format!(
                 "{} heads of {} do not make dim {}",

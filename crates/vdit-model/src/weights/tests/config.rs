@@ -224,3 +224,18 @@ fn verify_lists_missing_and_misshapen_tensors() {
     assert!(problems.contains(&"missing tensor 'blocks.2.self_attn.q.weight'".to_string()));
     assert!(problems.contains(&"missing tensor 'blocks.2.norm3.bias'".to_string()));
 }
+
+#[test]
+fn sizes_too_large_to_count_are_refused() {
+    // Found by the fuzzer (tests/fuzz-regressions/configs): a patch of 2^64 - 1 frames.
+    let text = include_str!("../../../tests/fuzz-regressions/configs/dit-patch-overflows.json");
+    let err = parse(text).and_then(|c| {
+        c.validate()
+            .map_err(|reason| crate::weights::WeightError::Config {
+                path: "config.json".into(),
+                reason,
+            })
+    });
+    let err = err.unwrap_err().to_string();
+    assert!(err.contains("sizes too large to count"), "{err}");
+}
