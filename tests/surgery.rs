@@ -278,16 +278,31 @@ mod distill_runs {
         r
     }
 
+    /// The default model's (blocks, heads, head size), read from its config.
+    fn sizes() -> (usize, usize, usize) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("assets/default-model/transformer/config.json");
+        let c: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let get = |k: &str| c[k].as_u64().unwrap() as usize;
+        (
+            get("num_layers"),
+            get("num_attention_heads"),
+            get("attention_head_dim"),
+        )
+    }
+
     fn pairs(steps_seed: u64) -> Vec<Pair<PhiTrainer<'static>>> {
+        let (_, heads, head_dim) = sizes();
         let dims = FeatureDims {
-            heads: 2,
-            head_dim: 64,
+            heads,
+            head_dim,
             half: 16,
             lr: 1e-2,
             frame_tokens: 4,
         };
         let modes = [LayerAttention::Hybrid { rate: 2 }, LayerAttention::Linear];
-        (0..3)
+        (0..sizes().0)
             .flat_map(|block| modes.iter().map(move |&mode| (block, mode)))
             .map(|(block, mode)| Pair {
                 block,
@@ -333,7 +348,7 @@ mod distill_runs {
             captures: CaptureSteps::All,
             steps,
             queries: 8,
-            layers: 3,
+            layers: sizes().0,
             settings: serde_json::json!({ "steps": steps }),
             feature_map: "hedgehog".into(),
             cost: &cost,
@@ -353,7 +368,7 @@ mod distill_runs {
         let never = CancelToken::default();
         let (whole, taken) = distill(&a, 12, &mut Quiet, &never);
         let whole = whole.unwrap();
-        assert_eq!(taken, vec![12; 6]);
+        assert_eq!(taken, vec![12; 2 * sizes().0]);
 
         let cancel = CancelToken::default();
         let mut stop = StopAfter {
@@ -370,14 +385,14 @@ mod distill_runs {
         assert!(b.join("checkpoint.safetensors").exists() && !b.join("errors.json").exists());
         let (resumed, taken) = distill(&b, 12, &mut Quiet, &never);
         let resumed = resumed.unwrap();
-        assert_eq!(taken, vec![12; 6]);
+        assert_eq!(taken, vec![12; 2 * sizes().0]);
 
         // The same feature maps and errors as the uninterrupted run.
         let fa = vdit_model::weights::WeightFile::open(a.join("features.safetensors")).unwrap();
         let fb = vdit_model::weights::WeightFile::open(b.join("features.safetensors")).unwrap();
         let mut names: Vec<&str> = fa.names().collect();
         names.sort();
-        assert_eq!(names.len(), 3 * 2 * 4, "{names:?}");
+        assert_eq!(names.len(), sizes().0 * 2 * 4, "{names:?}");
         assert!(names.contains(&"blocks.2.attn1.hybrid_2.phi_k.bias"));
         for n in names {
             let (x, y) = (
@@ -417,7 +432,7 @@ mod distill_runs {
         for (x, y) in errors(&read).iter().zip(errors(&whole)) {
             assert!((x - y).abs() <= 1e-12 * y.abs(), "{x} vs {y}");
         }
-        assert_eq!(read.layers.len(), 3);
+        assert_eq!(read.layers.len(), sizes().0);
 
         // Other settings do not resume this folder's checkpoint.
         let (other, _) = distill(&b, 13, &mut Quiet, &never);

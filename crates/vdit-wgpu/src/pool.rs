@@ -73,17 +73,19 @@ impl BufferPool {
         what: &str,
     ) -> Result<Arc<PooledBuffer>> {
         let size = padded_size(bytes);
-        let reused = self
-            .free
-            .lock()
-            .unwrap()
-            .get_mut(&(size, usage.bits()))
-            .and_then(|v| v.pop());
-        let buffer = match reused {
-            Some(b) => {
+        // The free count changes only under the free list's lock, with the list itself: tests
+        // share one GPU across threads, and a `trim` between a give-back's count and its push
+        // would otherwise let the count wrap below zero.
+        let reused = {
+            let mut free = self.free.lock().unwrap();
+            let b = free.get_mut(&(size, usage.bits())).and_then(|v| v.pop());
+            if b.is_some() {
                 self.free_bytes.fetch_sub(size, Ordering::Relaxed);
-                b
             }
+            b
+        };
+        let buffer = match reused {
+            Some(b) => b,
             None => {
                 let (in_use, free) = self.bytes();
                 let out_of_memory = |limit| GpuError::OutOfMemory {
@@ -131,19 +133,18 @@ impl BufferPool {
     }
 
     fn give_back(&self, buffer: wgpu::Buffer, size: u64) {
+        let mut free = self.free.lock().unwrap();
         self.in_use_bytes.fetch_sub(size, Ordering::Relaxed);
         self.free_bytes.fetch_add(size, Ordering::Relaxed);
-        self.free
-            .lock()
-            .unwrap()
-            .entry((size, buffer.usage().bits()))
+        free.entry((size, buffer.usage().bits()))
             .or_default()
             .push(buffer);
     }
 
     /// Releases every free buffer to the driver (for example between model stages).
     pub fn trim(&self) {
-        self.free.lock().unwrap().clear();
+        let mut free = self.free.lock().unwrap();
+        free.clear();
         self.free_bytes.store(0, Ordering::Relaxed);
     }
 
