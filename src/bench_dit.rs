@@ -46,7 +46,7 @@ pub struct DitBenchArgs {
     pub trace: Option<PathBuf>,
 }
 
-fn parse_latent(s: &str) -> Result<[usize; 3], String> {
+pub(crate) fn parse_latent(s: &str) -> Result<[usize; 3], String> {
     let v: Vec<usize> = s.split('x').filter_map(|p| p.parse().ok()).collect();
     v.try_into()
         .map_err(|_| format!("--latent must be FxHxW, e.g. 21x60x104, not '{s}'"))

@@ -95,7 +95,8 @@ impl DistillProgress for Bar {
     }
 }
 
-fn parse_modes(s: &str) -> Result<Vec<LayerAttention>, String> {
+/// `--modes`: distinct modes that have feature maps to distil.
+pub(crate) fn parse_modes(s: &str) -> Result<Vec<LayerAttention>, String> {
     let mut modes = Vec::new();
     for m in s.split(',') {
         let mode = LayerAttention::parse(m).ok_or_else(|| {
@@ -114,15 +115,29 @@ fn parse_modes(s: &str) -> Result<Vec<LayerAttention>, String> {
     Ok(modes)
 }
 
+/// `--feature-map`: the maps distillation trains.
+pub(crate) fn check_feature_map(name: &str) -> Result<(), String> {
+    if name == "hedgehog" {
+        Ok(())
+    } else {
+        Err(format!(
+            "--feature-map {name}: only hedgehog maps are trained (poly is not yet)"
+        ))
+    }
+}
+
+/// `--feature-dim`, else the head size: features per map, two hedgehog halves.
+pub(crate) fn feature_dim(flag: Option<usize>, head_dim: usize) -> Result<usize, String> {
+    let df = flag.unwrap_or(head_dim);
+    if df < 2 || df % 2 != 0 {
+        return Err(format!("--feature-dim {df} must be even and at least 2"));
+    }
+    Ok(df)
+}
+
 pub fn run(gpu: &Gpu, a: &DistillArgs) -> Result<(), Box<dyn std::error::Error>> {
     let modes = parse_modes(&a.modes)?;
-    if a.feature_map != "hedgehog" {
-        return Err(format!(
-            "--feature-map {}: only hedgehog maps are trained (poly is not yet)",
-            a.feature_map
-        )
-        .into());
-    }
+    check_feature_map(&a.feature_map)?;
     let captures = CaptureSteps::parse(&a.captures).ok_or_else(|| {
         format!(
             "--captures: '{}' is neither 'all' nor a comma list of steps",
@@ -157,10 +172,7 @@ pub fn run(gpu: &Gpu, a: &DistillArgs) -> Result<(), Box<dyn std::error::Error>>
     let held = a.sampling.requests(&paths, &held_out)?;
     let dit_path = paths.dit.clone().ok_or("the model has no DiT")?;
     let c = Checkpoint::open(&dit_path)?.config()?;
-    let df = a.feature_dim.unwrap_or(c.head_dim);
-    if df < 2 || df % 2 != 0 {
-        return Err(format!("--feature-dim {df} must be even and at least 2").into());
-    }
+    let df = feature_dim(a.feature_dim, c.head_dim)?;
     // Every sample has the first request's size: tokens and tokens per frame.
     let shape = train[0].latent_shape(c.in_channels);
     let grid = [

@@ -1,6 +1,7 @@
 //! The `vdit` command.
 
 mod bench_attention;
+mod bench_distill;
 mod bench_dit;
 mod bench_generate;
 mod bench_kernels;
@@ -63,6 +64,8 @@ enum BenchCommand {
     Kernels(bench_kernels::KernelBenchArgs),
     /// One DiT forward at full size with random weights.
     Dit(bench_dit::DitBenchArgs),
+    /// What `vdit distill` costs at full size with random weights: capture, steps, memory, hours.
+    Distill(bench_distill::DistillBenchArgs),
     /// One attention mode over sequence lengths, optionally checked against the CPU.
     Attention(bench_attention::AttentionBenchArgs),
     /// One Wan-VAE decode at full size with random weights.
@@ -99,6 +102,7 @@ fn main() {
         Command::Bench(b) => match b {
             BenchCommand::Kernels(a) => with_gpu(&cli.gpu, |gpu| bench_kernels::run(gpu, a)),
             BenchCommand::Dit(a) => with_gpu(&cli.gpu, |gpu| bench_dit::run(gpu, a)),
+            BenchCommand::Distill(a) => with_gpu(&cli.gpu, |gpu| bench_distill::run(gpu, a)),
             BenchCommand::Attention(a) => with_gpu(&cli.gpu, |gpu| {
                 print!("{}", bench_attention::run(gpu, a)?);
                 Ok(())

@@ -238,3 +238,116 @@ fn bench_generate_reports_steps_decode_and_memory() {
     assert!(report["vae_peak_gib"].as_f64().unwrap() > 0.0);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn bench_distill_projects_its_hours_from_its_figures() {
+    let dir = scratch("bench-distill");
+    let json = dir.join("distill.json");
+    // The tiny golden DiT: 2 blocks, 2 heads of 24.
+    let config = assets().join("goldens/dit/tiny/diffusers/config.json");
+    let out = vdit()
+        .args(["bench", "distill", "--random-weights", "--config"])
+        .arg(&config)
+        .args([
+            "--latent", "2x6x10", "--steps", "1", "--iters", "1", "--json",
+        ])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for text in [
+        "with the capture tap",
+        "hybrid:4",
+        "train    = ",
+        "hours    = ",
+    ] {
+        assert!(stdout.contains(text), "no '{text}' in:\n{stdout}");
+    }
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let num = |v: &serde_json::Value| {
+        let x = v.as_f64().unwrap_or(f64::NAN);
+        assert!(x.is_finite() && x > 0.0, "{v} is not a positive figure");
+        x
+    };
+    // A 2x6x10 latent is 2 x 3 x 5 = 30 tokens; q, k, v and y in f32.
+    assert_eq!(r["tokens"], 30);
+    let capture = &r["capture"];
+    assert_eq!(capture["block_bytes"], 4 * 30 * 2 * 24 * 4);
+    assert_eq!(capture["all_blocks_bytes"], 2 * 4 * 30 * 2 * 24 * 4);
+    num(&capture["peak_bytes"]);
+    let f = num(&r["forward"]["plain_median_s"]);
+    let f_tap = num(&r["forward"]["tap_median_s"]);
+    let training = &r["training"];
+    assert_eq!(training["feature_dim"], 24);
+    assert_eq!(training["queries_per_step"], 30);
+    let y_read = num(&training["y_read_s"]);
+    let modes = training["modes"].as_array().unwrap();
+    assert_eq!(modes.len(), 3);
+    for m in modes {
+        assert_eq!(m["step_s"].as_array().map(Vec::len), Some(1));
+        for k in [
+            "prepare_s",
+            "mean_step_s",
+            "error_s",
+            "elu1_s",
+            "peak_bytes",
+        ] {
+            num(&m[k]);
+        }
+        num(&m["retained_bytes"]);
+    }
+
+    // The papers' settings: 8 samples x 4 captured steps x 2 branches = 64 captured forwards.
+    let p = &r["projection"];
+    let s = &p["shape"];
+    assert_eq!(p["captured_forwards"], 64);
+    assert_eq!(p["training_captures"], 64);
+    assert_eq!(p["held_out_captures"], 8);
+    let get = |v: &serde_json::Value| v.as_f64().unwrap();
+    let (l, n, a, e) = (
+        get(&s["blocks"]),
+        get(&s["steps_per_pair"]),
+        get(&p["training_captures"]),
+        get(&p["held_out_captures"]),
+    );
+    assert_eq!((l, n), (2.0, 1000.0));
+    let sampled = |samples: f64| samples * get(&s["sampling_steps"]) * get(&s["branches"]);
+    let sum = |f: &dyn Fn(&serde_json::Value) -> f64| modes.iter().map(f).sum::<f64>();
+    let train = (sampled(get(&s["samples"])) - a) * f
+        + a * f_tap
+        + l * sum(&|m| a * get(&m["prepare_s"]) + n * get(&m["mean_step_s"]));
+    let held_out = 2.0 * ((sampled(get(&s["held_out"])) - e) * f + e * f_tap)
+        + e * l * (y_read + sum(&|m| 2.0 * get(&m["error_s"]) + get(&m["elu1_s"])));
+    let close = |got: f64, want: f64| (got - want).abs() <= 1e-9 * want.abs();
+    assert!(close(num(&p["train_s"]), train), "{p}");
+    assert!(close(num(&p["held_out_s"]), held_out), "{p}");
+    assert!(close(num(&p["hours"]), (train + held_out) / 3600.0), "{p}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bench_distill_names_bad_flags() {
+    let config = assets().join("goldens/dit/tiny/diffusers/config.json");
+    for (flags, message) in [
+        (&["--latent", "2x6"][..], "--latent"),
+        (&["--modes", "softmax"], "--modes"),
+        (&["--block", "2"], "--block"),
+        (&["--captures", "60"], "--captures"),
+        (&["--feature-dim", "3"], "--feature-dim"),
+        (&["--steps", "0"], "--steps"),
+    ] {
+        let (ok, stderr) = run(vdit()
+            .args(["bench", "distill", "--random-weights", "--config"])
+            .arg(&config)
+            .args(flags));
+        assert!(!ok && stderr.contains(message), "{flags:?}: {stderr}");
+    }
+    let (ok, stderr) = run(vdit().args(["bench", "distill"]));
+    assert!(!ok && stderr.contains("--random-weights"), "{stderr}");
+}
