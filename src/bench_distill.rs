@@ -19,7 +19,7 @@ use vdit_wgpu::size::format_size;
 use vdit_wgpu::{Gpu, Profiler, Recorder, Tensor};
 
 use crate::bench_dit::{config_arg, parse_latent};
-use crate::distill::{check_feature_map, feature_dim, parse_modes};
+use crate::distill::{parse_modes, FeatureArgs};
 
 type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -40,17 +40,14 @@ pub struct DistillBenchArgs {
     /// The modes distilled for every block, as vdit distill's --modes.
     #[arg(long, default_value = "hybrid:2,hybrid:4,linear")]
     pub modes: String,
-    /// The feature map trained, as vdit distill's (hedgehog).
-    #[arg(long, default_value = "hedgehog")]
-    pub feature_map: String,
-    /// Features per map, DF [default: the head size, as vdit distill's].
-    #[arg(long)]
-    pub feature_dim: Option<usize>,
+    /// The feature map trained, as vdit distill's.
+    #[command(flatten)]
+    pub features: FeatureArgs,
     /// Queries per optimiser step (a strided subset with a random start), as vdit distill's.
     #[arg(long, default_value_t = 4096)]
     pub queries: usize,
     /// AdamW learning rate, as vdit distill's.
-    #[arg(long, default_value_t = 1e-2)]
+    #[arg(long, default_value_t = 1e-3)]
     pub lr: f32,
     /// The block whose capture the timed steps train on.
     #[arg(long, default_value_t = 0)]
@@ -433,8 +430,8 @@ pub fn run(gpu: &Gpu, a: &DistillBenchArgs) -> BenchResult<()> {
     let c = config_arg(&a.config)?;
     check_args(a, c.layers)?;
     let modes = parse_modes(&a.modes)?;
-    check_feature_map(&a.feature_map)?;
-    let df = feature_dim(a.feature_dim, c.head_dim)?;
+    let feature = a.features.spec(c.head_dim)?;
+    let df = feature.df(c.head_dim);
     let precision = Precision::parse(&a.precision)
         .ok_or_else(|| format!("--precision must be f32 or f16, not '{}'", a.precision))?;
     let captures = CaptureSteps::parse(&a.captures).ok_or_else(|| {
@@ -568,7 +565,7 @@ pub fn run(gpu: &Gpu, a: &DistillBenchArgs) -> BenchResult<()> {
     let dims = FeatureDims {
         heads: c.heads,
         head_dim: c.head_dim,
-        half: df / 2,
+        feature,
         lr: a.lr,
         frame_tokens: captured.frame_tokens,
     };
@@ -578,7 +575,7 @@ pub fn run(gpu: &Gpu, a: &DistillBenchArgs) -> BenchResult<()> {
          queries per step (stride {stride} from a random start; --queries {}), lr {}",
         a.block,
         captured.frame_tokens,
-        a.feature_map,
+        feature.name(),
         tokens.div_ceil(stride),
         a.queries,
         a.lr
@@ -613,8 +610,13 @@ pub fn run(gpu: &Gpu, a: &DistillBenchArgs) -> BenchResult<()> {
     // 3. The projection.
     let (train_s, held_out_s) = project(&shape, f_plain, f_tap, y_read_s, &figures);
     let hours = (train_s + held_out_s) / 3600.0;
-    let retained: u64 = figures.iter().map(|m| m.retained_bytes).sum();
-    let projected_peak = capture_peak + shape.blocks * retained;
+    // vdit distill trains one pair at a time on a block's capture and each pair releases its
+    // workspace after its steps, so the peak is the larger of the capture forward's and the
+    // costliest pair's.
+    let projected_peak = figures
+        .iter()
+        .map(|m| m.peak_bytes)
+        .fold(capture_peak, u64::max);
     println!("projection: vdit distill on real weights");
     println!(
         "  L = {} blocks, modes {}, N = {} steps per pair; P = {} training and H = {} held-out \
@@ -643,8 +645,8 @@ pub fn run(gpu: &Gpu, a: &DistillBenchArgs) -> BenchResult<()> {
         "  not counted: loading the DiT and encoding the prompts of each of the P + 2H samples"
     );
     println!(
-        "  GPU memory: every pair keeps its prepared workspace, so the peak is about capture \
-         peak + L sum_m retained_m = {}",
+        "  GPU memory: pairs train one at a time and release their workspace after their \
+         steps, so the peak is about max(capture peak, peak_m) = {}",
         format_size(projected_peak)
     );
 
@@ -665,7 +667,7 @@ pub fn run(gpu: &Gpu, a: &DistillBenchArgs) -> BenchResult<()> {
                 "peak_bytes": capture_peak,
             },
             "training": {
-                "feature_map": a.feature_map, "feature_dim": df, "lr": a.lr,
+                "feature_map": feature.name(), "feature_dim": df, "powers": feature.powers(), "lr": a.lr,
                 "queries": a.queries, "query_stride": stride,
                 "queries_per_step": tokens.div_ceil(stride),
                 "y_read_s": y_read_s, "modes": figures.iter().map(ModeFigures::json).collect::<Vec<_>>(),

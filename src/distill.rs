@@ -13,6 +13,7 @@ use vdit_model::surgery::phi::{gpu_trainer, FeatureDims};
 use vdit_model::surgery::run::{run_distill, DistillJob};
 use vdit_model::weights::Checkpoint;
 use vdit_wgpu::attention::attention_flops;
+use vdit_wgpu::attention::reference::FeatureSpec;
 use vdit_wgpu::Gpu;
 
 use crate::sampling_args::{read_prompts, SamplingArgs};
@@ -30,14 +31,11 @@ pub struct DistillArgs {
     /// The modes to distil for every block, comma-separated.
     #[arg(long, default_value = "hybrid:2,hybrid:4,rehyat:3:1,linear")]
     pub modes: String,
-    /// The feature map to train: hedgehog (poly is not trained yet).
-    #[arg(long, default_value = "hedgehog")]
-    pub feature_map: String,
-    /// Features per map, DF (hedgehog: two halves of DF/2) [default: the head size].
-    #[arg(long)]
-    pub feature_dim: Option<usize>,
-    /// Optimiser steps per (block, mode) pair, spread over the captures.
-    #[arg(long, default_value_t = 200)]
+    #[command(flatten)]
+    pub features: FeatureArgs,
+    /// Optimiser steps per (block, mode) pair, spread over the captures (2000 at learning rate
+    /// 1e-3 gave the default model its lowest held-out errors; bench/SURGERY.md).
+    #[arg(long, default_value_t = 2000)]
     pub steps: u64,
     /// Queries per optimiser step (a strided subset with a random start).
     #[arg(long, default_value_t = 4096)]
@@ -47,7 +45,7 @@ pub struct DistillArgs {
     #[arg(long, default_value = "all")]
     pub captures: String,
     /// AdamW learning rate.
-    #[arg(long, default_value_t = 1e-2)]
+    #[arg(long, default_value_t = 1e-3)]
     pub lr: f32,
     /// The output folder (created; a checkpoint in it is resumed).
     #[arg(long)]
@@ -55,6 +53,81 @@ pub struct DistillArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// The feature map to train and its sizes (vdit distill and vdit bench distill).
+#[derive(Args, Debug, Clone)]
+pub struct FeatureArgs {
+    /// The feature map to train: hedgehog (Hedgehog / LoLCATs) or poly (Attention Surgery's
+    /// two-layer map raised to the powers 1..=P).
+    #[arg(long, default_value = "hedgehog")]
+    pub feature_map: String,
+    /// Features per map, DF (hedgehog: two halves of DF/2; poly: P powers of DF/P values)
+    /// [default: the head size].
+    #[arg(long)]
+    pub feature_dim: Option<usize>,
+    /// Poly's P: the powers 1..=P of its values.
+    #[arg(long, default_value_t = 2)]
+    pub powers: usize,
+    /// Poly's hidden units [default: the head size].
+    #[arg(long)]
+    pub poly_hidden: Option<usize>,
+}
+
+impl FeatureArgs {
+    /// The map these flags describe, for heads of size `head_dim`.
+    pub fn spec(&self, head_dim: usize) -> Result<FeatureSpec, String> {
+        let df = self.feature_dim.unwrap_or(head_dim);
+        if df > 1024 {
+            return Err(format!(
+                "--feature-dim {df}: at most 1024 features are trained"
+            ));
+        }
+        match self.feature_map.as_str() {
+            "hedgehog" => {
+                if df < 2 || df % 2 != 0 {
+                    return Err(format!("--feature-dim {df} must be even and at least 2"));
+                }
+                Ok(FeatureSpec::Hedgehog { half: df / 2 })
+            }
+            "poly" => {
+                let powers = self.powers;
+                if !(1..=8).contains(&powers) {
+                    return Err(format!("--powers {powers} must be 1 to 8"));
+                }
+                if df == 0 || df % powers != 0 {
+                    return Err(format!(
+                        "--feature-dim {df} must be a positive multiple of --powers {powers}"
+                    ));
+                }
+                let hid = self.poly_hidden.unwrap_or(head_dim);
+                if !(1..=1024).contains(&hid) {
+                    return Err(format!("--poly-hidden {hid} must be 1 to 1024"));
+                }
+                Ok(FeatureSpec::Poly {
+                    hid,
+                    d1: df / powers,
+                    powers,
+                })
+            }
+            "elu1" => Err("--feature-map elu1 has no weights to train (hedgehog or poly)".into()),
+            other => Err(format!(
+                "--feature-map {other}: unknown feature map (hedgehog or poly)"
+            )),
+        }
+    }
+
+    /// The map's settings as a checkpoint records them (a resumed run must match).
+    pub fn settings(&self, spec: FeatureSpec, head_dim: usize) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "feature_map": spec.name(), "feature_dim": spec.df(head_dim),
+        });
+        if let FeatureSpec::Poly { hid, powers, .. } = spec {
+            v["powers"] = powers.into();
+            v["poly_hidden"] = hid.into();
+        }
+        v
+    }
 }
 
 /// One bar per stage; the message names the last pair trained, its step and loss.
@@ -115,29 +188,8 @@ pub(crate) fn parse_modes(s: &str) -> Result<Vec<LayerAttention>, String> {
     Ok(modes)
 }
 
-/// `--feature-map`: the maps distillation trains.
-pub(crate) fn check_feature_map(name: &str) -> Result<(), String> {
-    if name == "hedgehog" {
-        Ok(())
-    } else {
-        Err(format!(
-            "--feature-map {name}: only hedgehog maps are trained (poly is not yet)"
-        ))
-    }
-}
-
-/// `--feature-dim`, else the head size: features per map, two hedgehog halves.
-pub(crate) fn feature_dim(flag: Option<usize>, head_dim: usize) -> Result<usize, String> {
-    let df = flag.unwrap_or(head_dim);
-    if df < 2 || df % 2 != 0 {
-        return Err(format!("--feature-dim {df} must be even and at least 2"));
-    }
-    Ok(df)
-}
-
 pub fn run(gpu: &Gpu, a: &DistillArgs) -> Result<(), Box<dyn std::error::Error>> {
     let modes = parse_modes(&a.modes)?;
-    check_feature_map(&a.feature_map)?;
     let captures = CaptureSteps::parse(&a.captures).ok_or_else(|| {
         format!(
             "--captures: '{}' is neither 'all' nor a comma list of steps",
@@ -172,7 +224,8 @@ pub fn run(gpu: &Gpu, a: &DistillArgs) -> Result<(), Box<dyn std::error::Error>>
     let held = a.sampling.requests(&paths, &held_out)?;
     let dit_path = paths.dit.clone().ok_or("the model has no DiT")?;
     let c = Checkpoint::open(&dit_path)?.config()?;
-    let df = feature_dim(a.feature_dim, c.head_dim)?;
+    let feature = a.features.spec(c.head_dim)?;
+    let df = feature.df(c.head_dim);
     // Every sample has the first request's size: tokens and tokens per frame.
     let shape = train[0].latent_shape(c.in_channels);
     let grid = [
@@ -184,7 +237,7 @@ pub fn run(gpu: &Gpu, a: &DistillArgs) -> Result<(), Box<dyn std::error::Error>>
     let dims = FeatureDims {
         heads: c.heads,
         head_dim: c.head_dim,
-        half: df / 2,
+        feature,
         lr: a.lr,
         frame_tokens,
     };
@@ -202,8 +255,7 @@ pub fn run(gpu: &Gpu, a: &DistillArgs) -> Result<(), Box<dyn std::error::Error>>
             });
         }
     }
-    // Hedgehog: W x per half (2 D DF/2 FLOPs) and two softmaxes over DF/2 (about 8 DF/2).
-    let fm_flops = (2 * c.head_dim * dims.half + 8 * dims.half) as f64;
+    let fm_flops = feature.flops(c.head_dim);
     let cost = |mode: LayerAttention| {
         let (df, fm) = if mode.needs_features() {
             (df, fm_flops)
@@ -212,13 +264,21 @@ pub fn run(gpu: &Gpu, a: &DistillArgs) -> Result<(), Box<dyn std::error::Error>>
         };
         attention_flops(&mode.mode(frame_tokens), n, n, c.heads, c.head_dim, df, fm)
     };
-    let settings = serde_json::json!({
+    let mut settings = serde_json::json!({
         "prompts": prompts, "held_out": held_out, "seeds": a.sampling.seeds,
         "modes": modes.iter().map(|m| m.to_string()).collect::<Vec<_>>(),
-        "feature_map": a.feature_map, "feature_dim": df, "steps": a.steps, "queries": a.queries,
+        "steps": a.steps, "queries": a.queries,
         "captures": a.captures, "lr": a.lr, "latent": shape, "sampling_steps": train[0].steps,
         "guidance": train[0].guidance, "precision": a.sampling.precision,
     });
+    for (k, v) in a
+        .features
+        .settings(feature, c.head_dim)
+        .as_object()
+        .unwrap()
+    {
+        settings[k] = v.clone();
+    }
     let pipeline = Pipeline::new(gpu, paths, precision);
     let job = DistillJob {
         pipeline: &pipeline,
@@ -230,7 +290,7 @@ pub fn run(gpu: &Gpu, a: &DistillArgs) -> Result<(), Box<dyn std::error::Error>>
         queries: a.queries,
         layers: c.layers,
         settings,
-        feature_map: a.feature_map.clone(),
+        feature,
         cost: &cost,
     };
     let mut bar = Bar(None, a.quiet);

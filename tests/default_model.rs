@@ -216,8 +216,8 @@ fn judge(
         }
         let mut mean = [0.0; 3];
         for &i in &region {
-            for c in 0..3 {
-                mean[c] += f.rgb[i][c] / region.len() as f64;
+            for (m, v) in mean.iter_mut().zip(f.rgb[i]) {
+                *m += v / region.len() as f64;
             }
         }
         obj_ok += (nearest(mean, &COLORS) == color) as usize;

@@ -9,7 +9,7 @@ use vdit_model::plan::{feature_tensor_name, AttentionPlan, LayerAttention};
 use vdit_model::surgery::errors::ErrorTable;
 use vdit_model::surgery::planner::{check_weights, plan, plan_features, write_plan};
 use vdit_model::tensor_file::{read_tensor, write_tensors, HostTensor};
-use vdit_wgpu::attention::reference::{attention_reference, RefMode};
+use vdit_wgpu::attention::reference::{attention_reference, FeatureSpec, RefMode};
 use vdit_wgpu::testing::{assert_close, rel_l2, seed, test_gpu, Rng};
 use vdit_wgpu::{DType, Recorder, Tensor};
 
@@ -297,7 +297,7 @@ mod distill_runs {
         let dims = FeatureDims {
             heads,
             head_dim,
-            half: 16,
+            feature: FeatureSpec::Hedgehog { half: 16 },
             lr: 1e-2,
             frame_tokens: 4,
         };
@@ -350,7 +350,7 @@ mod distill_runs {
             queries: 8,
             layers: sizes().0,
             settings: serde_json::json!({ "steps": steps }),
-            feature_map: "hedgehog".into(),
+            feature: FeatureSpec::Hedgehog { half: 16 },
             cost: &cost,
         };
         let mut p = pairs(7);

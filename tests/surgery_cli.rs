@@ -7,7 +7,7 @@ use std::process::Command;
 
 use vdit_model::plan::{feature_tensor_name, LayerAttention};
 use vdit_model::surgery::errors::ErrorTable;
-use vdit_model::tensor_file::{write_tensors, HostTensor};
+use vdit_model::tensor_file::{read_tensor, write_tensors, HostTensor};
 use vdit_wgpu::testing::Rng;
 
 /// The default model's sizes (blocks, heads, head size), read from its config.
@@ -344,6 +344,73 @@ fn distill_resume_plan_and_generate() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Poly maps (Attention Surgery's) train, are written under the plan's key names with their
+/// sizes, and run planned.
+#[test]
+fn distill_poly_maps_plan_and_generate() {
+    let dir = scratch("distill-poly");
+    let out = dir.join("run");
+    let (ok, _, stderr) = distill(
+        &dir,
+        &out,
+        &[
+            "--feature-map",
+            "poly",
+            "--powers",
+            "2",
+            "--poly-hidden",
+            "5",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    let table = ErrorTable::read(&out.join("errors.json")).unwrap();
+    assert_eq!(table.feature_map.as_deref(), Some("poly"));
+    assert_eq!(table.powers, Some(2));
+    let (layers, heads, head_dim) = sizes();
+    let features = out.join("features.safetensors");
+    for block in 0..layers {
+        for mode in [LayerAttention::Hybrid { rate: 2 }, LayerAttention::Linear] {
+            for which in ["phi_q", "phi_k"] {
+                for (tensor, shape) in [
+                    ("l1.weight", vec![heads, 5, head_dim]),
+                    ("l1.bias", vec![heads, 5]),
+                    ("l2.weight", vec![heads, 4, 5]),
+                    ("l2.bias", vec![heads, 4]),
+                ] {
+                    let name = feature_tensor_name(block, Some(mode), which, tensor);
+                    let t = read_tensor(&features, &name).unwrap();
+                    assert_eq!(t.shape, shape, "{name}");
+                    assert!(t.data.iter().all(|v| v.is_finite()), "{name}");
+                }
+            }
+        }
+        let o = &table.layers[block].options;
+        assert!(o[1..].iter().all(|o| o.error.is_finite() && o.error > 0.0));
+    }
+    let plan = dir.join("plan.json");
+    let (ok, _, stderr) = run(vdit()
+        .args(["plan", "--budget", "0.9", "--errors"])
+        .arg(out.join("errors.json"))
+        .arg("--output")
+        .arg(&plan));
+    assert!(ok, "{stderr}");
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&plan).unwrap()).unwrap();
+    assert_eq!(written["feature_map"], "poly", "{written}");
+    let video = dir.join("planned.gif");
+    let (ok, _, stderr) = run(vdit()
+        .arg("generate")
+        .args([
+            "--width", "64", "--height", "64", "--frames", "1", "--steps", "2", "--quiet",
+        ])
+        .args(["--prompt", "a red ball", "--attention-plan"])
+        .arg(&plan)
+        .arg("--output")
+        .arg(&video));
+    assert!(ok && video.is_file(), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn distill_bad_input_names_the_flag_or_file() {
     let dir = scratch("distill-bad");
@@ -354,7 +421,18 @@ fn distill_bad_input_names_the_flag_or_file() {
         (&["--held-out", "3"][..], "--held-out"),
         (&["--held-out", "none.txt"][..], "none.txt"),
         (&["--captures", "first"][..], "--captures"),
-        (&["--feature-map", "poly"][..], "--feature-map"),
+        (&["--feature-map", "elu1"][..], "--feature-map"),
+        (&["--feature-map", "cosine"][..], "--feature-map"),
+        // --feature-dim 4 is no multiple of 3 powers.
+        (
+            &["--feature-map", "poly", "--powers", "3"][..],
+            "--feature-dim",
+        ),
+        (&["--feature-map", "poly", "--powers", "0"][..], "--powers"),
+        (
+            &["--feature-map", "poly", "--poly-hidden", "0"][..],
+            "--poly-hidden",
+        ),
     ] {
         let (ok, _, stderr) = distill(&dir, &out, extra);
         assert!(!ok && stderr.contains(needle), "{extra:?}: {stderr}");

@@ -9,6 +9,7 @@
 
 use std::path::Path;
 
+use vdit_wgpu::attention::reference::FeatureSpec;
 use vdit_wgpu::attention::{FeatureMap, FeatureMapWeights};
 use vdit_wgpu::rng::Rng;
 use vdit_wgpu::Recorder;
@@ -30,6 +31,8 @@ pub trait PairTrainer {
     /// Optimiser steps on the prepared capture, one per (start, stride): queries start,
     /// start + stride, ...; each step's loss.
     fn steps(&mut self, subsets: &[(usize, usize)]) -> Result<Vec<f32>>;
+    /// Frees what `prepare` kept, once the capture's steps are done.
+    fn release(&mut self);
     /// The relative L1 error of the pair's output on a capture, over all queries.
     fn error(&mut self, seen: &BlockAttention<'_>) -> Result<f64>;
     /// Optimiser steps taken.
@@ -186,6 +189,7 @@ impl<T: PairTrainer> AttentionTap for Trainer<'_, T> {
                 .collect();
             p.trainer.prepare(seen)?;
             let losses = p.trainer.steps(&subsets)?;
+            p.trainer.release();
             p.loss = losses.last().copied().unwrap_or(f32::NAN);
             if losses.iter().any(|l| !l.is_finite()) {
                 return Err(input_err(
@@ -341,7 +345,7 @@ pub fn error_table<T>(
     pairs: &[Pair<T>],
     errors: &[f64],
     progress: &Progress,
-    feature_map: &str,
+    feature: FeatureSpec,
     cost: &dyn Fn(LayerAttention) -> f64,
 ) -> ErrorTable {
     let layers = (0..layers)
@@ -362,8 +366,8 @@ pub fn error_table<T>(
         .collect();
     ErrorTable {
         layers,
-        feature_map: Some(feature_map.to_string()),
-        powers: None,
+        feature_map: Some(feature.name().to_string()),
+        powers: feature.powers(),
     }
 }
 

@@ -1,5 +1,6 @@
 //! vdit-wgpu's GPU trainer ([`PhiTrainer`]) as the distillation's [`PairTrainer`].
 
+use vdit_wgpu::attention::reference::FeatureSpec;
 use vdit_wgpu::attention::FeatureMapWeights;
 use vdit_wgpu::distill::{
     AdamW, BlockCapture, ParamState, PhiTrainer, PhiTrainerConfig, QuerySubset, TrainerState,
@@ -17,27 +18,35 @@ use crate::tensor_file::HostTensor;
 pub struct FeatureDims {
     pub heads: usize,
     pub head_dim: usize,
-    /// Hedgehog's DF / 2.
-    pub half: usize,
+    /// The map trained for every pair (hedgehog or poly) and its sizes.
+    pub feature: FeatureSpec,
     pub lr: f32,
     /// Tokens per latent frame of the captures (the chunk-recurrent mode's unit).
     pub frame_tokens: usize,
 }
 
-/// A hedgehog trainer for `mode`, seeded, with LoLCATs' AdamW at learning rate `dims.lr`.
+/// A trainer of `dims.feature` maps for `mode`, seeded, with LoLCATs' AdamW at learning rate
+/// `dims.lr`.
 pub fn gpu_trainer<'g>(
     gpu: &'g Gpu,
     dims: &FeatureDims,
     mode: LayerAttention,
     seed: u64,
 ) -> Result<PhiTrainer<'g>> {
+    if matches!(dims.feature, FeatureSpec::Elu1) {
+        return Err(input_err(
+            "--feature-map",
+            "elu1 has no weights to train (hedgehog or poly)",
+        ));
+    }
     let mut cfg = PhiTrainerConfig::hedgehog(
         dims.heads,
         dims.head_dim,
-        dims.half,
+        1,
         mode.mode(dims.frame_tokens),
         seed,
     );
+    cfg.feature = dims.feature;
     cfg.optimizer = AdamW {
         lr: dims.lr,
         ..AdamW::default()
@@ -66,6 +75,10 @@ impl PairTrainer for PhiTrainer<'_> {
             .map(|&(start, step)| QuerySubset::Strided { start, step })
             .collect();
         Ok(PhiTrainer::steps(self, &subsets)?)
+    }
+
+    fn release(&mut self) {
+        PhiTrainer::release(self);
     }
 
     fn error(&mut self, seen: &BlockAttention<'_>) -> Result<f64> {

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use vdit_wgpu::attention::reference::FeatureSpec;
 use vdit_wgpu::Gpu;
 
 use super::checkpoint::{self, Progress};
@@ -35,7 +36,8 @@ pub struct DistillJob<'a> {
     pub layers: usize,
     /// Everything that must match for a checkpoint to resume (the command line, normalised).
     pub settings: serde_json::Value,
-    pub feature_map: String,
+    /// The trained map (named in errors.json with poly's powers).
+    pub feature: FeatureSpec,
     /// FLOPs of one layer's self-attention in a mode.
     pub cost: &'a dyn Fn(LayerAttention) -> f64,
 }
@@ -117,14 +119,7 @@ pub fn run_distill<T: PairTrainer>(
     let features = feature_tensors(gpu, pairs)?;
     let refs: Vec<(&str, &HostTensor)> = features.iter().map(|(n, t)| (n.as_str(), t)).collect();
     write_tensors(&job.dir.join(FEATURES_FILE), &refs)?;
-    let table = error_table(
-        job.layers,
-        pairs,
-        &errors,
-        &state,
-        &job.feature_map,
-        job.cost,
-    );
+    let table = error_table(job.layers, pairs, &errors, &state, job.feature, job.cost);
     table.write(&job.dir.join(ERRORS_FILE))?;
     Ok(table)
 }

@@ -267,6 +267,48 @@ pub enum FeatureSpec {
     Elu1,
 }
 
+impl FeatureSpec {
+    /// The map's name in errors.json and plans: `hedgehog`, `poly` or `elu1`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            FeatureSpec::Hedgehog { .. } => "hedgehog",
+            FeatureSpec::Poly { .. } => "poly",
+            FeatureSpec::Elu1 => "elu1",
+        }
+    }
+
+    /// Features per vector, DF, for heads of size `d`.
+    pub fn df(&self, d: usize) -> usize {
+        match *self {
+            FeatureSpec::Hedgehog { half } => 2 * half,
+            FeatureSpec::Poly { d1, powers, .. } => d1 * powers,
+            FeatureSpec::Elu1 => d,
+        }
+    }
+
+    /// Poly's P (the powers 1..=P of its values); none for the other maps.
+    pub fn powers(&self) -> Option<usize> {
+        match *self {
+            FeatureSpec::Poly { powers, .. } => Some(powers),
+            _ => None,
+        }
+    }
+
+    /// FLOPs of the map on one vector of size `d`: hedgehog's projection per half (2 D DF/2)
+    /// and two softmaxes over DF/2 (about 8 DF/2); poly's two layers and its powers; elu1's
+    /// one pass.
+    pub fn flops(&self, d: usize) -> f64 {
+        match *self {
+            FeatureSpec::Hedgehog { half } => (2 * d * half + 8 * half) as f64,
+            FeatureSpec::Poly { hid, d1, powers } => {
+                let df = d1 * powers;
+                (2 * d * hid + 2 * hid * df + df * (powers - 1) / 2) as f64
+            }
+            FeatureSpec::Elu1 => d as f64,
+        }
+    }
+}
+
 /// Random feature-map weights, kept well conditioned (features near or above zero, so that
 /// linear denominators stay away from zero); `round_f16` rounds them as f16 storage would.
 pub fn random_feature_map(
@@ -341,11 +383,16 @@ pub fn upload_feature_map(
 
 /// Feature-map FLOPs per token and head, for the cost model.
 pub fn feature_map_flops(m: &HostFeatureMap, d: usize) -> f64 {
-    match m {
-        HostFeatureMap::Hedgehog { half, .. } => (2 * d * half + 8 * half) as f64,
+    let spec = match *m {
+        HostFeatureMap::Hedgehog { half, .. } => FeatureSpec::Hedgehog { half },
         HostFeatureMap::Poly {
             hid, df, powers, ..
-        } => (2 * d * hid + 2 * hid * df + df * (powers - 1) / 2) as f64,
-        HostFeatureMap::Elu1 => d as f64,
-    }
+        } => FeatureSpec::Poly {
+            hid,
+            d1: df / powers,
+            powers,
+        },
+        HostFeatureMap::Elu1 => FeatureSpec::Elu1,
+    };
+    spec.flops(d)
 }

@@ -728,6 +728,31 @@ fn step_and_resume() {
     assert!(b.load_state(&bad).is_err());
 }
 
+/// A released trainer holds no workspace and refuses to step until it is prepared again, then
+/// steps from the weights it had.
+#[test]
+fn release_drops_the_workspace_and_keeps_the_weights() {
+    let mut rng = Rng::new(seed());
+    let (n, h, d) = (21, 2, 8);
+    let spec = FeatureSpec::Hedgehog { half: 3 };
+    let mode = Hybrid { rate: 2 };
+    let cap = capture(&mut rng, n, n, h, d, 1, 1.0, F32);
+    let maps = host_maps(&mut rng, h, d, spec);
+    let mut a = trainer_with(mode, h, d, spec, &maps, Loss::L1);
+    let sub = QuerySubset::Strided { start: 1, step: 2 };
+    a.prepare(&cap.gpu).unwrap();
+    a.step(&sub).unwrap();
+    assert!(a.intermediate("soft").is_some());
+    let kept = a.state().unwrap();
+    a.release();
+    assert!(a.intermediate("soft").is_none());
+    assert!(a.step(&sub).is_err());
+    assert_eq!(a.state().unwrap(), kept);
+    a.prepare(&cap.gpu).unwrap();
+    a.step(&sub).unwrap();
+    assert_eq!(a.state().unwrap().step, 2);
+}
+
 #[test]
 fn bad_input_is_an_error() {
     let gpu = test_gpu();

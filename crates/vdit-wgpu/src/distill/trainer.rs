@@ -553,6 +553,13 @@ impl<'g> PhiTrainer<'g> {
         Ok(())
     }
 
+    /// Drops the prepared capture and its workspace (back to the buffer pool) until the next
+    /// [`prepare`](Self::prepare): a run of many pairs then holds one pair's workspace at a
+    /// time instead of every pair's.
+    pub fn release(&mut self) {
+        self.prepared = None;
+    }
+
     /// One optimiser step on the prepared capture; returns the loss before the step.
     pub fn step(&mut self, queries: &QuerySubset) -> Result<f32> {
         Ok(self.steps(std::slice::from_ref(queries))?[0])
