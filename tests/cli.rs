@@ -328,6 +328,12 @@ fn bench_distill_projects_its_hours_from_its_figures() {
     assert!(close(num(&p["train_s"]), train), "{p}");
     assert!(close(num(&p["held_out_s"]), held_out), "{p}");
     assert!(close(num(&p["hours"]), (train + held_out) / 3600.0), "{p}");
+    // Pairs train one at a time and release their workspace: the larger of the peaks.
+    let peak = modes
+        .iter()
+        .map(|m| m["peak_bytes"].as_u64().unwrap())
+        .fold(capture["peak_bytes"].as_u64().unwrap(), u64::max);
+    assert_eq!(p["peak_bytes"], peak, "{p}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
