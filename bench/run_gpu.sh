@@ -23,6 +23,8 @@ run() {
 }
 
 { "$B" info; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; date -u +%F; } >"$DIR/info.txt" 2>&1
+# Every kernel variant against the CPU reference before anything is timed.
+"$B" selftest --json "$DIR/selftest.json" >"$DIR/selftest.txt" 2>&1 || echo "selftest FAILED: see $DIR/selftest.txt" >>"$LOG"
 
 if ! skip kernels; then
   run "$B" bench kernels --iters 3 --json "$DIR/kernels.json"

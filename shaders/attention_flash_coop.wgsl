@@ -2,9 +2,18 @@
 // for f16 storage and head dim 128: QK^T and PV run on 16x16x16 f16 -> f32 tensor-core products.
 //
 // WGSL cannot scale the rows of a cooperative matrix, so the online softmax's rescaling of the
-// output is replaced by two passes over the keys: the first finds each row's max m and sum l,
-// the second accumulates exp(s - m) V with the output held in cooperative accumulators for the
-// whole pass. The scores are computed twice; in exchange nothing is rescaled.
+// output goes through workgroup memory (store, scale, reload). Two ways around its cost:
+// - SINGLE_PASS (lazy rescale, experimental: on the H200 it still fails its reference check,
+//   see `FlashCoopLayout::single_pass`): one pass over the keys with a per-row reference max m_ref.
+//   Probabilities are exp2(s - m_ref); while no score of a tile exceeds m_ref by more than
+//   MARGIN (log2 units, so p <= 2^MARGIN stays well inside f16) nothing is rescaled. When one
+//   does (a workgroup-wide flag), the rows get a
+//   new reference before the tile's probabilities are computed, and the output accumulators and
+//   sums are scaled by exp2(m_ref - m_new): rare after the first tile of a row. The flag is
+//   read with workgroupUniformLoad, so the branch is uniform and may hold barriers.
+// - otherwise two passes: the first finds each row's max m and sum l, the second accumulates
+//   exp(s - m) V with the output held in cooperative accumulators for the whole pass. The scores
+//   are computed twice; in exchange nothing is rescaled.
 //
 // A workgroup of NSUB subgroups of 32 owns BQ = 16 NSUB query rows of one head, 16 per subgroup;
 // its Q fragments stay in registers. Without WIDE_Q: 4 subgroups, Q staged through workgroup
@@ -20,7 +29,7 @@ enable wgpu_cooperative_matrix;
 #include flash_params
 
 // Vectors of 4 halves: the head dim (128) and the row strides are multiples of 4.
-@group(0) @binding(0) var<uniform> p: Params;
+@group(1) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<vec4<f16>>;
 @group(0) @binding(2) var<storage, read> k: array<vec4<f16>>;
 @group(0) @binding(3) var<storage, read> v: array<vec4<f16>>;
@@ -58,6 +67,14 @@ var<workgroup> ps: array<f16, NSUB * 512u>; // per subgroup [16][BK] probabiliti
 var<workgroup> stat_m: array<f32, NT>; // per lane: running max of its half row
 var<workgroup> stat_l: array<f32, NT>;
 var<workgroup> den: array<f32, BQ>; // per query row of the tile: the shared denominator
+#if SINGLE_PASS
+// Per query row: the output's rescale factor while a rescale runs.
+var<workgroup> alpha_row: array<f32, BQ>;
+// Set by any lane whose scores of tile kt pass its reference by more than MARGIN; indexed by
+// the tile's parity so that clearing the next one cannot race with reading this one.
+var<workgroup> need_rescale: array<u32, 2>;
+const MARGIN: f32 = 10.0;
+#endif
 
 #ifndef WIDE_Q
 fn put_q(o: u32, x: vec4<f16>) {
@@ -155,6 +172,38 @@ fn finish(acc: FragC, sub: u32, lane: u32, d0: u32, h: u32, row0: u32, first: u3
     workgroupBarrier();
 }
 
+#if SINGLE_PASS
+// This lane's probabilities exp2(s - m) of the staged tile (its row, its 16 key columns) into ps;
+// returns their sum.
+fn probabilities(base: u32, my_row: u32, my_col: u32, t0: u32, m: f32) -> f32 {
+    var sum = 0.0;
+    for (var c = 0u; c < 16u; c++) {
+        let i = base + my_row * BK + my_col + c;
+        var pr = 0.0;
+        if (t0 + my_col + c < p.k_count) {
+            pr = exp2(ss[i] * p.scale_log2 - m);
+        }
+        sum += pr;
+        ps[i] = f16(pr);
+    }
+    return sum;
+}
+
+// acc with each row scaled by alpha_row (this subgroup's 16 rows), through workgroup memory.
+// Uniform: every subgroup calls it.
+fn rescale(acc: FragC, sub: u32, lane: u32) -> FragC {
+    let base = sub * 512u;
+    coopStore(acc, &ss[base], 16u);
+    workgroupBarrier();
+    for (var e = lane; e < 256u; e += 32u) {
+        // Column-major store: element e is row e % 16, column e / 16.
+        ss[base + e] = ss[base + e] * alpha_row[sub * 16u + e % 16u];
+    }
+    workgroupBarrier();
+    return coopLoad<FragC>(&ss[base], 16u);
+}
+
+#endif
 @compute @workgroup_size(NT, 1, 1)
 fn main(
     @builtin(workgroup_id) wg: vec3<u32>,
@@ -212,6 +261,104 @@ fn main(
     let a7 = coopLoadT<FragA>(&qs[qb + 112u], LD);
 #endif
 
+#if SINGLE_PASS
+    let ntiles = (p.k_count + BK - 1u) / BK;
+    var m_ref = NEG_BIG; // this row's reference max (both lanes of a row hold the same)
+    var l = 0.0; // this lane's half of the row's sum of exp2(s - m_ref)
+    var o0 = FragC();
+    var o1 = FragC();
+    var o2 = FragC();
+    var o3 = FragC();
+    var o4 = FragC();
+    var o5 = FragC();
+    var o6 = FragC();
+    var o7 = FragC();
+    if (tid == 0u) {
+        need_rescale[0] = 0u;
+        need_rescale[1] = 0u;
+    }
+    for (var kt = 0u; kt < ntiles; kt++) {
+        let t0 = kt * BK;
+        let parity = kt & 1u;
+        workgroupBarrier(); // the previous tile's readers are done with ks, vs, ps and its flag
+        if (tid == 0u) {
+            need_rescale[parity ^ 1u] = 0u;
+        }
+        stage_keys(t0, h, tid, true);
+        workgroupBarrier();
+        coopStoreT(scores(0u, a0, a1, a2, a3, a4, a5, a6, a7), &ss[base], BK);
+        coopStoreT(scores(16u, a0, a1, a2, a3, a4, a5, a6, a7), &ss[base + 16u], BK);
+        workgroupBarrier();
+        // This lane's max over its half of the tile's row; a rescale when it passes the row's
+        // reference by more than MARGIN anywhere in the workgroup.
+        var mt = NEG_BIG;
+        var sum = 0.0;
+        for (var c = 0u; c < 16u; c++) {
+            if (t0 + my_col + c < p.k_count) {
+                mt = max(mt, ss[base + my_row * BK + my_col + c] * p.scale_log2);
+            }
+        }
+        if (mt > m_ref + MARGIN) {
+            need_rescale[parity] = 1u;
+        }
+        // A barrier, then one value for the whole workgroup: the rescale branch is uniform.
+        if (workgroupUniformLoad(&need_rescale[parity]) != 0u) {
+            // A new reference for every row: the larger of the old one and the row's tile max.
+            stat_m[tid] = mt;
+            workgroupBarrier();
+            let m_new = max(m_ref, max(mt, stat_m[tid ^ 1u]));
+            let alpha = exp2(m_ref - m_new);
+            if (lane % 2u == 0u) {
+                alpha_row[sub * 16u + my_row] = alpha;
+            }
+            l = l * alpha;
+            m_ref = m_new;
+            sum = probabilities(base, my_row, my_col, t0, m_ref);
+            // Before the first tile's products the accumulators are zero: nothing to scale.
+            if (kt > 0u) {
+                workgroupBarrier(); // alpha_row written, the scores in ss read
+                o0 = rescale(o0, sub, lane);
+                o1 = rescale(o1, sub, lane);
+                o2 = rescale(o2, sub, lane);
+                o3 = rescale(o3, sub, lane);
+                o4 = rescale(o4, sub, lane);
+                o5 = rescale(o5, sub, lane);
+                o6 = rescale(o6, sub, lane);
+                o7 = rescale(o7, sub, lane);
+            }
+        } else {
+            sum = probabilities(base, my_row, my_col, t0, m_ref);
+        }
+        workgroupBarrier(); // every lane's probabilities are in ps
+        l += sum;
+        let p0 = coopLoadT<FragA>(&ps[base], BK);
+        let p1 = coopLoadT<FragA>(&ps[base + 16u], BK);
+        o0 = pv(o0, p0, p1, 0u);
+        o1 = pv(o1, p0, p1, 16u);
+        o2 = pv(o2, p0, p1, 32u);
+        o3 = pv(o3, p0, p1, 48u);
+        o4 = pv(o4, p0, p1, 64u);
+        o5 = pv(o5, p0, p1, 80u);
+        o6 = pv(o6, p0, p1, 96u);
+        o7 = pv(o7, p0, p1, 112u);
+    }
+    // The two halves of a row meet (one reference): the row's sum.
+    stat_l[tid] = l;
+    workgroupBarrier();
+    if (lane % 2u == 0u) {
+        var d = l + stat_l[tid ^ 1u] + p.eps;
+#if HAS_LINEAR
+        let row = row0 + my_row;
+        if (owned(row)) {
+            let prow = ((row - p.phi_lo) * p.heads + h) * p.df;
+            for (var f = 0u; f < p.df; f++) {
+                d = fma(phi[prow + f], state[(h * p.df + f) * (D + 1u) + D], d);
+            }
+        }
+#endif
+        den[sub * 16u + my_row] = d;
+    }
+#else
     // Pass 1: each lane's running max and sum over its half of every key tile.
     let ntiles = (p.k_count + BK - 1u) / BK;
     var m = NEG_BIG;
@@ -297,6 +444,7 @@ fn main(
         o6 = pv(o6, p0, p1, 96u);
         o7 = pv(o7, p0, p1, 112u);
     }
+#endif
     workgroupBarrier();
     finish(o0, sub, lane, 0u, h, row0, first);
     finish(o1, sub, lane, 16u, h, row0, first);

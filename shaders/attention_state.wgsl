@@ -1,5 +1,5 @@
 // Linear-attention state by chunked updates (ARCHITECTURE.md, Attention modes, linear): S = sum_j phi_k(k_j) v_j^T,
-// z = sum_j phi_k(k_j), over keys j in [k_lo, k_hi), leaving out j % rate == 0 when rate > 1
+// z = sum_j phi_k(k_j), over keys j in [k_lo, k_hi), leaving out j % rate == 0 when rate > 0 (every key at rate 1: hybrid at R = 1 has no linear part)
 // (the softmax keys of hybrid{R}).
 //   phi: [rows, H, DF] f32 (row of key j is j - phi_lo), v: [Nk, H, D] (IO_T),
 //   partial: [chunks, H, DF, D + 1] f32, state: [H, DF, D + 1] f32 (column D holds z).
@@ -26,7 +26,7 @@ struct Params {
     _pad2: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
+@group(1) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> phi: array<f32>;
 @group(0) @binding(2) var<storage, read> v: array<IO_T>;
 @group(0) @binding(3) var<storage, read_write> partial: array<f32>;
@@ -80,7 +80,7 @@ fn partial_main(
     let load_c = tid % 16u;
     for (var j0 = j_lo; j0 < j_hi; j0 += TK) {
         let j = j0 + load_r;
-        let keep = j < j_hi && !(p.rate > 1u && j % p.rate == 0u);
+        let keep = j < j_hi && !(p.rate > 0u && j % p.rate == 0u);
         var a = vec4<f32>(0.0);
         var b = vec4<f32>(0.0);
         if (keep) {

@@ -12,7 +12,7 @@ struct Params {
     n: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
+@group(1) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> old: array<X_T>;
 @group(0) @binding(2) var<storage, read> x: array<X_T>;
 @group(0) @binding(3) var<storage, read_write> updated: array<X_T>;

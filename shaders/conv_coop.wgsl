@@ -11,7 +11,7 @@ enable wgpu_cooperative_matrix;
 
 #include conv_params
 
-@group(0) @binding(0) var<uniform> p: Params;
+@group(1) @binding(0) var<uniform> p: Params;
 // Vectors of 4 channels: Cin, and so every pixel's offset, is a multiple of 4.
 @group(0) @binding(1) var<storage, read> x: array<vec4<f16>>;
 #if HAS_CACHE

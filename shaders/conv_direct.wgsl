@@ -9,7 +9,7 @@
 
 #include conv_params
 
-@group(0) @binding(0) var<uniform> p: Params;
+@group(1) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<X_T>;
 #if HAS_CACHE
 @group(0) @binding(2) var<storage, read> cache: array<X_T>;

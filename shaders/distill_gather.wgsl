@@ -9,7 +9,7 @@ struct Params {
     grid_x: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
+@group(1) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> idx: array<u32>;
 @group(0) @binding(2) var<storage, read> x: array<IO_T>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;

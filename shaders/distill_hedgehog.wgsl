@@ -13,7 +13,7 @@ struct Params {
     grid_x: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
+@group(1) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> phi: array<f32>;
 @group(0) @binding(2) var<storage, read> dphi: array<f32>;
 @group(0) @binding(3) var<storage, read_write> du: array<f32>;

@@ -2,7 +2,7 @@
 // j in [k_lo, k_lo + k_count) of one segment, with (dS | dz) summed over the queries of every
 // segment whose state holds key j (the suffix sum over segments, built by the launcher).
 //   v: [Nk, H, D] (IO_T); dsz: [H, DF, D + 2] f32 (dS in columns 0..D, dz in column D);
-//   dg: [Nk, H, DF] f32. Keys left out of the state (j % rate == 0 when rate > 1, or every key
+//   dg: [Nk, H, DF] f32. Keys left out of the state (j % rate == 0 when rate > 0, or every key
 //   when has_state == 0) get dg = 0.
 // A tiled product V dS^T: one workgroup per (head, 64 keys, 64 features), 16 head-dim values
 // of V and dS staged per step, 4 x 4 outputs per thread, f32 throughout.
@@ -22,7 +22,7 @@ struct Params {
     _pad1: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
+@group(1) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> v: array<IO_T>;
 @group(0) @binding(2) var<storage, read> dsz: array<f32>;
 @group(0) @binding(3) var<storage, read_write> dg: array<f32>;
@@ -35,7 +35,7 @@ var<workgroup> tile_v: array<vec4<f32>, 256>; // [TE][TB / 4] v, keys along the 
 var<workgroup> tile_s: array<vec4<f32>, 256>; // [TE][TB / 4] dS^T, features along the vector
 
 fn store4(j: u32, h: u32, f0: u32, val: vec4<f32>) {
-    let keep = p.has_state != 0u && !(p.rate > 1u && j % p.rate == 0u);
+    let keep = p.has_state != 0u && !(p.rate > 0u && j % p.rate == 0u);
     let row = (j * p.heads + h) * p.df;
     for (var c = 0u; c < 4u; c++) {
         if (f0 + c < p.df) {

@@ -30,7 +30,7 @@ struct Params {
     _pad2: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
+@group(1) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<IO_T>;
 @group(0) @binding(2) var<storage, read> k: array<IO_T>;
 @group(0) @binding(3) var<storage, read> v: array<IO_T>;

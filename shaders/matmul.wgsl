@@ -13,7 +13,7 @@ struct Params {
     gate_offset: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
+@group(1) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<X_T>;
 @group(0) @binding(2) var<storage, read> w: array<W_T>;
 #if HAS_BIAS

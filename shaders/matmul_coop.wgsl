@@ -16,7 +16,7 @@ struct Params {
     gate_offset: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
+@group(1) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f16>>;
 @group(0) @binding(2) var<storage, read> w: array<vec4<f16>>;
 #if HAS_BIAS

@@ -22,7 +22,7 @@ struct Params {
     _pad2: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
+@group(1) @binding(0) var<uniform> p: Params;
 #ifndef IN_PLACE
 @group(0) @binding(1) var<storage, read> x: array<X_T>;
 #endif

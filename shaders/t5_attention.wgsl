@@ -19,7 +19,7 @@ struct Params {
     _pad: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
+@group(1) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<X_T>;
 @group(0) @binding(2) var<storage, read_write> y: array<Y_T>;
 
@@ -53,7 +53,7 @@ struct Params {
     _pad1: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
+@group(1) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<Q_T>;
 @group(0) @binding(2) var<storage, read> k: array<K_T>;
 @group(0) @binding(3) var<storage, read> v: array<V_T>;

@@ -76,10 +76,7 @@ fn random_plan(
         if i < count {
             *layer = mode;
         }
-        let needs = !matches!(
-            *layer,
-            LayerAttention::Softmax | LayerAttention::Hybrid { rate: 1 }
-        );
+        let needs = layer.needs_features();
         let mut hedgehog = || -> vdit_wgpu::Result<FeatureMap> {
             let half = a.feature_dim / 2;
             let w = rng.vec_uniform(c.heads * half * c.head_dim, 0.1);
@@ -138,13 +135,27 @@ pub fn run(gpu: &Gpu, a: &DitBenchArgs) -> Result<(), Box<dyn std::error::Error>
     runner.forward(&mut rec, &latent, 500.0, &cache, &velocity)?;
     rec.run()?;
     let mut wall = Vec::new();
+    // CPU time of recording a forward (launchers, pipeline lookups) and of encoding it into a
+    // command buffer at submit (bind groups, passes), apart from waiting for the GPU.
+    let (mut record_ms, mut encode_ms) = (Vec::new(), Vec::new());
+    let created_before = gpu.cache_stats();
     for _ in 0..a.iters {
         let t = Instant::now();
         let mut rec = Recorder::new(gpu);
         runner.forward(&mut rec, &latent, 500.0, &cache, &velocity)?;
-        rec.run()?;
+        record_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        let t_submit = Instant::now();
+        rec.submit(None)?;
+        encode_ms.push(t_submit.elapsed().as_secs_f64() * 1e3);
+        gpu.wait()?;
         wall.push(t.elapsed().as_secs_f64() * 1e3);
     }
+    let created_after = gpu.cache_stats();
+    let median_of = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let (record_median, encode_median) = (median_of(&mut record_ms), median_of(&mut encode_ms));
     wall.sort_by(f64::total_cmp);
     let median = wall.get(wall.len() / 2).copied().unwrap_or(f64::NAN);
     let mut profiler = Profiler::new(gpu);
@@ -167,6 +178,13 @@ pub fn run(gpu: &Gpu, a: &DitBenchArgs) -> Result<(), Box<dyn std::error::Error>
         profiler.total_ms()
     );
     println!(
+        "CPU: {record_median:.2} ms to record a forward, {encode_median:.2} ms to encode and submit it; \
+         {} pipelines and {} bind groups created in the {} timed forwards",
+        created_after.pipelines - created_before.pipelines,
+        created_after.bind_groups - created_before.bind_groups,
+        wall.len()
+    );
+    println!(
         "GPU memory held by tensors: {:.2} GiB (+{:.2} GiB pooled free)",
         gib(in_use),
         gib(free)
@@ -177,6 +195,9 @@ pub fn run(gpu: &Gpu, a: &DitBenchArgs) -> Result<(), Box<dyn std::error::Error>
             "precision": format!("{precision:?}"), "attention": a.attention,
             "blocks": a.blocks.unwrap_or(c.layers).min(c.layers),
             "wall_ms": wall, "median_ms": median, "kernel_sum_ms": profiler.total_ms(),
+            "record_cpu_ms": record_median, "encode_cpu_ms": encode_median,
+            "bind_groups_created_when_warm": created_after.bind_groups - created_before.bind_groups,
+            "pipelines_created_when_warm": created_after.pipelines - created_before.pipelines,
             "tensor_bytes": in_use, "kernels": profiler.stats(),
         });
         std::fs::write(path, serde_json::to_string_pretty(&json)?)

@@ -27,7 +27,11 @@ pub struct KernelBenchArgs {
     /// Storage precision of activations and weights: f32, f16 or both.
     #[arg(long, default_value = "both")]
     pub precision: String,
-    /// Timed repetitions of each kernel (after one warm-up).
+    /// Milliseconds each kernel runs before it is timed (at least once), so that the GPU is at
+    /// its working clock.
+    #[arg(long, default_value_t = 1000)]
+    pub warmup_ms: u64,
+    /// Timed repetitions of each kernel (after the warm-up).
     #[arg(long, default_value_t = 5)]
     pub iters: usize,
     /// Only kernels whose label contains this text.
@@ -266,10 +270,19 @@ pub fn run(gpu: &Gpu, a: &KernelBenchArgs) -> Result<(), Box<dyn std::error::Err
             {
                 continue;
             }
-            // Warm-up: pipeline creation and first-touch costs stay out of the numbers.
-            let mut rec = Recorder::new(gpu);
-            record(&mut rec)?;
-            rec.run()?;
+            // Warm-up: pipeline creation and first-touch costs stay out of the numbers, and the
+            // kernel runs for --warmup-ms first: a GPU that was idle runs at a low clock for a
+            // while, which made one standalone matmul take 9 ms or 29 ms from run to run on the
+            // H200 (inside a DiT forward, where the GPU is busy, the same kernel takes 9 ms).
+            let started = std::time::Instant::now();
+            loop {
+                let mut rec = Recorder::new(gpu);
+                record(&mut rec)?;
+                rec.run()?;
+                if started.elapsed().as_secs_f64() * 1e3 >= a.warmup_ms as f64 {
+                    break;
+                }
+            }
             for _ in 0..a.iters {
                 let mut rec = Recorder::new(gpu);
                 record(&mut rec)?;

@@ -5,7 +5,7 @@ use clap::Args;
 use vdit_model::weights::WeightError;
 use vdit_model::{ModelError, ModelPart};
 use vdit_wgpu::size::parse_size;
-use vdit_wgpu::{Gpu, GpuError, GpuOptions};
+use vdit_wgpu::{Gpu, GpuError, GpuOptions, KernelPolicy};
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct GpuArgs {
@@ -31,6 +31,14 @@ pub struct GpuArgs {
     /// with an out-of-memory error instead of crowding a shared GPU.
     #[arg(long, global = true, value_name = "SIZE", value_parser = parse_size)]
     pub max_gpu_memory: Option<u64>,
+    /// Which kernel each family runs where several fit, e.g. `flash=coop-narrow,matmul=portable`
+    /// (families: matmul, flash, conv; default: the fastest that fits). For comparing kernels.
+    #[arg(long, global = true, value_name = "FAMILY=KERNEL,..", value_parser = parse_kernels)]
+    pub kernels: Option<KernelPolicy>,
+}
+
+fn parse_kernels(spec: &str) -> Result<KernelPolicy, String> {
+    KernelPolicy::parse(spec).map_err(|e| e.to_string())
 }
 
 impl GpuArgs {
@@ -43,6 +51,7 @@ impl GpuArgs {
             allow_subgroups: !self.no_subgroups,
             allow_cooperative_matrix: !self.no_coop,
             max_memory: self.max_gpu_memory,
+            kernels: self.kernels.unwrap_or_default(),
         }
     }
 

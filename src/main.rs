@@ -15,6 +15,7 @@ mod gpu_args;
 mod info;
 mod plan;
 mod sampling_args;
+mod selftest;
 mod vae_decode;
 
 use clap::{Parser, Subcommand};
@@ -53,6 +54,8 @@ enum Command {
     Plan(plan::PlanArgs),
     /// Softmax against an attention plan from the same noise: PSNR, SSIM, per-block error, time.
     Compare(Box<compare::CompareArgs>),
+    /// Every kernel variant this GPU can run, at odd sizes, against the CPU float64 reference.
+    Selftest(selftest::SelftestArgs),
     /// Time kernels or models with GPU timestamp queries.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -99,6 +102,7 @@ fn main() {
         Command::Plan(a) => plan::run(a),
         Command::Distill(a) => with_gpu(&cli.gpu, |gpu| distill::run(gpu, a)),
         Command::Compare(a) => with_gpu(&cli.gpu, |gpu| compare::run(gpu, a)),
+        Command::Selftest(a) => with_gpu(&cli.gpu, |gpu| selftest::run(gpu, a)),
         Command::Bench(b) => match b {
             BenchCommand::Kernels(a) => with_gpu(&cli.gpu, |gpu| bench_kernels::run(gpu, a)),
             BenchCommand::Dit(a) => with_gpu(&cli.gpu, |gpu| bench_dit::run(gpu, a)),

@@ -357,3 +357,39 @@ fn bench_distill_names_bad_flags() {
     let (ok, stderr) = run(vdit().args(["bench", "distill"]));
     assert!(!ok && stderr.contains("--random-weights"), "{stderr}");
 }
+
+#[test]
+fn selftest_prints_its_table_and_json() {
+    let json = scratch("selftest").join("checks.json");
+    let out = vdit()
+        .args(["selftest", "--kernel", "norm", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("layer_norm") && text.contains("rms_norm"),
+        "{text}"
+    );
+    assert!(text.contains(" 0 failed"), "{text}");
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let checks = written["checks"].as_array().unwrap();
+    assert!(!checks.is_empty());
+    assert!(checks
+        .iter()
+        .all(|c| c["passed"] == true && c["error"].as_f64().unwrap() < 1e-3));
+    let (ok, out) = run(vdit().args(["selftest", "--kernel", "nothing"]));
+    assert!(!ok && out.contains("--kernel nothing"), "{out}");
+}
+
+#[test]
+fn bad_kernel_policies_name_the_flag() {
+    for bad in ["flash=fastest", "matmul", "gemm=coop"] {
+        let (ok, out) = run(vdit().args(["--kernels", bad, "info"]));
+        assert!(!ok && out.contains("--kernels"), "{bad}: {out}");
+    }
+    let (ok, out) = run(vdit().args(["--kernels", "flash=general,matmul=portable", "info"]));
+    assert!(ok, "{out}");
+}

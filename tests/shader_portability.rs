@@ -5,7 +5,8 @@
 use std::collections::BTreeSet;
 
 use naga::back::{hlsl, msl, spv};
-use vdit_wgpu::shader::{all_shaders, parse_and_validate, preprocess};
+use vdit_wgpu::catalog::all_shaders;
+use vdit_wgpu::shader::{parse_and_validate, preprocess};
 
 fn translate_everywhere(label: &str, wgsl: &str) -> Result<(), String> {
     let (module, info) = parse_and_validate(label, wgsl).map_err(|e| e.to_string())?;

@@ -82,8 +82,9 @@ impl LayerAttention {
         }
     }
 
+    /// Whether the layer needs feature maps: the kernel mode decides (hybrid:1 is softmax).
     pub fn needs_features(self) -> bool {
-        !matches!(self, Self::Softmax | Self::Hybrid { rate: 1 })
+        self.mode(1).needs_features()
     }
 
     /// The mode as a key segment of a feature-weights file: `hybrid_2`, `rehyat_3_1`, `linear`.

@@ -39,6 +39,9 @@ pub enum GpuError {
     },
     #[error("the GPU device was lost: {0}")]
     DeviceLost(String),
+    /// A bad option or argument given to the backend (the message names it).
+    #[error("{0}")]
+    InvalidArgument(String),
     #[error("GPU error: {0}")]
     Wgpu(String),
     #[error("{0}")]

@@ -4,7 +4,8 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{GpuError, Result};
 use crate::pipeline::PipelineCache;
-use crate::pool::BufferPool;
+use crate::policy::KernelPolicy;
+use crate::pool::{BufferPool, PooledBuffer};
 
 /// How to choose an adapter. Empty fields fall back to `VDIT_BACKEND` / `VDIT_ADAPTER`, then to
 /// the high-performance adapter of any backend.
@@ -24,6 +25,8 @@ pub struct GpuOptions {
     pub allow_cooperative_matrix: bool,
     /// The most bytes the buffer pool may hold (`--max-gpu-memory`); `None` for no cap.
     pub max_memory: Option<u64>,
+    /// Which kernel each launcher runs where several fit (`--kernels`).
+    pub kernels: KernelPolicy,
 }
 
 impl Default for GpuOptions {
@@ -36,6 +39,7 @@ impl Default for GpuOptions {
             allow_subgroups: true,
             allow_cooperative_matrix: true,
             max_memory: None,
+            kernels: KernelPolicy::default(),
         }
     }
 }
@@ -79,6 +83,8 @@ pub struct Gpu {
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pub caps: Capabilities,
+    /// The kernel each launcher runs where several fit; recorders start from it.
+    pub policy: KernelPolicy,
     pub(crate) pipelines: PipelineCache,
     pub(crate) pool: Arc<BufferPool>,
     lost: Arc<Mutex<Option<String>>>,
@@ -292,7 +298,8 @@ impl Gpu {
             timestamps_inside_passes: got.contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
             cooperative_matrix,
         };
-        let gpu = Self::assemble(adapter, device, queue, info, limits, caps);
+        let mut gpu = Self::assemble(adapter, device, queue, info, limits, caps);
+        gpu.policy = options.kernels;
         gpu.set_memory_limit(options.max_memory);
         Ok(gpu)
     }
@@ -330,11 +337,18 @@ impl Gpu {
             info,
             limits,
             caps,
+            policy: KernelPolicy::default(),
             pipelines: PipelineCache::default(),
             pool: Arc::new(BufferPool::default()),
             lost,
             uncaptured,
         }
+    }
+
+    /// Pipelines and bind groups the caches have created since the device was opened: a
+    /// repeated step adds none.
+    pub fn cache_stats(&self) -> crate::pipeline::CacheStats {
+        self.pipelines.stats()
     }
 
     /// A short description: name, backend, driver.
@@ -403,5 +417,46 @@ impl Gpu {
     /// Bytes currently held by the buffer pool (in use and free).
     pub fn pool_bytes(&self) -> (u64, u64) {
         self.pool.bytes()
+    }
+}
+
+/// The buffer pool, as the device offers it.
+impl Gpu {
+    /// The most bytes the buffer pool held at once (tensors in use and pooled free buffers):
+    /// the GPU memory of the work since the device was opened or the last
+    /// [`reset_pool_peak`](Self::reset_pool_peak).
+    pub fn pool_peak_bytes(&self) -> u64 {
+        self.pool.peak_bytes()
+    }
+
+    /// Starts a new high-water mark of the pool from what it holds now.
+    pub fn reset_pool_peak(&self) {
+        self.pool.reset_peak();
+    }
+
+    /// Caps the bytes the buffer pool may hold (`None`: as much as the device gives).
+    pub fn set_memory_limit(&self, limit: Option<u64>) {
+        self.pool.set_limit(limit);
+    }
+
+    pub fn memory_limit(&self) -> Option<u64> {
+        self.pool.limit()
+    }
+
+    /// A buffer from the pool. At the memory limit, the free buffers (of other sizes) are
+    /// released before the request is refused.
+    pub(crate) fn take_buffer(
+        &self,
+        bytes: u64,
+        usage: wgpu::BufferUsages,
+        what: &str,
+    ) -> Result<Arc<PooledBuffer>> {
+        match self.pool.take(&self.device, bytes, usage, what) {
+            Err(GpuError::OutOfMemory { limit: Some(_), .. }) if self.pool.bytes().1 > 0 => {
+                self.trim_pool();
+                self.pool.take(&self.device, bytes, usage, what)
+            }
+            taken => taken,
+        }
     }
 }

@@ -11,15 +11,21 @@
 //! The crate knows nothing of any particular model.
 
 pub mod attention;
+pub mod catalog;
+mod cost;
 pub mod distill;
 pub mod error;
 pub mod gpu;
 pub mod kernels;
+mod ops;
+pub mod param_block;
 pub mod pipeline;
+pub mod policy;
 pub mod pool;
 pub mod profiler;
 pub mod recorder;
 pub mod rng;
+pub mod selftest;
 pub mod shader;
 pub mod size;
 pub mod tensor;
@@ -27,6 +33,7 @@ pub mod testing;
 
 pub use error::{GpuError, Result};
 pub use gpu::{Capabilities, Gpu, GpuOptions};
+pub use policy::KernelPolicy;
 pub use profiler::{Cost, Profiler};
 pub use recorder::{Dispatch, Recorder};
 pub use tensor::{DType, Tensor};

@@ -22,9 +22,13 @@ pub(crate) fn padded_size(bytes: u64) -> u64 {
 
 static NEXT_BUFFER_ID: AtomicU64 = AtomicU64::new(1);
 
+/// A free buffer and its identity.
+type FreeBuffer = (wgpu::Buffer, u64);
+
 #[derive(Default)]
 pub struct BufferPool {
-    free: Mutex<HashMap<(u64, u32), Vec<wgpu::Buffer>>>,
+    /// Free buffers by (size, usage), each with the identity it keeps from loan to loan.
+    free: Mutex<HashMap<(u64, u32), Vec<FreeBuffer>>>,
     in_use_bytes: AtomicU64,
     free_bytes: AtomicU64,
     /// High-water mark of in use + free bytes.
@@ -36,7 +40,8 @@ pub struct BufferPool {
 /// A buffer on loan from the pool; it returns there when the last tensor holding it drops.
 pub struct PooledBuffer {
     pub(crate) buffer: wgpu::Buffer,
-    /// Stable identity, used as a key by the bind-group cache.
+    /// The buffer's identity, the same on every loan of the same buffer: the bind-group cache's
+    /// key, so a repeated step binds the same buffers through the same bind groups.
     pub(crate) id: u64,
     pub(crate) size: u64,
     pool: Weak<BufferPool>,
@@ -57,7 +62,7 @@ impl PooledBuffer {
 impl Drop for PooledBuffer {
     fn drop(&mut self) {
         if let Some(pool) = self.pool.upgrade() {
-            pool.give_back(self.buffer.clone(), self.size);
+            pool.give_back(self.buffer.clone(), self.id, self.size);
         }
     }
 }
@@ -84,7 +89,7 @@ impl BufferPool {
             }
             b
         };
-        let buffer = match reused {
+        let (buffer, id) = match reused {
             Some(b) => b,
             None => {
                 let (in_use, free) = self.bytes();
@@ -111,12 +116,12 @@ impl BufferPool {
                 }
                 self.peak_bytes
                     .fetch_max(in_use + free + size, Ordering::Relaxed);
-                buffer
+                (buffer, NEXT_BUFFER_ID.fetch_add(1, Ordering::Relaxed))
             }
         };
         self.in_use_bytes.fetch_add(size, Ordering::Relaxed);
         Ok(Arc::new(PooledBuffer {
-            id: NEXT_BUFFER_ID.fetch_add(1, Ordering::Relaxed),
+            id,
             buffer,
             size,
             pool: Arc::downgrade(self),
@@ -132,13 +137,13 @@ impl BufferPool {
         self.limit.store(limit.unwrap_or(0), Ordering::Relaxed);
     }
 
-    fn give_back(&self, buffer: wgpu::Buffer, size: u64) {
+    fn give_back(&self, buffer: wgpu::Buffer, id: u64, size: u64) {
         let mut free = self.free.lock().unwrap();
         self.in_use_bytes.fetch_sub(size, Ordering::Relaxed);
         self.free_bytes.fetch_add(size, Ordering::Relaxed);
         free.entry((size, buffer.usage().bits()))
             .or_default()
-            .push(buffer);
+            .push((buffer, id));
     }
 
     /// Releases every free buffer to the driver (for example between model stages).
@@ -170,46 +175,6 @@ impl BufferPool {
     }
 }
 
-impl crate::gpu::Gpu {
-    /// The most bytes the buffer pool held at once (tensors in use and pooled free buffers):
-    /// the GPU memory of the work since the device was opened or the last
-    /// [`reset_pool_peak`](Self::reset_pool_peak).
-    pub fn pool_peak_bytes(&self) -> u64 {
-        self.pool.peak_bytes()
-    }
-
-    /// Starts a new high-water mark of the pool from what it holds now.
-    pub fn reset_pool_peak(&self) {
-        self.pool.reset_peak();
-    }
-
-    /// Caps the bytes the buffer pool may hold (`None`: as much as the device gives).
-    pub fn set_memory_limit(&self, limit: Option<u64>) {
-        self.pool.set_limit(limit);
-    }
-
-    pub fn memory_limit(&self) -> Option<u64> {
-        self.pool.limit()
-    }
-
-    /// A buffer from the pool. At the memory limit, the free buffers (of other sizes) are
-    /// released before the request is refused.
-    pub(crate) fn take_buffer(
-        &self,
-        bytes: u64,
-        usage: wgpu::BufferUsages,
-        what: &str,
-    ) -> Result<Arc<PooledBuffer>> {
-        match self.pool.take(&self.device, bytes, usage, what) {
-            Err(GpuError::OutOfMemory { limit: Some(_), .. }) if self.pool.bytes().1 > 0 => {
-                self.trim_pool();
-                self.pool.take(&self.device, bytes, usage, what)
-            }
-            taken => taken,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,9 +187,11 @@ mod tests {
         let take = |bytes| pool.take(device, bytes, TENSOR_USAGE, "test").unwrap();
         let (a, b) = (take(1024), take(4096));
         assert_eq!(pool.peak_bytes(), 5120);
+        let first_id = a.id;
         drop((a, b));
-        // Reused, not allocated: the mark stays.
+        // Reused, not allocated: the mark stays, and so does the buffer's identity.
         let a = take(1024);
+        assert_eq!(a.id, first_id);
         assert_eq!(pool.bytes(), (1024, 4096));
         assert_eq!(pool.peak_bytes(), 5120);
         drop(a);

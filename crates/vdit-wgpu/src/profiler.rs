@@ -7,23 +7,11 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+pub use crate::cost::Cost;
 use crate::error::{GpuError, Result};
 use crate::gpu::Gpu;
+use crate::ops::{encode_ops, Op};
 use crate::pool::PooledBuffer;
-use crate::recorder::{encode_ops, Op};
-
-/// The work a launch does: floating-point operations and the fewest bytes it must move.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Cost {
-    pub flops: f64,
-    pub bytes: f64,
-}
-
-impl Cost {
-    pub fn new(flops: f64, bytes: f64) -> Self {
-        Self { flops, bytes }
-    }
-}
 
 /// One timed launch.
 #[derive(Clone, Debug, Serialize)]

@@ -3,25 +3,26 @@
 //! bound with dynamic offsets, so a step creates neither buffers nor bind groups once warm.
 
 use std::borrow::Cow;
-use std::sync::Arc;
 
 use crate::error::{GpuError, Result};
 use crate::gpu::Gpu;
-use crate::pipeline::{Kernel, PipelineKey};
-use crate::pool::PooledBuffer;
+use crate::ops::{encode_ops, Op};
+use crate::param_block::ParamBytes;
+use crate::pipeline::PipelineKey;
+use crate::policy::KernelPolicy;
 use crate::profiler::{Cost, Profiler};
-use crate::shader::Defines;
+use crate::shader::{Defines, ShaderFile};
 use crate::tensor::Tensor;
 
 /// One kernel launch, as a launcher describes it.
 pub struct Dispatch<'a> {
-    pub shader: &'static str,
+    pub shader: &'static ShaderFile,
     pub entry: &'static str,
     pub defines: Defines,
     /// Pipeline-overridable constants (`override` in WGSL).
     pub constants: Vec<(String, f64)>,
-    /// The bytes of the kernel's parameter struct (its only uniform binding), if it has one.
-    pub params: &'a [u8],
+    /// The kernel's parameter block (its only uniform binding), or `ParamBytes::none()`.
+    pub params: ParamBytes<'a>,
     /// Storage bindings, in binding order.
     pub tensors: &'a [&'a Tensor],
     pub workgroups: [u32; 3],
@@ -30,25 +31,10 @@ pub struct Dispatch<'a> {
     pub cost: Cost,
 }
 
-pub(crate) enum Op {
-    Dispatch {
-        kernel: Arc<Kernel>,
-        params_offset: Option<u32>,
-        buffers: Vec<Arc<PooledBuffer>>,
-        workgroups: [u32; 3],
-        label: Cow<'static, str>,
-        cost: Cost,
-    },
-    Copy {
-        src: Arc<PooledBuffer>,
-        dst: Arc<PooledBuffer>,
-        bytes: u64,
-    },
-}
-
 /// Collects launches; nothing reaches the GPU before `submit`.
 pub struct Recorder<'g> {
     gpu: &'g Gpu,
+    policy: KernelPolicy,
     ops: Vec<Op>,
     params: Vec<u8>,
 }
@@ -57,6 +43,7 @@ impl<'g> Recorder<'g> {
     pub fn new(gpu: &'g Gpu) -> Self {
         Self {
             gpu,
+            policy: gpu.policy,
             ops: Vec::new(),
             params: Vec::new(),
         }
@@ -64,6 +51,17 @@ impl<'g> Recorder<'g> {
 
     pub fn gpu(&self) -> &'g Gpu {
         self.gpu
+    }
+
+    /// The kernel policy this recorder's launchers follow (the device's unless set).
+    pub fn policy(&self) -> KernelPolicy {
+        self.policy
+    }
+
+    /// Makes this recorder's launchers follow `policy` (tests and `vdit selftest` reach every
+    /// variant this way).
+    pub fn set_policy(&mut self, policy: KernelPolicy) {
+        self.policy = policy;
     }
 
     /// Number of recorded operations.
@@ -77,7 +75,7 @@ impl<'g> Recorder<'g> {
     /// Records one kernel launch, checking its bindings and grid against the adapter's limits.
     pub fn dispatch(&mut self, d: Dispatch<'_>) -> Result<()> {
         let key = PipelineKey {
-            shader: d.shader,
+            shader: d.shader.name,
             entry: d.entry,
             defines: d.defines,
             constants: d
@@ -86,7 +84,10 @@ impl<'g> Recorder<'g> {
                 .map(|(n, v)| (n.clone(), v.to_bits()))
                 .collect(),
         };
-        let kernel = self.gpu.pipelines.kernel(&self.gpu.device, &key)?;
+        let kernel =
+            self.gpu
+                .pipelines
+                .kernel(&self.gpu.device, d.shader, &key, d.params.members)?;
         let max = self.gpu.limits.max_compute_workgroups_per_dimension;
         if let Some(&n) = d.workgroups.iter().find(|&&n| n > max) {
             return Err(GpuError::OverLimit {
@@ -98,7 +99,7 @@ impl<'g> Recorder<'g> {
         }
         if kernel.storage_count() != d.tensors.len() {
             return Err(GpuError::Shader {
-                shader: d.shader.into(),
+                shader: d.shader.name.into(),
                 message: format!(
                     "{} storage bindings, {} tensors given",
                     kernel.storage_count(),
@@ -108,19 +109,19 @@ impl<'g> Recorder<'g> {
         }
         let params_offset = match kernel.params_size() {
             Some(size) => {
-                if (d.params.len() as u64) != size {
+                if (d.params.bytes.len() as u64) != size {
                     return Err(GpuError::Shader {
-                        shader: d.shader.into(),
+                        shader: d.shader.name.into(),
                         message: format!(
                             "parameter block is {size} bytes, {} given",
-                            d.params.len()
+                            d.params.bytes.len()
                         ),
                     });
                 }
                 let align = self.gpu.limits.min_uniform_buffer_offset_alignment as usize;
                 let offset = self.params.len().div_ceil(align) * align;
                 self.params.resize(offset, 0);
-                self.params.extend_from_slice(d.params);
+                self.params.extend_from_slice(d.params.bytes);
                 Some(offset as u32)
             }
             None => None,
@@ -186,66 +187,5 @@ impl<'g> Recorder<'g> {
         let gpu = self.gpu;
         self.submit(None)?;
         gpu.wait()
-    }
-}
-
-/// Per-dispatch timestamp query indices (begin, end), when profiling with timestamps.
-pub(crate) type TimestampSlot<'a> = (&'a wgpu::QuerySet, u32);
-
-/// Encodes `ops`; when `timestamps` is given, each dispatch gets its own pass with begin/end
-/// timestamps at consecutive query indices starting from the given one.
-pub(crate) fn encode_ops(
-    gpu: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
-    ops: &[Op],
-    params: Option<&PooledBuffer>,
-    timestamps: Option<TimestampSlot<'_>>,
-) {
-    let mut pass: Option<wgpu::ComputePass<'static>> = None;
-    let mut query = timestamps.map(|t| t.1).unwrap_or(0);
-    for op in ops {
-        match op {
-            Op::Dispatch {
-                kernel,
-                params_offset,
-                buffers,
-                workgroups,
-                ..
-            } => {
-                let storage: Vec<(u64, &wgpu::Buffer)> =
-                    buffers.iter().map(|b| (b.id, &b.buffer)).collect();
-                let bg = gpu.pipelines.bind_group(
-                    &gpu.device,
-                    kernel,
-                    params_offset.and(params.map(|p| (p.id, &p.buffer))),
-                    &storage,
-                );
-                if timestamps.is_some() {
-                    drop(pass.take());
-                }
-                let p = pass.get_or_insert_with(|| {
-                    enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                        label: None,
-                        timestamp_writes: timestamps.map(|(qs, _)| {
-                            wgpu::ComputePassTimestampWrites {
-                                query_set: qs,
-                                beginning_of_pass_write_index: Some(query),
-                                end_of_pass_write_index: Some(query + 1),
-                            }
-                        }),
-                    })
-                    .forget_lifetime()
-                });
-                query += 2;
-                p.set_pipeline(&kernel.pipeline);
-                let offsets: Vec<u32> = params_offset.iter().copied().collect();
-                p.set_bind_group(0, &bg, &offsets);
-                p.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
-            }
-            Op::Copy { src, dst, bytes } => {
-                drop(pass.take());
-                enc.copy_buffer_to_buffer(&src.buffer, 0, &dst.buffer, 0, *bytes);
-            }
-        }
     }
 }

@@ -47,14 +47,6 @@ macro_rules! shader_file {
     };
 }
 
-/// Every shader of the project. The portability test checks that this list matches `shaders/`.
-pub fn all_shaders() -> Vec<ShaderFile> {
-    let mut all = crate::kernels::core_shaders();
-    all.extend(crate::attention::shaders());
-    all.extend(crate::distill::shaders());
-    all
-}
-
 /// The files `#include` can paste, from `shaders/include/`.
 const INCLUDES: &[(&str, &str)] = &[
     (
@@ -94,8 +86,21 @@ const INCLUDES: &[(&str, &str)] = &[
     ),
 ];
 
-pub fn find_shader(name: &str) -> Option<ShaderFile> {
-    all_shaders().into_iter().find(|s| s.name == name)
+/// The first define whose name appears nowhere in `source` or the files it includes.
+fn unread_define<'d>(source: &str, defs: &'d Defines) -> Option<&'d str> {
+    let mut words = std::collections::HashSet::new();
+    let mut texts = vec![source];
+    while let Some(text) = texts.pop() {
+        for line in text.lines() {
+            if let Some(arg) = line.trim_start().strip_prefix("#include") {
+                if let Some((_, inc)) = INCLUDES.iter().find(|(n, _)| *n == arg.trim()) {
+                    texts.push(inc);
+                }
+            }
+            words.extend(line.split(|c: char| !is_word_char(c)));
+        }
+    }
+    defs.keys().map(String::as_str).find(|k| !words.contains(k))
 }
 
 fn is_word_char(c: char) -> bool {
@@ -106,8 +111,16 @@ fn truthy(defs: &Defines, name: &str) -> bool {
     matches!(defs.get(name), Some(v) if v != "0" && v != "false")
 }
 
-/// Applies the directives and word substitution, and enables f16 where it is used.
+/// Applies the directives and word substitution, and enables f16 where it is used. A define
+/// the file (with its includes) never names is an error: a launcher passing it has a typo or
+/// a stale option.
 pub fn preprocess(name: &str, source: &str, defs: &Defines) -> Result<String> {
+    if let Some(unread) = unread_define(source, defs) {
+        return Err(GpuError::Shader {
+            shader: name.to_string(),
+            message: format!("the define {unread} is never read by the shader"),
+        });
+    }
     let mut out = preprocess_lines(name, source, defs)?;
     let needs_f16 = out
         .split(|c: char| !is_word_char(c))
@@ -212,9 +225,11 @@ fn substitute_words(line: &str, defs: &Defines, out: &mut String) {
 /// One resource binding of a compute shader, as reflected from the WGSL.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BindingKind {
-    /// A small parameter struct, bound with a dynamic offset; `size` bytes.
+    /// The parameter struct (group 1, binding 0), bound with a dynamic offset: `size` bytes,
+    /// its members' (name, byte offset).
     Params {
         size: u64,
+        members: Vec<(String, usize)>,
     },
     Storage {
         read_only: bool,
@@ -242,38 +257,61 @@ pub fn parse_and_validate(
     Ok((module, info))
 }
 
-/// The bindings of group 0, by binding index.
-pub fn reflect_bindings(name: &str, module: &naga::Module) -> Result<Vec<(u32, BindingKind)>> {
+/// Where kernels keep their bindings: storage buffers in group 0 (a bind group per set of
+/// buffers), the parameter block alone in group 1 binding 0 (one bind group per uniform
+/// buffer, whatever the storage buffers).
+pub const STORAGE_GROUP: u32 = 0;
+pub const PARAMS_GROUP: u32 = 1;
+
+/// The bindings of a kernel: (group, binding, kind), sorted.
+pub fn reflect_bindings(name: &str, module: &naga::Module) -> Result<Vec<(u32, u32, BindingKind)>> {
+    let err = |message: String| GpuError::Shader {
+        shader: name.to_string(),
+        message,
+    };
     let mut out = Vec::new();
     for (_, var) in module.global_variables.iter() {
         let Some(binding) = &var.binding else {
             continue;
         };
-        if binding.group != 0 {
-            return Err(GpuError::Shader {
-                shader: name.to_string(),
-                message: format!(
-                    "binding in group {}: kernels use group 0 only",
-                    binding.group
-                ),
-            });
-        }
         let kind = match var.space {
-            naga::AddressSpace::Uniform => BindingKind::Params {
-                size: module.types[var.ty].inner.size(module.to_ctx()) as u64,
-            },
-            naga::AddressSpace::Storage { access } => BindingKind::Storage {
-                read_only: !access.contains(naga::StorageAccess::STORE),
-            },
-            other => {
-                return Err(GpuError::Shader {
-                    shader: name.to_string(),
-                    message: format!("unsupported binding space {other:?}"),
-                })
+            naga::AddressSpace::Uniform => {
+                if (binding.group, binding.binding) != (PARAMS_GROUP, 0) {
+                    return Err(err(format!(
+                        "the parameter block must be @group({PARAMS_GROUP}) @binding(0), not \
+                         @group({}) @binding({})",
+                        binding.group, binding.binding
+                    )));
+                }
+                let ty = &module.types[var.ty];
+                let members = match &ty.inner {
+                    naga::TypeInner::Struct { members, .. } => members
+                        .iter()
+                        .map(|m| (m.name.clone().unwrap_or_default(), m.offset as usize))
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                BindingKind::Params {
+                    size: ty.inner.size(module.to_ctx()) as u64,
+                    members,
+                }
             }
+            naga::AddressSpace::Storage { access } => {
+                if binding.group != STORAGE_GROUP {
+                    return Err(err(format!(
+                        "storage binding {} in group {}: storage buffers use group \
+                         {STORAGE_GROUP}",
+                        binding.binding, binding.group
+                    )));
+                }
+                BindingKind::Storage {
+                    read_only: !access.contains(naga::StorageAccess::STORE),
+                }
+            }
+            other => return Err(err(format!("unsupported binding space {other:?}"))),
         };
-        out.push((binding.binding, kind));
+        out.push((binding.group, binding.binding, kind));
     }
-    out.sort_by_key(|b| b.0);
+    out.sort_by_key(|b| (b.0, b.1));
     Ok(out)
 }

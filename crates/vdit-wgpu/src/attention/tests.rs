@@ -1,26 +1,9 @@
 use super::reference::*;
 use super::*;
+use crate::policy::{FlashKernel, KernelPolicy};
 use crate::testing::*;
 
 type Fm = FeatureSpec;
-
-thread_local! {
-    /// Set by `check` to run a case on the portable flash kernels where the adapter has
-    /// cooperative matrices.
-    pub(super) static FORCE_PORTABLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    /// Set by `check` to run a case on one layout of the cooperative flash kernel.
-    pub(super) static FORCED_FLASH_LAYOUT: std::cell::Cell<Option<FlashCoopLayout>> =
-        const { std::cell::Cell::new(None) };
-}
-
-/// The kernel choices a case runs through: the launcher's own, and where the adapter has
-/// cooperative matrices also the portable kernels and the narrow cooperative layout.
-#[derive(Clone, Copy, Debug)]
-enum Path {
-    Picked,
-    Portable,
-    Narrow,
-}
 
 fn host_map(rng: &mut Rng, fm: Fm, heads: usize, d: usize, dtype: DType) -> HostFeatureMap {
     random_feature_map(rng, fm, heads, d, dtype == DType::F16)
@@ -112,9 +95,13 @@ fn check(c: Case) {
     };
     let ws = AttentionWorkspace::new(gpu, &mode, nq, nk, heads, d, df).unwrap();
     let out = Tensor::empty(gpu, &[nq, heads, d], dtype).unwrap();
-    let mut paths = vec![Path::Picked];
-    if flash_coop_fits(gpu, d, dtype, nq, nk).is_some() {
-        paths.extend([Path::Portable, Path::Narrow]);
+    let mut paths = vec![FlashKernel::Auto];
+    let layout = |wide, single_pass| FlashCoopLayout { wide, single_pass };
+    if flash_coop_fits(gpu, layout(false, false), d, dtype, nq, nk) {
+        paths.extend([
+            FlashKernel::Vector,
+            FlashKernel::Cooperative(layout(false, false)),
+        ]);
     }
     for (round, path) in (0..2).flat_map(|r| paths.iter().map(move |p| (r, *p))) {
         let r = |v: Vec<f32>| {
@@ -132,9 +119,10 @@ fn check(c: Case) {
         let v = Tensor::from_f32(gpu, &[nk, heads, d], &vv, dtype).unwrap();
         out.poison(gpu);
         let mut rec = Recorder::new(gpu);
-        FORCE_PORTABLE.set(matches!(path, Path::Portable));
-        FORCED_FLASH_LAYOUT
-            .set(matches!(path, Path::Narrow).then_some(FlashCoopLayout { wide: false }));
+        rec.set_policy(KernelPolicy {
+            flash: path,
+            ..KernelPolicy::default()
+        });
         let recorded = attention(
             &mut rec,
             &mode,
@@ -146,8 +134,6 @@ fn check(c: Case) {
             &out,
             &ws,
         );
-        FORCE_PORTABLE.set(false);
-        FORCED_FLASH_LAYOUT.set(None);
         recorded.unwrap();
         rec.run().unwrap();
         let got = out.to_vec_f32(gpu).unwrap();
@@ -312,6 +298,8 @@ fn as_f64(v: &[f32]) -> Vec<f64> {
 
 #[test]
 fn property_hybrid_rate_one_is_softmax() {
+    // The hybrid kernels themselves at R = 1 (every key a softmax key, an empty linear state),
+    // not the softmax that `attention` runs for hybrid:1.
     let gpu = test_gpu();
     let seed = seed();
     let mut rng = Rng::new(seed);
@@ -321,8 +309,33 @@ fn property_hybrid_rate_one_is_softmax() {
     let v = Tensor::from_f32(gpu, &[n, h, d], &rng.vec_normal(n * h * d, 1.0), F32).unwrap();
     let s = 0.125;
     let soft = gpu_run(&Softmax, &q, &k, &v, s, None, 0);
-    let hybrid = gpu_run(&Hybrid { rate: 1 }, &q, &k, &v, s, None, 0);
-    assert_close("hybrid R=1 vs softmax", seed, &hybrid, &as_f64(&soft), 1e-6);
+    let fm = Fm::Hedgehog { half: 8 };
+    let (hq, hk) = (
+        host_map(&mut rng, fm, h, d, F32),
+        host_map(&mut rng, fm, h, d, F32),
+    );
+    let df = hq.out_dim(d);
+    let weights = FeatureMapWeights {
+        phi_q: upload_map(gpu, &hq, h, d, F32),
+        phi_k: upload_map(gpu, &hk, h, d, F32),
+    };
+    let ws = AttentionWorkspace::new(gpu, &Hybrid { rate: 2 }, n, n, h, d, df).unwrap();
+    let out = Tensor::empty(gpu, q.shape(), F32).unwrap();
+    out.poison(gpu);
+    let mut rec = Recorder::new(gpu);
+    hybrid_attention(&mut rec, 1, &q, &k, &v, s, &weights, &out, &ws).unwrap();
+    rec.run().unwrap();
+    let hybrid = out.to_vec_f32(gpu).unwrap();
+    assert_close(
+        "hybrid kernels at R=1 vs softmax",
+        seed,
+        &hybrid,
+        &as_f64(&soft),
+        1e-5,
+    );
+    // And `attention` itself runs hybrid:1 as softmax.
+    let routed = gpu_run(&Hybrid { rate: 1 }, &q, &k, &v, s, None, 0);
+    assert_eq!(routed, soft);
 }
 
 #[test]

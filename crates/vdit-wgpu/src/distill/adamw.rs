@@ -1,10 +1,9 @@
 //! The optimiser on the GPU: column sums of small tables ([`column_sums`]: a step's loss, the
 //! squared norms of the gradients) and AdamW with global-norm clipping ([`adamw_update`]).
 
-use bytemuck::{Pod, Zeroable};
-
 use crate::error::{shape_err, Result};
 use crate::kernels::{folded_grid, to_u32};
+use crate::param_block::ParamBytes;
 use crate::profiler::Cost;
 use crate::recorder::{Dispatch, Recorder};
 use crate::shader::{defines, Defines};
@@ -53,13 +52,12 @@ impl AdamW {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct ReduceParams {
-    rows: u32,
-    width: u32,
-    slot: u32,
-    _pad0: u32,
+crate::param_block! {
+    struct ReduceParams {
+        rows: u32,
+        width: u32,
+        slot: u32,
+        _pad0: u32,    }
 }
 
 fn reduce_defines(square: bool) -> Defines {
@@ -103,11 +101,11 @@ pub fn column_sums(
         _pad0: 0,
     };
     rec.dispatch(Dispatch {
-        shader: "distill_reduce",
+        shader: &DISTILL_REDUCE,
         entry: "main",
         defines: reduce_defines(square),
         constants: vec![],
-        params: bytemuck::bytes_of(&params),
+        params: ParamBytes::of(&params),
         tensors: &[x, out],
         workgroups: [1, 1, 1],
         label: format!(
@@ -119,25 +117,24 @@ pub fn column_sums(
     })
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct AdamParams {
-    count: u32,
-    cols: u32,
-    gstride: u32,
-    goff: u32,
-    slots: u32,
-    grid_x: u32,
-    _pad0: u32,
-    _pad1: u32,
-    lr: f32,
-    beta1: f32,
-    beta2: f32,
-    eps: f32,
-    wd: f32,
-    clip: f32,
-    bc1: f32,
-    bc2: f32,
+crate::param_block! {
+    struct AdamParams {
+        count: u32,
+        cols: u32,
+        gstride: u32,
+        goff: u32,
+        slots: u32,
+        grid_x: u32,
+        _pad0: u32,
+        _pad1: u32,
+        lr: f32,
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        wd: f32,
+        clip: f32,
+        bc1: f32,
+        bc2: f32,    }
 }
 
 pub fn adamw_variants() -> Vec<Defines> {
@@ -238,11 +235,11 @@ pub fn adamw_update(
         bc2: (1.0 - (settings.beta2 as f64).powi(ti)) as f32,
     };
     rec.dispatch(Dispatch {
-        shader: "distill_adamw",
+        shader: &DISTILL_ADAMW,
         entry: "main",
         defines: Defines::new(),
         constants: vec![],
-        params: bytemuck::bytes_of(&params),
+        params: ParamBytes::of(&params),
         tensors: &[g.grad, norms, theta, &moments.m, &moments.v],
         workgroups,
         label: format!("distill adamw {count}").into(),
@@ -282,3 +279,11 @@ pub fn adamw_reference(
             as f32;
     }
 }
+
+/// `shaders/distill_reduce.wgsl`.
+pub static DISTILL_REDUCE: crate::shader::ShaderFile =
+    crate::shader_file!("distill_reduce", reduce_variants);
+
+/// `shaders/distill_adamw.wgsl`.
+pub static DISTILL_ADAMW: crate::shader::ShaderFile =
+    crate::shader_file!("distill_adamw", adamw_variants);

@@ -4,30 +4,28 @@
 //! (dW | db) = sum du (x | 1)^T, are the linear-state kernel's product phi^T (V | 1) and run on
 //! [`crate::attention::linear_state`].
 
-use bytemuck::{Pod, Zeroable};
-
 use crate::error::{shape_err, Result};
 use crate::kernels::{folded_grid, require_f16_support, to_u32};
+use crate::param_block::ParamBytes;
 use crate::profiler::Cost;
 use crate::recorder::{Dispatch, Recorder};
 use crate::shader::{defines, Defines};
 use crate::tensor::{DType, Tensor};
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct KeysParams {
-    heads: u32,
-    d: u32,
-    df: u32,
-    k_lo: u32,
-    k_count: u32,
-    rate: u32,
-    has_state: u32,
-    grid_x: u32,
-    ktiles: u32,
-    ftiles: u32,
-    _pad0: u32,
-    _pad1: u32,
+crate::param_block! {
+    struct KeysParams {
+        heads: u32,
+        d: u32,
+        df: u32,
+        k_lo: u32,
+        k_count: u32,
+        rate: u32,
+        has_state: u32,
+        grid_x: u32,
+        ktiles: u32,
+        ftiles: u32,
+        _pad0: u32,
+        _pad1: u32,    }
 }
 
 pub fn keys_variants() -> Vec<Defines> {
@@ -39,7 +37,7 @@ pub fn keys_variants() -> Vec<Defines> {
 
 /// Records dg for keys `k_lo..k_hi` into rows of `dg` `[Nk, H, DF]` f32 from v `[Nk, H, D]`
 /// and `dsz` `[H, DF, D + 2]` f32 (dS | dz | unused). Keys with `j % exclude_rate == 0`
-/// (`exclude_rate > 1`), or all of them when `dsz` is `None`, get zeros.
+/// (`exclude_rate > 0`), or all of them when `dsz` is `None`, get zeros.
 pub fn key_grad(
     rec: &mut Recorder,
     v: &Tensor,
@@ -100,11 +98,11 @@ pub fn key_grad(
     let table = dsz.unwrap_or(dg);
     let n = (count * h) as f64;
     rec.dispatch(Dispatch {
-        shader: "distill_keys",
+        shader: &DISTILL_KEYS,
         entry: "main",
         defines: defines(&[("IO_T", v.dtype().wgsl())]),
         constants: vec![],
-        params: bytemuck::bytes_of(&params),
+        params: ParamBytes::of(&params),
         tensors: &[v, table, dg],
         workgroups,
         label: format!("distill key gradient {count}k x {h}h x {d} x {df}").into(),
@@ -116,13 +114,12 @@ pub fn key_grad(
     })
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct HedgehogParams {
-    heads: u32,
-    half: u32,
-    count: u32,
-    grid_x: u32,
+crate::param_block! {
+    struct HedgehogParams {
+        heads: u32,
+        half: u32,
+        count: u32,
+        grid_x: u32,    }
 }
 
 pub fn hedgehog_variants() -> Vec<Defines> {
@@ -173,11 +170,11 @@ pub fn hedgehog_du(
         grid_x: workgroups[0],
     };
     rec.dispatch(Dispatch {
-        shader: "distill_hedgehog",
+        shader: &DISTILL_HEDGEHOG,
         entry: "main",
         defines: Defines::new(),
         constants: vec![],
-        params: bytemuck::bytes_of(&params),
+        params: ParamBytes::of(&params),
         tensors: &[phi, dphi, du],
         workgroups,
         label: format!("distill hedgehog backward {count} x {h}h x {df}").into(),
@@ -188,17 +185,16 @@ pub fn hedgehog_du(
     })
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct PolyParams {
-    heads: u32,
-    d: u32,
-    hid: u32,
-    df: u32,
-    d1: u32,
-    count: u32,
-    grid_x: u32,
-    _pad0: u32,
+crate::param_block! {
+    struct PolyParams {
+        heads: u32,
+        d: u32,
+        hid: u32,
+        df: u32,
+        d1: u32,
+        count: u32,
+        grid_x: u32,
+        _pad0: u32,    }
 }
 
 pub fn poly_variants() -> Vec<Defines> {
@@ -307,11 +303,11 @@ pub fn poly_stage(
         PolyStage::Dpre => df,
     };
     rec.dispatch(Dispatch {
-        shader: "distill_poly",
+        shader: &DISTILL_POLY,
         entry,
         defines: defines(&[("IO_T", b.x.dtype().wgsl())]),
         constants: vec![],
-        params: bytemuck::bytes_of(&params),
+        params: ParamBytes::of(&params),
         tensors: &[
             b.x, b.w1, b.b1, b.w2, b.b2, b.dphi, b.pre, b.a, b.dpsi, b.dpre,
         ],
@@ -323,3 +319,15 @@ pub fn poly_stage(
         ),
     })
 }
+
+/// `shaders/distill_keys.wgsl`.
+pub static DISTILL_KEYS: crate::shader::ShaderFile =
+    crate::shader_file!("distill_keys", keys_variants);
+
+/// `shaders/distill_hedgehog.wgsl`.
+pub static DISTILL_HEDGEHOG: crate::shader::ShaderFile =
+    crate::shader_file!("distill_hedgehog", hedgehog_variants);
+
+/// `shaders/distill_poly.wgsl`.
+pub static DISTILL_POLY: crate::shader::ShaderFile =
+    crate::shader_file!("distill_poly", poly_variants);

@@ -3,11 +3,10 @@
 //! of a step's queries ([`gather_rows`]) and the query pass ([`query_pass`]: y_hat, the loss and
 //! the query side of the backward in one kernel).
 
-use bytemuck::{Pod, Zeroable};
-
 use crate::attention::AttentionMode;
 use crate::error::{shape_err, Result};
 use crate::kernels::{folded_grid, require_f16_support, to_u32};
+use crate::param_block::ParamBytes;
 use crate::profiler::Cost;
 use crate::recorder::{Dispatch, Recorder};
 use crate::shader::{defines, Defines};
@@ -52,8 +51,8 @@ impl Segments {
             exclude_rate: 0,
             frame_tokens: 0,
         };
-        match *mode {
-            AttentionMode::Softmax | AttentionMode::Hybrid { rate: 0 | 1 } => {
+        match mode.normalized() {
+            AttentionMode::Softmax => {
                 return Err(shape_err(
                     op,
                     format!("{} has no linear part to distil", mode.name()),
@@ -139,25 +138,24 @@ impl Segments {
 // ---------------------------------------------------------------------------------------------
 // the softmax part
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct SoftmaxParams {
-    nq: u32,
-    nk: u32,
-    heads: u32,
-    d: u32,
-    kind: u32,
-    rate: u32,
-    tc: u32,
-    to: u32,
-    ft: u32,
-    tiles: u32,
-    grid_x: u32,
-    _pad0: u32,
-    scale: f32,
-    eps: f32,
-    _pad1: u32,
-    _pad2: u32,
+crate::param_block! {
+    struct SoftmaxParams {
+        nq: u32,
+        nk: u32,
+        heads: u32,
+        d: u32,
+        kind: u32,
+        rate: u32,
+        tc: u32,
+        to: u32,
+        ft: u32,
+        tiles: u32,
+        grid_x: u32,
+        _pad0: u32,
+        scale: f32,
+        eps: f32,
+        _pad1: u32,
+        _pad2: u32,    }
 }
 
 fn softmax_defines(dtype: DType, d: usize) -> Defines {
@@ -285,11 +283,11 @@ pub fn softmax_part(
     let tiled = softmax_tiled_rows(gpu, d);
     let (shader, defines, rows) = match tiled {
         Some(bq) => (
-            "distill_softmax_tiled",
+            &DISTILL_SOFTMAX_TILED,
             softmax_tiled_defines(q.dtype(), bq, d),
             bq,
         ),
-        None => ("distill_softmax", softmax_defines(q.dtype(), d), 64),
+        None => (&DISTILL_SOFTMAX, softmax_defines(q.dtype(), d), 64),
     };
     let tiles = nq.div_ceil(rows);
     let workgroups = folded_grid(gpu, tiles * h);
@@ -318,7 +316,7 @@ pub fn softmax_part(
         entry: "main",
         defines,
         constants: vec![],
-        params: bytemuck::bytes_of(&params),
+        params: ParamBytes::of(&params),
         tensors: &[q, k, v, soft],
         workgroups,
         label: format!("distill softmax part {nq}q x {keys}k x {h}h x {d}").into(),
@@ -332,13 +330,12 @@ pub fn softmax_part(
 // ---------------------------------------------------------------------------------------------
 // gather
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct GatherParams {
-    rows: u32,
-    hd: u32,
-    idx_lo: u32,
-    grid_x: u32,
+crate::param_block! {
+    struct GatherParams {
+        rows: u32,
+        hd: u32,
+        idx_lo: u32,
+        grid_x: u32,    }
 }
 
 fn io_defines(dtype: DType) -> Defines {
@@ -403,11 +400,11 @@ pub fn gather_rows(
         grid_x: workgroups[0],
     };
     rec.dispatch(Dispatch {
-        shader: "distill_gather",
+        shader: &DISTILL_GATHER,
         entry: "main",
         defines: io_defines(x.dtype()),
         constants: vec![],
-        params: bytemuck::bytes_of(&params),
+        params: ParamBytes::of(&params),
         tensors: &[idx, x, out],
         workgroups,
         label: format!("distill gather {rows} x {h}h x {d}").into(),
@@ -418,21 +415,20 @@ pub fn gather_rows(
 // ---------------------------------------------------------------------------------------------
 // the query pass
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct QueryParams {
-    heads: u32,
-    d: u32,
-    df: u32,
-    r_lo: u32,
-    r_count: u32,
-    idx_lo: u32,
-    mse: u32,
-    write_yhat: u32,
-    grid_x: u32,
-    tiles: u32,
-    inv_count: f32,
-    _pad1: u32,
+crate::param_block! {
+    struct QueryParams {
+        heads: u32,
+        d: u32,
+        df: u32,
+        r_lo: u32,
+        r_count: u32,
+        idx_lo: u32,
+        mse: u32,
+        write_yhat: u32,
+        grid_x: u32,
+        tiles: u32,
+        inv_count: f32,
+        _pad1: u32,    }
 }
 
 /// The query pass's defines for `qr` rows per workgroup.
@@ -580,11 +576,11 @@ pub fn query_pass(rec: &mut Recorder, a: &QueryPass) -> Result<()> {
     let n = (r_count * h) as f64;
     let (dd, dff) = (d as f64, df as f64);
     rec.dispatch(Dispatch {
-        shader: "distill_query",
+        shader: &DISTILL_QUERY,
         entry: "main",
         defines: query_defines(a.y.dtype(), qr, d, df),
         constants: vec![],
-        params: bytemuck::bytes_of(&params),
+        params: ParamBytes::of(&params),
         tensors: &[
             a.idx, a.soft, a.y, a.fq, a.state, a.ud, a.dfq, a.parts, a.yhat,
         ],
@@ -596,3 +592,19 @@ pub fn query_pass(rec: &mut Recorder, a: &QueryPass) -> Result<()> {
         ),
     })
 }
+
+/// `shaders/distill_softmax.wgsl`.
+pub static DISTILL_SOFTMAX: crate::shader::ShaderFile =
+    crate::shader_file!("distill_softmax", softmax_variants);
+
+/// `shaders/distill_softmax_tiled.wgsl`.
+pub static DISTILL_SOFTMAX_TILED: crate::shader::ShaderFile =
+    crate::shader_file!("distill_softmax_tiled", softmax_tiled_variants);
+
+/// `shaders/distill_gather.wgsl`.
+pub static DISTILL_GATHER: crate::shader::ShaderFile =
+    crate::shader_file!("distill_gather", gather_variants);
+
+/// `shaders/distill_query.wgsl`.
+pub static DISTILL_QUERY: crate::shader::ShaderFile =
+    crate::shader_file!("distill_query", query_variants);

@@ -56,23 +56,7 @@ pub use adamw::AdamW;
 pub use trainer::{ParamState, PhiInit, PhiTrainer, PhiTrainerConfig, TrainerState};
 
 use crate::error::{shape_err, Result};
-use crate::shader::ShaderFile;
 use crate::tensor::Tensor;
-
-/// The shader files of the distillation kernels.
-pub fn shaders() -> Vec<ShaderFile> {
-    vec![
-        crate::shader_file!("distill_softmax", forward::softmax_variants),
-        crate::shader_file!("distill_softmax_tiled", forward::softmax_tiled_variants),
-        crate::shader_file!("distill_gather", forward::gather_variants),
-        crate::shader_file!("distill_query", forward::query_variants),
-        crate::shader_file!("distill_keys", backward::keys_variants),
-        crate::shader_file!("distill_hedgehog", backward::hedgehog_variants),
-        crate::shader_file!("distill_poly", backward::poly_variants),
-        crate::shader_file!("distill_reduce", adamw::reduce_variants),
-        crate::shader_file!("distill_adamw", adamw::adamw_variants),
-    ]
-}
 
 /// The distillation loss on the attention output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

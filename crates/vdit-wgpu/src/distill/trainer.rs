@@ -426,7 +426,7 @@ impl<'g> PhiTrainer<'g> {
         }
         cfg.optimizer.validate()?;
         match cfg.mode {
-            AttentionMode::Softmax | AttentionMode::Hybrid { rate: 0 | 1 } => {
+            _ if cfg.mode.runs_as_softmax() => {
                 return Err(shape_err(
                     op,
                     format!("{} has no linear part to distil", cfg.mode.name()),
@@ -807,7 +807,7 @@ impl<'g> PhiTrainer<'g> {
     }
 
     /// The (dW | db) tables of one map from its outputs `phi` and upstream `dphi` over rows
-    /// `0..count` of its inputs `x` (rows `j % rate == 0` left out when `rate > 1`).
+    /// `0..count` of its inputs `x` (rows `j % rate == 0` left out when `rate > 0`).
     #[allow(clippy::too_many_arguments)]
     fn record_map_backward(
         &self,

@@ -3,10 +3,9 @@
 //! of schedulers, and storage conversion. Each tensor may be f32 or f16; arithmetic is f32.
 //! The `_in_place` launchers update their first tensor and bind it once, read-write.
 
-use bytemuck::{Pod, Zeroable};
-
 use super::{folded_grid, require_distinct, require_f16_support, to_u32, Modulation};
 use crate::error::{shape_err, Result};
+use crate::param_block::ParamBytes;
 use crate::profiler::Cost;
 use crate::recorder::{Dispatch, Recorder};
 use crate::shader::{defines, Defines};
@@ -81,16 +80,15 @@ impl Op {
     ];
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable, Default)]
-struct Params {
-    n: u32,
-    inner: u32,
-    scale_offset: u32,
-    shift_offset: u32,
-    alpha: f32,
-    beta: f32,
-    _pad: [u32; 2],
+crate::param_block! {
+    struct Params {
+        n: u32,
+        inner: u32,
+        scale_offset: u32,
+        shift_offset: u32,
+        alpha: f32,
+        beta: f32,
+        _pad: [u32; 2],    }
 }
 
 /// Elements one workgroup covers: 256 threads, 4 elements each (elementwise.wgsl).
@@ -168,11 +166,11 @@ fn launch(rec: &mut Recorder, l: Launch<'_>) -> Result<()> {
     );
     let grid = folded_grid(rec.gpu(), n.div_ceil(ELEMENTS_PER_WORKGROUP));
     rec.dispatch(Dispatch {
-        shader: "elementwise",
+        shader: &ELEMENTWISE,
         entry: "main",
         defines: elementwise_defines(op, x_type, l.b.map(Tensor::dtype), l.y.dtype()),
         constants: vec![],
-        params: bytemuck::bytes_of(&params),
+        params: ParamBytes::of(&params),
         tensors: &tensors,
         workgroups: grid,
         label: label.into(),
@@ -439,6 +437,9 @@ pub fn axpby_reference(alpha: f32, x: &[f32], beta: f32, y: &[f32]) -> Vec<f64> 
         .map(|(&a, &b)| alpha as f64 * a as f64 + beta as f64 * b as f64)
         .collect()
 }
+
+/// `shaders/elementwise.wgsl`.
+pub static ELEMENTWISE: crate::shader::ShaderFile = crate::shader_file!("elementwise", variants);
 
 #[cfg(test)]
 mod tests {

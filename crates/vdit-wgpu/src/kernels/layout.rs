@@ -1,24 +1,22 @@
 //! Layout changes between channel-first video [C, F, H, W] (how latents and frames are stored
 //! and exchanged) and the channels-last frames [T, H, W, C] convolutions work on.
 
-use bytemuck::{Pod, Zeroable};
-
 use super::{folded_grid, require_distinct, require_f16_support, to_u32};
 use crate::error::{shape_err, Result};
+use crate::param_block::ParamBytes;
 use crate::profiler::Cost;
 use crate::recorder::{Dispatch, Recorder};
 use crate::shader::{defines, Defines};
 use crate::tensor::Tensor;
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    channels: u32,
-    frames: u32,
-    f0: u32,
-    hw: u32,
-    n: u32,
-    _pad: [u32; 3],
+crate::param_block! {
+    struct Params {
+        channels: u32,
+        frames: u32,
+        f0: u32,
+        hw: u32,
+        n: u32,
+        _pad: [u32; 3],    }
 }
 
 /// The define sets of `channels_last.wgsl`.
@@ -57,11 +55,11 @@ pub fn channels_last(rec: &mut Recorder, x: &Tensor, first_frame: usize, y: &Ten
         _pad: [0; 3],
     };
     rec.dispatch(Dispatch {
-        shader: "channels_last",
+        shader: &CHANNELS_LAST,
         entry: "main",
         defines: defines(&[("X_T", x.dtype().wgsl()), ("Y_T", y.dtype().wgsl())]),
         constants: vec![],
-        params: bytemuck::bytes_of(&params),
+        params: ParamBytes::of(&params),
         tensors: &[x, y],
         workgroups: folded_grid(rec.gpu(), n.div_ceil(256)),
         label: format!("channels_last {t}x{h}x{w}x{c} {}", y.dtype()).into(),
@@ -87,6 +85,10 @@ pub fn channels_last_reference(
     }
     out
 }
+
+/// `shaders/channels_last.wgsl`.
+pub static CHANNELS_LAST: crate::shader::ShaderFile =
+    crate::shader_file!("channels_last", variants);
 
 #[cfg(test)]
 mod tests {

@@ -3,10 +3,10 @@
 //! has 16x16 f16 cooperative matrices it runs `matmul_coop.wgsl` (tensor cores); otherwise the
 //! portable `matmul.wgsl`. Both are checked against the same float64 reference.
 
-use bytemuck::{Pod, Zeroable};
-
 use crate::error::{shape_err, GpuError, Result};
 use crate::kernels::{require_distinct, to_u32, Row};
+use crate::param_block::ParamBytes;
+use crate::policy::{CoopTiles, MatmulKernel};
 use crate::profiler::Cost;
 use crate::recorder::{Dispatch, Recorder};
 use crate::shader::{defines, Defines};
@@ -62,13 +62,12 @@ impl From<&Epilogue<'_>> for EpilogueKind {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    gate_offset: u32,
+crate::param_block! {
+    struct Params {
+        m: u32,
+        n: u32,
+        k: u32,
+        gate_offset: u32,    }
 }
 
 fn matmul_defines(x: DType, w: DType, b: Option<DType>, y: DType, epi: EpilogueKind) -> Defines {
@@ -93,55 +92,23 @@ fn matmul_defines(x: DType, w: DType, b: Option<DType>, y: DType, epi: EpilogueK
     d
 }
 
-/// Shape options of `matmul_coop.wgsl`. On the H100 (Vulkan), at 32760 x 1536 x 8960, K steps
-/// of 64 with vector tiles ran at 107 TFLOP/s; K steps of 64 alone at 99, K steps of 32 at 33-35.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CoopTiles {
-    /// K steps of 64 instead of 32.
-    pub wide_k: bool,
-    /// Workgroup tiles as vectors of 4 halves.
-    pub vec_tiles: bool,
+/// Workgroup memory of `matmul_coop.wgsl` with these tiles: the X and W tiles (128 rows of
+/// BK + 8 halves each) and one 16 x 16 f32 fragment per subgroup.
+pub fn coop_shared_bytes(tiles: CoopTiles) -> u32 {
+    let bk = if tiles.wide_k { 64 } else { 32 };
+    2 * 128 * (bk + 8) * 2 + 8 * 256 * 4
 }
 
-impl CoopTiles {
-    pub const TUNED: Self = Self {
-        wide_k: true,
-        vec_tiles: true,
-    };
-
-    /// The tuned choice, or `VDIT_MATMUL_COOP` (`wide`, `vec`, `wide,vec`, `plain`) to compare;
-    /// read once per process.
-    pub fn chosen() -> Self {
-        static CHOSEN: std::sync::OnceLock<CoopTiles> = std::sync::OnceLock::new();
-        *CHOSEN.get_or_init(|| match std::env::var("VDIT_MATMUL_COOP") {
-            Ok(v) => {
-                let words: Vec<&str> = v.split(',').map(str::trim).collect();
-                if words.iter().any(|w| !["wide", "vec", "plain"].contains(w)) {
-                    log::warn!("VDIT_MATMUL_COOP={v}: expected wide, vec, wide,vec or plain");
-                }
-                Self {
-                    wide_k: words.contains(&"wide"),
-                    vec_tiles: words.contains(&"vec"),
-                }
-            }
-            Err(_) => Self::TUNED,
-        })
+/// Makes `matmul.wgsl`'s defines those of `matmul_coop.wgsl`: the tile options, and no operand
+/// types (f16 there by construction).
+fn add_tile_defines(tiles: CoopTiles, d: &mut Defines) {
+    d.remove("X_T");
+    d.remove("W_T");
+    if tiles.wide_k {
+        d.insert("WIDE_K".into(), "1".into());
     }
-
-    /// Workgroup memory of `matmul_coop.wgsl` with these options: the X and W tiles (128 rows of
-    /// BK + 8 halves each) and one 16 x 16 f32 fragment per subgroup.
-    pub fn shared_bytes(&self) -> u32 {
-        let bk = if self.wide_k { 64 } else { 32 };
-        2 * 128 * (bk + 8) * 2 + 8 * 256 * 4
-    }
-
-    fn add_defines(&self, d: &mut Defines) {
-        if self.wide_k {
-            d.insert("WIDE_K".into(), "1".into());
-        }
-        if self.vec_tiles {
-            d.insert("VEC_TILES".into(), "1".into());
-        }
+    if tiles.vec_tiles {
+        d.insert("VEC_TILES".into(), "1".into());
     }
 }
 
@@ -153,7 +120,7 @@ pub fn coop_variants() -> Vec<Defines> {
     for (wide_k, vec_tiles) in [(false, false), (true, false), (false, true), (true, true)] {
         for y in [F16, F32] {
             let mut add = |mut d: Defines| {
-                CoopTiles { wide_k, vec_tiles }.add_defines(&mut d);
+                add_tile_defines(CoopTiles { wide_k, vec_tiles }, &mut d);
                 v.push(d);
             };
             for epi in [
@@ -173,7 +140,13 @@ pub fn coop_variants() -> Vec<Defines> {
 
 /// Whether `matmul_coop.wgsl` can run this product: f16 operands with K a multiple of 4 (it
 /// loads 4-vectors), 16x16 f16 -> f32 cooperative matrices, and subgroups of exactly 32.
-fn coop_fits(gpu: &crate::gpu::Gpu, x: &Tensor, w: &Tensor, k: usize) -> bool {
+pub(crate) fn coop_fits(
+    gpu: &crate::gpu::Gpu,
+    tiles: CoopTiles,
+    x: &Tensor,
+    w: &Tensor,
+    k: usize,
+) -> bool {
     let caps = &gpu.caps;
     caps.coop_f16_16x16()
         && caps.subgroup_min_size == 32
@@ -181,7 +154,7 @@ fn coop_fits(gpu: &crate::gpu::Gpu, x: &Tensor, w: &Tensor, k: usize) -> bool {
         && x.dtype() == DType::F16
         && w.dtype() == DType::F16
         && k % 4 == 0
-        && coop_gemm_fits_limits(gpu, CoopTiles::chosen().shared_bytes())
+        && coop_gemm_fits_limits(gpu, coop_shared_bytes(tiles))
 }
 
 /// Whether the device's limits (which an application's own device may set low) admit a
@@ -226,19 +199,6 @@ pub fn matmul(
     bias: Option<&Tensor>,
     y: &Tensor,
     epilogue: Epilogue<'_>,
-) -> Result<()> {
-    matmul_on(rec, x, w, bias, y, epilogue, true)
-}
-
-/// `matmul`, with the cooperative-matrix kernel allowed or not (tests run both paths).
-fn matmul_on(
-    rec: &mut Recorder,
-    x: &Tensor,
-    w: &Tensor,
-    bias: Option<&Tensor>,
-    y: &Tensor,
-    epilogue: Epilogue<'_>,
-    allow_coop: bool,
 ) -> Result<()> {
     let op = "matmul";
     let (&k, x_rows) = x
@@ -300,11 +260,16 @@ fn matmul_on(
     let bytes = m as f64 * k as f64 * el(x)
         + n as f64 * k as f64 * el(w)
         + m as f64 * n as f64 * el(y) * if epilogue.reads_output() { 2.0 } else { 1.0 };
-    let coop = allow_coop && coop_fits(gpu, x, w, k);
-    let (shader, tile, path) = if coop {
-        ("matmul_coop", 128, " coop")
+    let coop = match rec.policy().matmul {
+        MatmulKernel::Auto if coop_fits(gpu, CoopTiles::TUNED, x, w, k) => Some(CoopTiles::TUNED),
+        MatmulKernel::Auto | MatmulKernel::Portable => None,
+        MatmulKernel::Cooperative(tiles) if coop_fits(gpu, tiles, x, w, k) => Some(tiles),
+        MatmulKernel::Cooperative(_) => None,
+    };
+    let (shader, tile, path) = if coop.is_some() {
+        (&MATMUL_COOP, 128, " coop")
     } else {
-        ("matmul", 64, "")
+        (&MATMUL, 64, "")
     };
     let mut defines = matmul_defines(
         x.dtype(),
@@ -313,15 +278,15 @@ fn matmul_on(
         y.dtype(),
         EpilogueKind::from(&epilogue),
     );
-    if coop {
-        CoopTiles::chosen().add_defines(&mut defines);
+    if let Some(tiles) = coop {
+        add_tile_defines(tiles, &mut defines);
     }
     rec.dispatch(Dispatch {
         shader,
         entry: "main",
         defines,
         constants: vec![],
-        params: bytemuck::bytes_of(&params),
+        params: ParamBytes::of(&params),
         tensors: &tensors,
         workgroups: [n.div_ceil(tile) as u32, m.div_ceil(tile) as u32, 1],
         label: format!("matmul{}{path} {m}x{n}x{k} {}", epilogue.name(), w.dtype()).into(),
@@ -376,9 +341,17 @@ pub fn matmul_reference(
     out
 }
 
+/// `shaders/matmul.wgsl`.
+pub static MATMUL: crate::shader::ShaderFile = crate::shader_file!("matmul", variants);
+
+/// `shaders/matmul_coop.wgsl`.
+pub static MATMUL_COOP: crate::shader::ShaderFile =
+    crate::shader_file!("matmul_coop", coop_variants);
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::KernelPolicy;
     use crate::testing::*;
 
     struct Case {
@@ -426,11 +399,11 @@ mod tests {
         let g = Tensor::from_f32(gpu, &[2, n], &gv, DType::F32).unwrap();
         let reads_output = matches!(epi, EpilogueKind::Residual | EpilogueKind::ResidualGate);
         // Both kernels where the adapter has cooperative matrices, the portable one elsewhere.
-        let mut paths = vec![false];
-        if coop_fits(gpu, &x, &w, k) {
-            paths.push(true);
+        let mut kernels = vec![MatmulKernel::Portable];
+        if coop_fits(gpu, CoopTiles::TUNED, &x, &w, k) {
+            kernels.push(MatmulKernel::Cooperative(CoopTiles::TUNED));
         }
-        for coop in paths {
+        for kernel in kernels {
             let y = if reads_output {
                 Tensor::from_f32(gpu, &[m, n], &rv, c.y).unwrap()
             } else {
@@ -455,7 +428,11 @@ mod tests {
                 ),
             };
             let mut rec = Recorder::new(gpu);
-            matmul_on(&mut rec, &x, &w, bias.then_some(&b), &y, gpu_epi, coop).unwrap();
+            rec.set_policy(KernelPolicy {
+                matmul: kernel,
+                ..KernelPolicy::default()
+            });
+            matmul(&mut rec, &x, &w, bias.then_some(&b), &y, gpu_epi).unwrap();
             rec.run().unwrap();
             let got = y.to_vec_f32(gpu).unwrap();
             let want = matmul_reference(&xv, &wv, bias.then_some(&bv[..]), (m, n, k), ref_epi);
@@ -466,7 +443,7 @@ mod tests {
             };
             assert_close(
                 &format!(
-                    "matmul {m}x{n}x{k} x:{} w:{} y:{} {epi:?} bias:{bias} coop:{coop}",
+                    "matmul {m}x{n}x{k} x:{} w:{} y:{} {epi:?} bias:{bias} {kernel:?}",
                     c.x, c.w, c.y
                 ),
                 seed,

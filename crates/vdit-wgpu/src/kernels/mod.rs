@@ -15,29 +15,7 @@ pub mod tile_blend;
 
 use crate::error::{shape_err, GpuError, Result};
 use crate::gpu::Gpu;
-use crate::shader::ShaderFile;
 use crate::tensor::{DType, Tensor};
-
-/// The shader files of the core kernels (attention has its own list).
-pub fn core_shaders() -> Vec<ShaderFile> {
-    vec![
-        crate::shader_file!("channels_last", layout::variants),
-        crate::shader_file!("conv", conv::variants),
-        crate::shader_file!("conv_cache", conv::history_variants),
-        crate::shader_file!("conv_coop", conv::coop_variants),
-        crate::shader_file!("conv_direct", conv::direct_variants),
-        crate::shader_file!("elementwise", elementwise::variants),
-        crate::shader_file!("frames_to_rgba", rgba::variants),
-        crate::shader_file!("matmul", matmul::variants),
-        crate::shader_file!("matmul_coop", matmul::coop_variants),
-        crate::shader_file!("norm", norm::variants),
-        crate::shader_file!("patch", patch::variants),
-        crate::shader_file!("rope", rope::variants),
-        crate::shader_file!("softmax_rows", softmax::variants),
-        crate::shader_file!("t5_attention", t5_attention::variants),
-        crate::shader_file!("tile_blend", tile_blend::variants),
-    ]
-}
 
 /// GELU with the tanh approximation, in f64 (the reference of the GPU's f32 version).
 /// `0.5 v (1 + tanh(u))` is computed as the identical `v / (1 + exp(-2u))`, which keeps its

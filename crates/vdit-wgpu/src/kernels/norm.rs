@@ -2,10 +2,9 @@
 //! modulation) and RMSNorm. Inputs and outputs may be f32 or f16, weights f32 or f16,
 //! modulation vectors f32; statistics are computed in f32, one workgroup per row.
 
-use bytemuck::{Pod, Zeroable};
-
 use super::{folded_grid, require_distinct, require_f16_support, to_u32, Modulation};
 use crate::error::{shape_err, Result};
+use crate::param_block::ParamBytes;
 use crate::profiler::Cost;
 use crate::recorder::{Dispatch, Recorder};
 use crate::shader::{defines, Defines};
@@ -33,15 +32,14 @@ impl Kind {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    rows: u32,
-    cols: u32,
-    eps: f32,
-    scale_offset: u32,
-    shift_offset: u32,
-    _pad: [u32; 3],
+crate::param_block! {
+    struct Params {
+        rows: u32,
+        cols: u32,
+        eps: f32,
+        scale_offset: u32,
+        shift_offset: u32,
+        _pad: [u32; 3],    }
 }
 
 /// The storage types of one variant; `x` is `None` in place.
@@ -194,11 +192,11 @@ fn launch(rec: &mut Recorder, l: Launch<'_>) -> Result<()> {
     // LayerNorm reads x three times, RMSNorm twice; the row is usually still in cache.
     let bytes = n * (x_size + y.dtype().size() as f64);
     rec.dispatch(Dispatch {
-        shader: "norm",
+        shader: &NORM,
         entry: if narrow { "narrow" } else { "main" },
         defines: norm_defines(variant),
         constants: vec![],
-        params: bytemuck::bytes_of(&params),
+        params: ParamBytes::of(&params),
         tensors: &tensors,
         workgroups: folded_grid(
             rec.gpu(),
@@ -344,6 +342,9 @@ pub fn rms_norm_reference(x: &[f32], cols: usize, weight: Option<&[f32]>, eps: f
     }
     out
 }
+
+/// `shaders/norm.wgsl`.
+pub static NORM: crate::shader::ShaderFile = crate::shader_file!("norm", variants);
 
 #[cfg(test)]
 mod tests {

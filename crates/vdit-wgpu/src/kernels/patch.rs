@@ -4,10 +4,9 @@
 //! patch embedding is `matmul(tokens, weight.reshape([out, C*pt*ph*pw]))`; unpatchify reads the
 //! order of Wan's output head, patch position major and channel minor.
 
-use bytemuck::{Pod, Zeroable};
-
 use super::{folded_grid, require_distinct, require_f16_support, to_u32};
 use crate::error::{shape_err, Result};
+use crate::param_block::ParamBytes;
 use crate::profiler::Cost;
 use crate::recorder::{Dispatch, Recorder};
 use crate::shader::{defines, Defines};
@@ -16,17 +15,16 @@ use crate::tensor::{DType, Tensor};
 /// Wan2.1's patch: one frame, 2 x 2 pixels of the latent.
 pub const WAN_PATCH: [usize; 3] = [1, 2, 2];
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    channels: u32,
-    frames: u32,
-    height: u32,
-    width: u32,
-    pt: u32,
-    ph: u32,
-    pw: u32,
-    total: u32,
+crate::param_block! {
+    struct Params {
+        channels: u32,
+        frames: u32,
+        height: u32,
+        width: u32,
+        pt: u32,
+        ph: u32,
+        pw: u32,
+        total: u32,    }
 }
 
 /// Latent elements one workgroup moves, one per thread (patch.wgsl).
@@ -110,11 +108,11 @@ fn launch(
         total: to_u32(op, total)?,
     };
     rec.dispatch(Dispatch {
-        shader: "patch",
+        shader: &PATCH,
         entry: "main",
         defines: patch_defines(direction, src.dtype(), dst.dtype()),
         constants: vec![],
-        params: bytemuck::bytes_of(&params),
+        params: ParamBytes::of(&params),
         tensors: &[src, dst],
         workgroups: folded_grid(rec.gpu(), total.div_ceil(ELEMENTS_PER_WORKGROUP)),
         label: format!("{op} {:?} {}->{}", s, src.dtype(), dst.dtype()).into(),
@@ -195,6 +193,9 @@ pub fn unpatchify_reference(tokens: &[f32], shape: [usize; 4], patch: [usize; 3]
     }
     out
 }
+
+/// `shaders/patch.wgsl`.
+pub static PATCH: crate::shader::ShaderFile = crate::shader_file!("patch", variants);
 
 #[cfg(test)]
 mod tests {

@@ -2,24 +2,22 @@
 //! packed RGBA8 pixels in a storage buffer, laid out so that `copy_buffer_to_texture` can move
 //! it into an `Rgba8Unorm` texture on the same device, without a trip through the host.
 
-use bytemuck::{Pod, Zeroable};
-
 use super::{folded_grid, require_distinct, require_f16_support, to_u32};
 use crate::error::{shape_err, Result};
+use crate::param_block::ParamBytes;
 use crate::profiler::Cost;
 use crate::recorder::{Dispatch, Recorder};
 use crate::shader::{defines, Defines};
 use crate::tensor::{DType, Tensor};
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    frames: u32,
-    frame: u32,
-    width: u32,
-    hw: u32,
-    row_stride: u32,
-    _pad: [u32; 3],
+crate::param_block! {
+    struct Params {
+        frames: u32,
+        frame: u32,
+        width: u32,
+        hw: u32,
+        row_stride: u32,
+        _pad: [u32; 3],    }
 }
 
 /// The define sets of `frames_to_rgba.wgsl`: f32 or f16 frames.
@@ -87,11 +85,11 @@ pub fn frames_to_rgba(
         _pad: [0; 3],
     };
     rec.dispatch(Dispatch {
-        shader: "frames_to_rgba",
+        shader: &FRAMES_TO_RGBA,
         entry: "main",
         defines: defines(&[("X_T", frames.dtype().wgsl())]),
         constants: vec![],
-        params: bytemuck::bytes_of(&params),
+        params: ParamBytes::of(&params),
         tensors: &[frames, out],
         workgroups: folded_grid(rec.gpu(), hw.div_ceil(256)),
         label: format!("frames_to_rgba {h}x{w} {}", frames.dtype()).into(),
@@ -116,6 +114,10 @@ pub fn frames_to_rgba_reference(x: &[f32], [c, f, h, w]: [usize; 4], frame: usiz
         .flat_map(|i| [byte(r[i]), byte(g[i]), byte(b[i]), 255])
         .collect()
 }
+
+/// `shaders/frames_to_rgba.wgsl`.
+pub static FRAMES_TO_RGBA: crate::shader::ShaderFile =
+    crate::shader_file!("frames_to_rgba", variants);
 
 #[cfg(test)]
 mod tests {

@@ -5,11 +5,10 @@
 //! (x[2j], x[2j+1]). The angles' cos and sin are computed once per grid on the CPU in f64 and
 //! uploaded as a small table ([`RopeTable`]); the kernel rotates `x` in place.
 
-use bytemuck::{Pod, Zeroable};
-
 use super::{folded_grid, require_f16_support, to_u32};
 use crate::error::{shape_err, Result};
 use crate::gpu::Gpu;
+use crate::param_block::ParamBytes;
 use crate::profiler::Cost;
 use crate::recorder::{Dispatch, Recorder};
 use crate::shader::{defines, Defines};
@@ -71,19 +70,18 @@ impl RopeTable {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    pairs_total: u32,
-    head_pairs: u32,
-    heads: u32,
-    t_pairs: u32,
-    h_pairs: u32,
-    grid_rows: u32,
-    grid_cols: u32,
-    h_table_start: u32,
-    w_table_start: u32,
-    _pad: [u32; 3],
+crate::param_block! {
+    struct Params {
+        pairs_total: u32,
+        head_pairs: u32,
+        heads: u32,
+        t_pairs: u32,
+        h_pairs: u32,
+        grid_rows: u32,
+        grid_cols: u32,
+        h_table_start: u32,
+        w_table_start: u32,
+        _pad: [u32; 3],    }
 }
 
 /// Pairs one workgroup rotates, one per thread (rope.wgsl).
@@ -136,11 +134,11 @@ pub fn rope_in_place(rec: &mut Recorder, x: &Tensor, table: &RopeTable) -> Resul
         _pad: [0; 3],
     };
     rec.dispatch(Dispatch {
-        shader: "rope",
+        shader: &ROPE,
         entry: "main",
         defines: rope_defines(x.dtype()),
         constants: vec![],
-        params: bytemuck::bytes_of(&params),
+        params: ParamBytes::of(&params),
         tensors: &[&table.table, x],
         workgroups: folded_grid(rec.gpu(), pairs_total.div_ceil(PAIRS_PER_WORKGROUP)),
         label: format!("rope {n}x{heads}x{d} {}", x.dtype()).into(),
@@ -180,6 +178,9 @@ pub fn rope_reference(
     }
     out
 }
+
+/// `shaders/rope.wgsl`.
+pub static ROPE: crate::shader::ShaderFile = crate::shader_file!("rope", variants);
 
 #[cfg(test)]
 mod tests {

@@ -1,22 +1,20 @@
 //! Row-wise softmax of an f32 score matrix, the middle step of attention computed with explicit
 //! scores (`attention::explicit`).
 
-use bytemuck::{Pod, Zeroable};
-
 use super::{folded_grid, require_distinct, require_f16_support, to_u32};
 use crate::error::{shape_err, Result};
+use crate::param_block::ParamBytes;
 use crate::profiler::Cost;
 use crate::recorder::{Dispatch, Recorder};
 use crate::shader::{defines, Defines};
 use crate::tensor::{DType, Tensor};
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    rows: u32,
-    cols: u32,
-    scale: f32,
-    _pad: u32,
+crate::param_block! {
+    struct Params {
+        rows: u32,
+        cols: u32,
+        scale: f32,
+        _pad: u32,    }
 }
 
 /// The define sets of `softmax_rows.wgsl`.
@@ -51,11 +49,11 @@ pub fn softmax_rows(rec: &mut Recorder, x: &Tensor, scale: f32, y: &Tensor) -> R
     };
     let n = x.numel() as f64;
     rec.dispatch(Dispatch {
-        shader: "softmax_rows",
+        shader: &SOFTMAX_ROWS,
         entry: "main",
         defines: defines(&[("Y_T", y.dtype().wgsl())]),
         constants: vec![],
-        params: bytemuck::bytes_of(&params),
+        params: ParamBytes::of(&params),
         tensors: &[x, y],
         workgroups: folded_grid(rec.gpu(), rows),
         label: format!("softmax_rows {rows}x{cols} {}", y.dtype()).into(),
@@ -77,6 +75,9 @@ pub fn softmax_rows_reference(x: &[f32], cols: usize, scale: f64) -> Vec<f64> {
     }
     out
 }
+
+/// `shaders/softmax_rows.wgsl`.
+pub static SOFTMAX_ROWS: crate::shader::ShaderFile = crate::shader_file!("softmax_rows", variants);
 
 #[cfg(test)]
 mod tests {

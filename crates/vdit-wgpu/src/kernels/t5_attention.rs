@@ -6,10 +6,9 @@
 //! the per-head values from the model's learned `[buckets, heads]` table. Keys at or past
 //! `valid` are masked (padding). T5 uses no `1/sqrt(d)` scaling: pass `scale` = 1.
 
-use bytemuck::{Pod, Zeroable};
-
 use super::{folded_grid, require_distinct, require_f16_support, to_u32};
 use crate::error::{shape_err, Result};
+use crate::param_block::ParamBytes;
 use crate::profiler::Cost;
 use crate::recorder::{Dispatch, Recorder};
 use crate::shader::{defines, Defines};
@@ -30,25 +29,23 @@ pub struct RelativeBias<'a> {
     pub buckets: &'a Tensor,
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    rows: u32,
-    heads: u32,
-    head_dim: u32,
-    valid: u32,
-    center: u32,
-    scale: f32,
-    _pad: [u32; 2],
+crate::param_block! {
+    struct Params {
+        rows: u32,
+        heads: u32,
+        head_dim: u32,
+        valid: u32,
+        center: u32,
+        scale: f32,
+        _pad: [u32; 2],    }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct PadParams {
-    in_rows: u32,
-    out_rows: u32,
-    cols: u32,
-    _pad: u32,
+crate::param_block! {
+    struct PadParams {
+        in_rows: u32,
+        out_rows: u32,
+        cols: u32,
+        _pad: u32,    }
 }
 
 fn attention_defines(q: DType, k: DType, v: DType, b: DType, o: DType) -> Defines {
@@ -164,7 +161,7 @@ pub fn relative_bias_attention(
     let flops = 4.0 * (rows * valid * width) as f64;
     let bytes = (q.bytes() + o.bytes()) as f64 + (k.bytes() + v.bytes()) as f64;
     rec.dispatch(Dispatch {
-        shader: "t5_attention",
+        shader: &T5_ATTENTION,
         entry: "main",
         defines: attention_defines(
             q.dtype(),
@@ -174,7 +171,7 @@ pub fn relative_bias_attention(
             o.dtype(),
         ),
         constants: vec![],
-        params: bytemuck::bytes_of(&params),
+        params: ParamBytes::of(&params),
         tensors: &[q, k, v, bias.table, bias.buckets, o],
         workgroups: folded_grid(rec.gpu(), rows * heads),
         label: format!(
@@ -205,11 +202,11 @@ pub fn pad_rows(rec: &mut Recorder, x: &Tensor, y: &Tensor) -> Result<()> {
     };
     to_u32(op, out_rows * cols)?;
     rec.dispatch(Dispatch {
-        shader: "t5_attention",
+        shader: &T5_ATTENTION,
         entry: "main",
         defines: pad_defines(x.dtype(), y.dtype()),
         constants: vec![],
-        params: bytemuck::bytes_of(&params),
+        params: ParamBytes::of(&params),
         tensors: &[x, y],
         workgroups: folded_grid(rec.gpu(), (out_rows * cols).div_ceil(256)),
         label: format!("pad rows {in_rows}->{out_rows}x{cols}").into(),
@@ -258,6 +255,9 @@ pub fn relative_bias_attention_reference(
     }
     out
 }
+
+/// `shaders/t5_attention.wgsl`.
+pub static T5_ATTENTION: crate::shader::ShaderFile = crate::shader_file!("t5_attention", variants);
 
 #[cfg(test)]
 mod tests {

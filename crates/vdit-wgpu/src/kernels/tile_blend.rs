@@ -3,10 +3,9 @@
 //! from zero (the video needs no clearing), and pixels no later tile reaches are clamped to
 //! [-1, 1] once their sum is complete, so only the video and one tile are ever held.
 
-use bytemuck::{Pod, Zeroable};
-
 use super::{folded_grid, require_distinct, to_u32};
 use crate::error::{shape_err, Result};
+use crate::param_block::ParamBytes;
 use crate::profiler::Cost;
 use crate::recorder::{Dispatch, Recorder};
 use crate::shader::Defines;
@@ -27,24 +26,23 @@ pub struct TilePlacement {
     pub done: [usize; 2],
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    n: u32,
-    tile_frames: u32,
-    tile_h: u32,
-    tile_w: u32,
-    frames: u32,
-    height: u32,
-    width: u32,
-    f0: u32,
-    y0: u32,
-    x0: u32,
-    fresh_r: u32,
-    fresh_q: u32,
-    done_r: u32,
-    done_q: u32,
-    _pad: [u32; 2],
+crate::param_block! {
+    struct Params {
+        n: u32,
+        tile_frames: u32,
+        tile_h: u32,
+        tile_w: u32,
+        frames: u32,
+        height: u32,
+        width: u32,
+        f0: u32,
+        y0: u32,
+        x0: u32,
+        fresh_r: u32,
+        fresh_q: u32,
+        done_r: u32,
+        done_q: u32,
+        _pad: [u32; 2],    }
 }
 
 /// The define sets of `tile_blend.wgsl`: one (f32 tiles, weights and video).
@@ -116,11 +114,11 @@ pub fn blend_tile(
         _pad: [0; 2],
     };
     rec.dispatch(Dispatch {
-        shader: "tile_blend",
+        shader: &TILE_BLEND,
         entry: "main",
         defines: Defines::new(),
         constants: vec![],
-        params: bytemuck::bytes_of(&params),
+        params: ParamBytes::of(&params),
         tensors: &[tile, weights, video],
         workgroups: folded_grid(rec.gpu(), n.div_ceil(256)),
         label: format!("blend_tile {c}x{t}x{th}x{tw}").into(),
@@ -158,6 +156,9 @@ pub fn blend_tile_reference(
     }
     out
 }
+
+/// `shaders/tile_blend.wgsl`.
+pub static TILE_BLEND: crate::shader::ShaderFile = crate::shader_file!("tile_blend", variants);
 
 #[cfg(test)]
 mod tests {
