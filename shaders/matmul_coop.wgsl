@@ -2,7 +2,10 @@
 // as matmul.wgsl for f16 X and W (K a multiple of 4), f32 accumulation, any bias / Y storage.
 //
 // A workgroup of 8 subgroups of 32 computes a 128 x 128 tile of Y; subgroup s owns a 64 x 32
-// block (rows 64 * (s / 4), columns 32 * (s % 4)) as 4 x 2 fragments of 16 x 16. K advances in
+// block (rows 64 * (s / 4), columns 32 * (s % 4)) as 4 x 2 fragments of 16 x 16. With
+// WIDE_TILE the tile is 256 x 128 and subgroup s owns a 64 x 64 block (rows 64 * (s / 2),
+// columns 64 * (s % 2)) as 4 x 4 fragments: 16 products per 8 fragment loads instead of 8 per 6,
+// K steps of 32. K advances in
 // steps of BK through workgroup memory; each thread fetches the next step's X and W into
 // registers while the current one is multiplied, so global loads overlap the tensor-core work.
 // The launcher only picks this kernel where subgroups are exactly 32 invocations wide, so that
@@ -27,7 +30,11 @@ struct Params {
 #endif
 @group(0) @binding(5) var<storage, read_write> y: array<Y_T>;
 
+#if WIDE_TILE
+const BM: u32 = 256u;
+#else
 const BM: u32 = 128u;
+#endif
 const BN: u32 = 128u;
 // K step: 32, or 64 with WIDE_K (fewer barriers per product, more workgroup memory).
 #if WIDE_K
@@ -121,8 +128,13 @@ fn main(
     let lane = tid % 32u;
     let row0 = wg.y * BM;
     let col0 = wg.x * BN;
+#if WIDE_TILE
+    let sub_row = (sub / 2u) * 64u;
+    let sub_col = (sub % 2u) * 64u;
+#else
     let sub_row = (sub / 4u) * 64u;
     let sub_col = (sub % 4u) * 32u;
+#endif
 
     // Accumulators as named values (row fragment i, column fragment j), not an array.
     var c00 = coop_mat16x16<f32, C>();
@@ -133,8 +145,18 @@ fn main(
     var c21 = coop_mat16x16<f32, C>();
     var c30 = coop_mat16x16<f32, C>();
     var c31 = coop_mat16x16<f32, C>();
+#if WIDE_TILE
+    var c02 = coop_mat16x16<f32, C>();
+    var c03 = coop_mat16x16<f32, C>();
+    var c12 = coop_mat16x16<f32, C>();
+    var c13 = coop_mat16x16<f32, C>();
+    var c22 = coop_mat16x16<f32, C>();
+    var c23 = coop_mat16x16<f32, C>();
+    var c32 = coop_mat16x16<f32, C>();
+    var c33 = coop_mat16x16<f32, C>();
+#endif
 
-    // Each invocation moves BM * KV / 256 vectors of X and as many of W per K step: rows
+    // Each invocation moves BM * KV / 256 vectors of X and BN * KV / 256 of W per K step: rows
     // lr + RS e, k = 4 lq .. 4 lq + 3 of the step.
     let lr = tid / KV;
     let lq = tid % KV;
@@ -147,11 +169,13 @@ fn main(
     var fw1 = load_w(col0 + lr + RS, lq);
     var fw2 = load_w(col0 + lr + 2u * RS, lq);
     var fw3 = load_w(col0 + lr + 3u * RS, lq);
-#if WIDE_K
+#if WIDE_K || WIDE_TILE
     var fx4 = load_x(row0 + lr + 4u * RS, lq);
     var fx5 = load_x(row0 + lr + 5u * RS, lq);
     var fx6 = load_x(row0 + lr + 6u * RS, lq);
     var fx7 = load_x(row0 + lr + 7u * RS, lq);
+#endif
+#if WIDE_K
     var fw4 = load_w(col0 + lr + 4u * RS, lq);
     var fw5 = load_w(col0 + lr + 5u * RS, lq);
     var fw6 = load_w(col0 + lr + 6u * RS, lq);
@@ -168,11 +192,13 @@ fn main(
         put_w(so + RS * LDS, fw1);
         put_w(so + 2u * RS * LDS, fw2);
         put_w(so + 3u * RS * LDS, fw3);
-#if WIDE_K
+#if WIDE_K || WIDE_TILE
         put_x(so + 4u * RS * LDS, fx4);
         put_x(so + 5u * RS * LDS, fx5);
         put_x(so + 6u * RS * LDS, fx6);
         put_x(so + 7u * RS * LDS, fx7);
+#endif
+#if WIDE_K
         put_w(so + 4u * RS * LDS, fw4);
         put_w(so + 5u * RS * LDS, fw5);
         put_w(so + 6u * RS * LDS, fw6);
@@ -190,11 +216,13 @@ fn main(
         fw1 = load_w(col0 + lr + RS, kv);
         fw2 = load_w(col0 + lr + 2u * RS, kv);
         fw3 = load_w(col0 + lr + 3u * RS, kv);
-#if WIDE_K
+#if WIDE_K || WIDE_TILE
         fx4 = load_x(row0 + lr + 4u * RS, kv);
         fx5 = load_x(row0 + lr + 5u * RS, kv);
         fx6 = load_x(row0 + lr + 6u * RS, kv);
         fx7 = load_x(row0 + lr + 7u * RS, kv);
+#endif
+#if WIDE_K
         fw4 = load_w(col0 + lr + 4u * RS, kv);
         fw5 = load_w(col0 + lr + 5u * RS, kv);
         fw6 = load_w(col0 + lr + 6u * RS, kv);
@@ -216,9 +244,24 @@ fn main(
             c21 = coopMultiplyAdd(a2, b1, c21);
             c30 = coopMultiplyAdd(a3, b0, c30);
             c31 = coopMultiplyAdd(a3, b1, c31);
+#if WIDE_TILE
+            let b2 = frag_w((sub_col + 32u) * LDS + kk);
+            let b3 = frag_w((sub_col + 48u) * LDS + kk);
+            c02 = coopMultiplyAdd(a0, b2, c02);
+            c03 = coopMultiplyAdd(a0, b3, c03);
+            c12 = coopMultiplyAdd(a1, b2, c12);
+            c13 = coopMultiplyAdd(a1, b3, c13);
+            c22 = coopMultiplyAdd(a2, b2, c22);
+            c23 = coopMultiplyAdd(a2, b3, c23);
+            c32 = coopMultiplyAdd(a3, b2, c32);
+            c33 = coopMultiplyAdd(a3, b3, c33);
+#endif
         }
         workgroupBarrier();
     }
 
+#if WIDE_TILE
+    finish_block(c02, c03, c12, c13, c22, c23, c32, c33, sub, lane, row0 + sub_row, col0 + sub_col + 32u);
+#endif
     finish_block(c00, c01, c10, c11, c20, c21, c30, c31, sub, lane, row0 + sub_row, col0 + sub_col);
 }

@@ -168,7 +168,13 @@ fn cases<'a>(
     let rows = (n / frames).max(1);
     let rope_ok = heads > 0 && frames * rows == n;
     let rope = if rope_ok {
-        Some(RopeTable::new(gpu, [frames, rows, 1], hd, 10000.0)?)
+        Some(RopeTable::new(
+            gpu,
+            [frames, rows, 1],
+            hd,
+            vdit_model::dit::wan_rope_pairs(hd),
+            10000.0,
+        )?)
     } else {
         None
     };

@@ -8,7 +8,7 @@ use vdit_wgpu::Gpu;
 
 #[derive(Args, Debug, Clone)]
 pub struct SelftestArgs {
-    /// Only the kernels whose name contains this (matmul, attention, conv, norm).
+    /// Only the kernels whose name contains this (matmul, attention, conv, norm, rope).
     #[arg(long)]
     pub kernel: Option<String>,
     /// Also write the checks as JSON.
@@ -21,7 +21,7 @@ pub fn run(gpu: &Gpu, a: &SelftestArgs) -> Result<(), Box<dyn std::error::Error>
     let checks = vdit_wgpu::selftest::run(gpu, a.kernel.as_deref());
     if checks.is_empty() {
         return Err(format!(
-            "--kernel {}: no kernel of that name (matmul, attention, conv, norm)",
+            "--kernel {}: no kernel of that name (matmul, attention, conv, norm, rope)",
             a.kernel.as_deref().unwrap_or("")
         )
         .into());

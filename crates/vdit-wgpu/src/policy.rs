@@ -26,12 +26,16 @@ pub struct CoopTiles {
     pub wide_k: bool,
     /// Workgroup tiles as vectors of 4 halves.
     pub vec_tiles: bool,
+    /// 256 x 128 output tiles, 64 x 64 per subgroup (K steps of 32 whatever `wide_k` says),
+    /// instead of 128 x 128 with 64 x 32 per subgroup.
+    pub wide_tile: bool,
 }
 
 impl CoopTiles {
     pub const TUNED: Self = Self {
         wide_k: true,
         vec_tiles: true,
+        wide_tile: false,
     };
 }
 
@@ -83,7 +87,7 @@ pub struct KernelPolicy {
 
 /// The words `--kernels` accepts, for its help and its errors.
 pub const KERNELS_HELP: &str = "comma-separated FAMILY=KERNEL: \
-     matmul=auto|portable|coop|coop-k32|coop-scalar|coop-k32-scalar, \
+     matmul=auto|portable|coop|coop-k32|coop-scalar|coop-k32-scalar|coop-256, \
      flash=auto|coop|coop-narrow|coop-1pass|coop-narrow-1pass|vec|general, conv=auto|gemm|direct|direct4|direct8|direct16|coop";
 
 impl KernelPolicy {
@@ -100,7 +104,11 @@ impl KernelPolicy {
             match family.trim() {
                 "matmul" => {
                     let coop = |wide_k, vec_tiles| {
-                        MatmulKernel::Cooperative(CoopTiles { wide_k, vec_tiles })
+                        MatmulKernel::Cooperative(CoopTiles {
+                            wide_k,
+                            vec_tiles,
+                            wide_tile: false,
+                        })
                     };
                     policy.matmul = match kernel.trim() {
                         "auto" => MatmulKernel::Auto,
@@ -109,6 +117,11 @@ impl KernelPolicy {
                         "coop-k32" => coop(false, true),
                         "coop-scalar" => coop(true, false),
                         "coop-k32-scalar" => coop(false, false),
+                        "coop-256" => MatmulKernel::Cooperative(CoopTiles {
+                            wide_k: false,
+                            vec_tiles: true,
+                            wide_tile: true,
+                        }),
                         _ => return Err(unknown()),
                     }
                 }
@@ -174,7 +187,8 @@ mod tests {
             KernelPolicy::parse("matmul=coop-k32").unwrap().matmul,
             MatmulKernel::Cooperative(CoopTiles {
                 wide_k: false,
-                vec_tiles: true
+                vec_tiles: true,
+                wide_tile: false
             })
         );
         for bad in ["flash", "flash=fast", "gemm=coop", "matmul=coop,conv="] {

@@ -27,6 +27,7 @@ use crate::kernels::matmul::{
     coop_fits as matmul_coop_fits, matmul, matmul_reference, Epilogue, ReferenceEpilogue,
 };
 use crate::kernels::norm::{layer_norm, layer_norm_reference, rms_norm, rms_norm_reference};
+use crate::kernels::rope::{rope_in_place, rope_reference, RopeTable};
 use crate::kernels::Row;
 use crate::policy::{ConvKernel, CoopTiles, FlashKernel, KernelPolicy, MatmulKernel};
 use crate::profiler::Profiler;
@@ -68,6 +69,9 @@ pub fn run(gpu: &Gpu, filter: Option<&str>) -> Vec<Check> {
     }
     if keep("norm") {
         norm_checks(gpu, &mut checks);
+    }
+    if keep("rope") {
+        rope_checks(gpu, &mut checks);
     }
     checks
 }
@@ -197,15 +201,20 @@ fn matmul_checks(gpu: &Gpu, out: &mut Vec<Check>) {
     use DType::*;
     let mut rng = Rng::new(11);
     let mut kernels = vec![("portable", MatmulKernel::Portable, Expect::Lacks("coop"))];
-    for (name, wide_k, vec_tiles) in [
-        ("coop", true, true),
-        ("coop-k32", false, true),
-        ("coop-scalar", true, false),
-        ("coop-k32-scalar", false, false),
+    for (name, wide_k, vec_tiles, wide_tile) in [
+        ("coop", true, true, false),
+        ("coop-k32", false, true, false),
+        ("coop-scalar", true, false, false),
+        ("coop-k32-scalar", false, false, false),
+        ("coop-256", false, true, true),
     ] {
         kernels.push((
             name,
-            MatmulKernel::Cooperative(CoopTiles { wide_k, vec_tiles }),
+            MatmulKernel::Cooperative(CoopTiles {
+                wide_k,
+                vec_tiles,
+                wide_tile,
+            }),
             Expect::Has(" coop "),
         ));
     }
@@ -574,6 +583,43 @@ fn norm_checks(gpu: &Gpu, out: &mut Vec<Check>) {
                     y.poison(gpu);
                     rms_norm(rec, &x, Some(&w), eps, &y)?;
                     Ok(y)
+                },
+                &want,
+            );
+        }
+    }
+}
+
+fn rope_checks(gpu: &Gpu, out: &mut Vec<Check>) {
+    use DType::*;
+    let mut rng = Rng::new(15);
+    for dtype in [F32, F16] {
+        if !f16_ok(gpu, &[dtype]) {
+            continue;
+        }
+        // (grid, heads, head dim, pairs per axis): Wan's split of 128, and an uneven one.
+        for (grid, heads, d, pairs) in [
+            ([3, 5, 7], 3, 128, [22, 21, 21]),
+            ([2, 9, 4], 2, 40, [4, 10, 6]),
+        ] {
+            let n: usize = grid.iter().product();
+            let xv = values(&mut rng, n * heads * d, 1.0, dtype);
+            let want = rope_reference(&xv, grid, heads, d, pairs, 10000.0);
+            let xr = &xv;
+            check(
+                gpu,
+                out,
+                "rope",
+                "rope",
+                format!("{grid:?} x {heads}h x {d} {pairs:?} {dtype}"),
+                KernelPolicy::default(),
+                None,
+                if dtype == F16 { 2e-3 } else { 1e-5 },
+                |rec| {
+                    let x = Tensor::from_f32(gpu, &[n, heads, d], xr, dtype)?;
+                    let table = RopeTable::new(gpu, grid, d, pairs, 10000.0)?;
+                    rope_in_place(rec, &x, &table)?;
+                    Ok(x)
                 },
                 &want,
             );

@@ -2,7 +2,8 @@
 //!
 //! Every kernel lives in a real `.wgsl` file under the top-level `shaders/` folder. One file may
 //! serve several storage types or variants: the preprocessor replaces UPPERCASE words that are
-//! defined (`X_T` -> `f16`) and keeps or drops the lines between `#if NAME` / `#ifdef NAME` /
+//! defined (`X_T` -> `f16`) and keeps or drops the lines between `#if NAME` (or `#if A || B`) /
+//! `#ifdef NAME` /
 //! `#ifndef NAME` / `#else` / `#endif` (`#if NAME` is true when NAME is defined and not `0` or
 //! `false`), and `#include NAME` pastes `shaders/include/NAME.wgsl` (code shared between kernels,
 //! preprocessed with the same definitions). `enable f16;` is added when the result mentions `f16`.
@@ -146,11 +147,22 @@ fn preprocess_lines(name: &str, source: &str, defs: &Defines) -> Result<String> 
             let mut parts = rest.split_whitespace();
             let directive = parts.next().unwrap_or("");
             let arg = parts.next();
+            // `#if A || B`: true when any of the names is.
+            let alternatives: Vec<&str> = arg.into_iter().chain(parts.clone()).collect();
             match directive {
                 "if" | "ifdef" | "ifndef" => {
                     let arg = arg.ok_or_else(|| err(i, "#if without a name"))?;
                     let cond = match directive {
-                        "if" => truthy(defs, arg),
+                        "if" => alternatives
+                            .split(|w| *w == "||")
+                            .all(|names| names.len() == 1)
+                            .then(|| {
+                                alternatives
+                                    .iter()
+                                    .filter(|w| **w != "||")
+                                    .any(|name| truthy(defs, name))
+                            })
+                            .ok_or_else(|| err(i, "#if takes NAME or NAME || NAME .."))?,
                         "ifdef" => defs.contains_key(arg),
                         _ => !defs.contains_key(arg),
                     };
@@ -314,4 +326,53 @@ pub fn reflect_bindings(name: &str, module: &naga::Module) -> Result<Vec<(u32, u
     }
     out.sort_by_key(|b| (b.0, b.1));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(src: &str, defs: &[(&str, &str)]) -> Result<String> {
+        preprocess("test", src, &defines(defs))
+    }
+
+    #[test]
+    fn directives_keep_the_branches_of_their_defines() {
+        let src = "#if A\na\n#else\nnot_a\n#endif\n#if B || C\nb_or_c\n#endif\n#ifndef D\nno_d\n#endif\nX_T\n";
+        let kept = |defs: &[(&str, &str)]| -> Vec<String> {
+            run(src, defs)
+                .unwrap()
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(String::from)
+                .collect()
+        };
+        assert_eq!(kept(&[("A", "1"), ("X_T", "f32")]), ["a", "no_d", "f32"]);
+        assert_eq!(
+            kept(&[("A", "0"), ("C", "1"), ("X_T", "u32")]),
+            ["not_a", "b_or_c", "no_d", "u32"]
+        );
+        assert_eq!(
+            kept(&[("B", "1"), ("D", "1"), ("X_T", "f32")]),
+            ["not_a", "b_or_c", "f32"]
+        );
+        // Line numbers stay those of the source (naga's messages point at the right line).
+        assert_eq!(
+            run(src, &[("X_T", "f32")]).unwrap().lines().count(),
+            src.lines().count()
+        );
+    }
+
+    #[test]
+    fn bad_directives_and_unread_defines_are_errors() {
+        let e = |src: &str, defs: &[(&str, &str)]| run(src, defs).unwrap_err().to_string();
+        assert!(e("#if A\n", &[]).contains("#if without #endif"));
+        assert!(e("#endif\n", &[]).contains("#endif without #if"));
+        assert!(e("#if A B\n#endif\n", &[]).contains("#if takes NAME"));
+        assert!(e("#pragma x\n", &[]).contains("unknown directive"));
+        assert!(e("X_T\n", &[("X_T", "f32"), ("Y_T", "f16")]).contains("define Y_T is never read"));
+        // A define read only by an included file counts as read.
+        assert!(run("#include conv_output\nX\n", &[("Y_T", "f16")]).is_ok());
+    }
 }

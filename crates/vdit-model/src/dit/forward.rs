@@ -18,6 +18,14 @@ use crate::error::{input_err, Result};
 /// Wan's RoPE base.
 const ROPE_THETA: f64 = 10000.0;
 
+/// Wan2.1's split of a head's channel pairs between the RoPE axes (frames, rows, cols): a sixth
+/// of the head dim each for rows and cols, the rest for frames (the original `rope_params`
+/// split, which diffusers' `WanRotaryPosEmbed` repeats).
+pub fn wan_rope_pairs(head_dim: usize) -> [usize; 3] {
+    let hw = head_dim / 6;
+    [head_dim / 2 - 2 * hw, hw, hw]
+}
+
 /// The prompt as the blocks see it: the embedded context and each block's cross-attention
 /// keys and values ([L, heads, head_dim]), computed once per prompt.
 pub struct ContextCache {
@@ -170,7 +178,13 @@ impl WanDit {
                 .map(|_| empty(&[6, c.dim], f32))
                 .collect::<vdit_wgpu::Result<_>>()?,
             head_mod: empty(&[2, c.dim], f32)?,
-            rope: RopeTable::new(gpu, grid, c.head_dim, ROPE_THETA)?,
+            rope: RopeTable::new(
+                gpu,
+                grid,
+                c.head_dim,
+                wan_rope_pairs(c.head_dim),
+                ROPE_THETA,
+            )?,
             modes,
             workspaces,
         })
@@ -398,5 +412,18 @@ impl DitRunner<'_> {
             Epilogue::ResidualGate(Row::of(m, 5)),
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod rope_split_tests {
+    use super::wan_rope_pairs;
+
+    #[test]
+    fn wan_splits_the_pairs_by_the_head_dim_rule() {
+        assert_eq!(wan_rope_pairs(128), [22, 21, 21]);
+        assert_eq!(wan_rope_pairs(12), [2, 2, 2]);
+        assert_eq!(wan_rope_pairs(24), [4, 4, 4]);
+        assert_eq!(wan_rope_pairs(20), [4, 3, 3]);
     }
 }

@@ -16,7 +16,7 @@ use std::path::Path;
 
 use vdit_wgpu::{DType, Gpu, Tensor};
 
-pub use forward::{ContextCache, DitRunner};
+pub use forward::{wan_rope_pairs, ContextCache, DitRunner};
 pub use layers::{Attention, Block, Linear};
 pub use tap::{AttentionTap, BlockAttention, Branch, Pass};
 pub use time::timestep_sinusoid;

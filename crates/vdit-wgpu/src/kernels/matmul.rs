@@ -95,8 +95,21 @@ fn matmul_defines(x: DType, w: DType, b: Option<DType>, y: DType, epi: EpilogueK
 /// Workgroup memory of `matmul_coop.wgsl` with these tiles: the X and W tiles (128 rows of
 /// BK + 8 halves each) and one 16 x 16 f32 fragment per subgroup.
 pub fn coop_shared_bytes(tiles: CoopTiles) -> u32 {
-    let bk = if tiles.wide_k { 64 } else { 32 };
-    2 * 128 * (bk + 8) * 2 + 8 * 256 * 4
+    let bk = if tiles.wide_k && !tiles.wide_tile {
+        64
+    } else {
+        32
+    };
+    (coop_rows(tiles) + 128) * (bk + 8) * 2 + 8 * 256 * 4
+}
+
+/// Output rows of one workgroup of `matmul_coop.wgsl`.
+fn coop_rows(tiles: CoopTiles) -> u32 {
+    if tiles.wide_tile {
+        256
+    } else {
+        128
+    }
 }
 
 /// Makes `matmul.wgsl`'s defines those of `matmul_coop.wgsl`: the tile options, and no operand
@@ -104,7 +117,9 @@ pub fn coop_shared_bytes(tiles: CoopTiles) -> u32 {
 fn add_tile_defines(tiles: CoopTiles, d: &mut Defines) {
     d.remove("X_T");
     d.remove("W_T");
-    if tiles.wide_k {
+    if tiles.wide_tile {
+        d.insert("WIDE_TILE".into(), "1".into());
+    } else if tiles.wide_k {
         d.insert("WIDE_K".into(), "1".into());
     }
     if tiles.vec_tiles {
@@ -117,10 +132,24 @@ fn add_tile_defines(tiles: CoopTiles, d: &mut Defines) {
 pub fn coop_variants() -> Vec<Defines> {
     use DType::*;
     let mut v = Vec::new();
-    for (wide_k, vec_tiles) in [(false, false), (true, false), (false, true), (true, true)] {
+    for (wide_k, vec_tiles, wide_tile) in [
+        (false, false, false),
+        (true, false, false),
+        (false, true, false),
+        (true, true, false),
+        (false, true, true),
+        (false, false, true),
+    ] {
         for y in [F16, F32] {
             let mut add = |mut d: Defines| {
-                add_tile_defines(CoopTiles { wide_k, vec_tiles }, &mut d);
+                add_tile_defines(
+                    CoopTiles {
+                        wide_k,
+                        vec_tiles,
+                        wide_tile,
+                    },
+                    &mut d,
+                );
                 v.push(d);
             };
             for epi in [
@@ -288,7 +317,11 @@ pub fn matmul(
         constants: vec![],
         params: ParamBytes::of(&params),
         tensors: &tensors,
-        workgroups: [n.div_ceil(tile) as u32, m.div_ceil(tile) as u32, 1],
+        workgroups: [
+            n.div_ceil(tile) as u32,
+            m.div_ceil(coop.map_or(tile, |t| coop_rows(t) as usize)) as u32,
+            1,
+        ],
         label: format!("matmul{}{path} {m}x{n}x{k} {}", epilogue.name(), w.dtype()).into(),
         cost: Cost::new(2.0 * m as f64 * n as f64 * k as f64, bytes),
     })

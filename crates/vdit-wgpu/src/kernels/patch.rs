@@ -12,9 +12,6 @@ use crate::recorder::{Dispatch, Recorder};
 use crate::shader::{defines, Defines};
 use crate::tensor::{DType, Tensor};
 
-/// Wan2.1's patch: one frame, 2 x 2 pixels of the latent.
-pub const WAN_PATCH: [usize; 3] = [1, 2, 2];
-
 crate::param_block! {
     struct Params {
         channels: u32,
@@ -202,6 +199,9 @@ mod tests {
     use super::*;
     use crate::kernels::matmul::{matmul, Epilogue};
     use crate::kernels::with_fold_limit;
+
+    /// The patch of the video DiTs this kernel serves: one frame, 2 x 2 latent pixels.
+    const PATCH_122: [usize; 3] = [1, 2, 2];
     use crate::testing::*;
     use DType::{F16, F32};
 
@@ -252,19 +252,19 @@ mod tests {
     #[test]
     fn patchify_and_unpatchify_match_references() {
         for direction in [Direction::Patchify, Direction::Unpatchify] {
-            check([16, 3, 6, 10], WAN_PATCH, direction, F32, F32);
+            check([16, 3, 6, 10], PATCH_122, direction, F32, F32);
             check([3, 4, 6, 4], [2, 3, 2], direction, F32, F32);
-            check([5, 1, 2, 2], WAN_PATCH, direction, F32, F32);
-            check([16, 2, 4, 6], WAN_PATCH, direction, F32, F16);
-            check([16, 2, 4, 6], WAN_PATCH, direction, F16, F32);
+            check([5, 1, 2, 2], PATCH_122, direction, F32, F32);
+            check([16, 2, 4, 6], PATCH_122, direction, F32, F16);
+            check([16, 2, 4, 6], PATCH_122, direction, F16, F32);
         }
     }
 
     #[test]
     fn patch_grid_folds() {
         with_fold_limit(2, || {
-            check([4, 3, 10, 6], WAN_PATCH, Direction::Patchify, F32, F32);
-            check([4, 3, 10, 6], WAN_PATCH, Direction::Unpatchify, F32, F32);
+            check([4, 3, 10, 6], PATCH_122, Direction::Patchify, F32, F32);
+            check([4, 3, 10, 6], PATCH_122, Direction::Unpatchify, F32, F32);
         });
     }
 

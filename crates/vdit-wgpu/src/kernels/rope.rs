@@ -1,6 +1,6 @@
-//! 3D rotary position embedding for video tokens on a (frames, rows, cols) grid, as Wan2.1 and
-//! diffusers apply it to queries and keys: each head's channel pairs are split between the three
-//! axes, `h = w = head_dim / 6` pairs for rows and cols and the rest for frames, and pair `j` of an
+//! 3D rotary position embedding for video tokens on a (frames, rows, cols) grid: each head's
+//! channel pairs are split between the three axes in an order and proportion the model chooses
+//! (frames first, then rows, then cols; Wan2.1's split lives with its model), and pair `j` of an
 //! axis owning `n` pairs turns by `position * theta^(-2j / 2n)`. Pairs are interleaved
 //! (x[2j], x[2j+1]). The angles' cos and sin are computed once per grid on the CPU in f64 and
 //! uploaded as a small table ([`RopeTable`]); the kernel rotates `x` in place.
@@ -14,30 +14,40 @@ use crate::recorder::{Dispatch, Recorder};
 use crate::shader::{defines, Defines};
 use crate::tensor::{DType, Tensor};
 
-/// The channel pairs of each axis (frames, rows, cols) for a head of `head_dim` channels.
-pub fn axis_pairs(head_dim: usize) -> [usize; 3] {
-    let hw = head_dim / 6;
-    [head_dim / 2 - 2 * hw, hw, hw]
-}
-
 /// The cos and sin of every (axis position, pair) angle of one token grid, on the GPU.
 pub struct RopeTable {
     table: Tensor,
     grid: [usize; 3],
     head_dim: usize,
+    pairs: [usize; 3],
 }
 
 impl RopeTable {
     /// The table for tokens on a `grid` of [frames, rows, cols] and heads of `head_dim`
-    /// channels (even); Wan uses `theta` = 10000.
-    pub fn new(gpu: &Gpu, grid: [usize; 3], head_dim: usize, theta: f64) -> Result<Self> {
+    /// channels (even), whose `head_dim / 2` pairs are split as `pairs` between frames, rows and
+    /// cols; Wan uses `theta` = 10000.
+    pub fn new(
+        gpu: &Gpu,
+        grid: [usize; 3],
+        head_dim: usize,
+        pairs: [usize; 3],
+        theta: f64,
+    ) -> Result<Self> {
         if head_dim == 0 || head_dim % 2 == 1 {
             return Err(shape_err(
                 "rope",
                 format!("head dimension {head_dim} must be even and positive"),
             ));
         }
-        let pairs = axis_pairs(head_dim);
+        if pairs.iter().sum::<usize>() != head_dim / 2 {
+            return Err(shape_err(
+                "rope",
+                format!(
+                    "the axes' pairs {pairs:?} must add up to head_dim / 2 = {}",
+                    head_dim / 2
+                ),
+            ));
+        }
         let mut values = Vec::new();
         for axis in 0..3 {
             for position in 0..grid[axis] {
@@ -54,6 +64,7 @@ impl RopeTable {
             table,
             grid,
             head_dim,
+            pairs,
         })
     }
 
@@ -119,7 +130,7 @@ pub fn rope_in_place(rec: &mut Recorder, x: &Tensor, table: &RopeTable) -> Resul
         ));
     }
     require_f16_support(rec.gpu(), "an f16 rope", &[x])?;
-    let [t_pairs, h_pairs, _] = axis_pairs(d);
+    let [t_pairs, h_pairs, _] = table.pairs;
     let pairs_total = n * heads * d / 2;
     let params = Params {
         pairs_total: to_u32(op, pairs_total)?,
@@ -147,17 +158,17 @@ pub fn rope_in_place(rec: &mut Recorder, x: &Tensor, table: &RopeTable) -> Resul
 }
 
 /// CPU float64 reference of [`rope_in_place`], from the definition: the head's D/2 complex
-/// channels split as [c - 2 (c / 3), c / 3, c / 3] between frames, rows and cols, channel `k`
-/// of an axis with `n` of them multiplied by `exp(i * position * theta^(-k / n))`.
+/// channels split as `split` between frames, rows and cols, channel `k` of an axis with `n` of
+/// them multiplied by `exp(i * position * theta^(-k / n))`.
 pub fn rope_reference(
     x: &[f32],
     grid: [usize; 3],
     heads: usize,
     head_dim: usize,
+    split: [usize; 3],
     theta: f64,
 ) -> Vec<f64> {
     let c = head_dim / 2;
-    let split = [c - 2 * (c / 3), c / 3, c / 3];
     let mut out = vec![0.0; x.len()];
     let [_, rows, cols] = grid;
     for (pair, chunk) in x.chunks(2).enumerate() {
@@ -189,7 +200,18 @@ mod tests {
     use crate::testing::*;
     use DType::{F16, F32};
 
+    /// A split of the head's pairs between the axes (frames get the remainder), as the models
+    /// using this kernel choose it.
+    fn split(head_dim: usize) -> [usize; 3] {
+        let hw = head_dim / 6;
+        [head_dim / 2 - 2 * hw, hw, hw]
+    }
+
     fn check(grid: [usize; 3], heads: usize, head_dim: usize, xt: DType) {
+        check_split(grid, heads, head_dim, split(head_dim), xt)
+    }
+
+    fn check_split(grid: [usize; 3], heads: usize, head_dim: usize, pairs: [usize; 3], xt: DType) {
         let gpu = test_gpu();
         if xt == F16 && !gpu.caps.shader_f16 {
             eprintln!("skipping f16 case: adapter lacks SHADER_F16");
@@ -203,23 +225,15 @@ mod tests {
             xv = round_f16(&xv);
         }
         let x = Tensor::from_f32(gpu, &[n, heads, head_dim], &xv, xt).unwrap();
-        let table = RopeTable::new(gpu, grid, head_dim, 10000.0).unwrap();
+        let table = RopeTable::new(gpu, grid, head_dim, pairs, 10000.0).unwrap();
         let mut rec = Recorder::new(gpu);
         rope_in_place(&mut rec, &x, &table).unwrap();
         rec.run().unwrap();
         let got = x.to_vec_f32(gpu).unwrap();
-        let want = rope_reference(&xv, grid, heads, head_dim, 10000.0);
+        let want = rope_reference(&xv, grid, heads, head_dim, pairs, 10000.0);
         let tol = if xt == F16 { 2e-3 } else { 1e-5 };
-        let case = format!("rope grid {grid:?} heads {heads} head_dim {head_dim} {xt}");
+        let case = format!("rope grid {grid:?} heads {heads} head_dim {head_dim} {pairs:?} {xt}");
         assert_close(&case, seed, &got, &want, tol);
-    }
-
-    #[test]
-    fn axis_split_follows_the_head_dim_rule() {
-        assert_eq!(axis_pairs(128), [22, 21, 21]);
-        assert_eq!(axis_pairs(12), [2, 2, 2]);
-        assert_eq!(axis_pairs(24), [4, 4, 4]);
-        assert_eq!(axis_pairs(20), [4, 3, 3]);
     }
 
     #[test]
@@ -230,6 +244,9 @@ mod tests {
         check([2, 9, 11], 2, 20, F32);
         check([3, 5, 7], 2, 128, F16);
         check([5, 4, 3], 3, 24, F16);
+        // Any split the model asks for, an empty axis included.
+        check_split([3, 4, 5], 2, 24, [2, 6, 4], F32);
+        check_split([3, 4, 5], 1, 16, [0, 3, 5], F32);
     }
 
     #[test]
@@ -240,11 +257,15 @@ mod tests {
     #[test]
     fn rope_rejects_a_table_of_another_grid() {
         let gpu = test_gpu();
-        let table = RopeTable::new(gpu, [2, 3, 4], 12, 10000.0).unwrap();
+        let table = RopeTable::new(gpu, [2, 3, 4], 12, [2, 2, 2], 10000.0).unwrap();
         let x = Tensor::empty(gpu, &[25, 2, 12], F32).unwrap();
         let mut rec = Recorder::new(gpu);
         let err = rope_in_place(&mut rec, &x, &table).unwrap_err();
         assert!(err.to_string().contains("2x3x4 grid (24 tokens)"), "{err}");
-        assert!(RopeTable::new(gpu, [1, 1, 1], 13, 10000.0).is_err());
+        assert!(RopeTable::new(gpu, [1, 1, 1], 13, [3, 2, 1], 10000.0).is_err());
+        let e = RopeTable::new(gpu, [1, 1, 1], 12, [3, 2, 2], 10000.0)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("add up to head_dim / 2 = 6"), "{e}");
     }
 }
