@@ -19,6 +19,7 @@ pub fn all_shaders() -> Vec<&'static ShaderFile> {
         &crate::kernels::elementwise::ELEMENTWISE,
         &crate::kernels::rgba::FRAMES_TO_RGBA,
         &crate::kernels::matmul::MATMUL,
+        &crate::kernels::matmul::MATMUL_DIRECT,
         &crate::kernels::matmul::MATMUL_COOP,
         &crate::kernels::norm::NORM,
         &crate::kernels::patch::PATCH,

@@ -14,7 +14,10 @@ use crate::error::{GpuError, Result};
 pub enum MatmulKernel {
     #[default]
     Auto,
+    /// `matmul.wgsl`: 64 x 64 tiles through workgroup memory.
     Portable,
+    /// `matmul_direct.wgsl`: no workgroup memory, no barriers (auto on CPU adapters).
+    Direct,
     Cooperative(CoopTiles),
 }
 
@@ -87,8 +90,8 @@ pub struct KernelPolicy {
 
 /// The words `--kernels` accepts, for its help and its errors.
 pub const KERNELS_HELP: &str = "comma-separated FAMILY=KERNEL: \
-     matmul=auto|portable|coop|coop-k32|coop-scalar|coop-k32-scalar|coop-256, \
-     flash=auto|coop|coop-narrow|coop-1pass|coop-narrow-1pass|vec|general, conv=auto|gemm|direct|direct4|direct8|direct16|coop";
+     matmul=auto|portable|direct|coop|coop-k32|coop-scalar|coop-k32-scalar|coop-256, \
+     flash=auto|coop|coop-narrow|coop-1pass|coop-narrow-1pass|vec|general|direct, conv=auto|gemm|direct|direct4|direct8|direct16|coop";
 
 impl KernelPolicy {
     /// Parses `--kernels`, e.g. `flash=coop-narrow,matmul=portable`; families left out stay auto.
@@ -113,6 +116,7 @@ impl KernelPolicy {
                     policy.matmul = match kernel.trim() {
                         "auto" => MatmulKernel::Auto,
                         "portable" => MatmulKernel::Portable,
+                        "direct" => MatmulKernel::Direct,
                         "coop" => coop(true, true),
                         "coop-k32" => coop(false, true),
                         "coop-scalar" => coop(true, false),

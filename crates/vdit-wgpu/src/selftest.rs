@@ -200,7 +200,10 @@ fn f16_ok(gpu: &Gpu, dtypes: &[DType]) -> bool {
 fn matmul_checks(gpu: &Gpu, out: &mut Vec<Check>) {
     use DType::*;
     let mut rng = Rng::new(11);
-    let mut kernels = vec![("portable", MatmulKernel::Portable, Expect::Lacks("coop"))];
+    let mut kernels = vec![
+        ("portable", MatmulKernel::Portable, Expect::Lacks("coop")),
+        ("direct", MatmulKernel::Direct, Expect::Has(" direct ")),
+    ];
     for (name, wide_k, vec_tiles, wide_tile) in [
         ("coop", true, true, false),
         ("coop-k32", false, true, false),

@@ -289,16 +289,33 @@ pub fn matmul(
     let bytes = m as f64 * k as f64 * el(x)
         + n as f64 * k as f64 * el(w)
         + m as f64 * n as f64 * el(y) * if epilogue.reads_output() { 2.0 } else { 1.0 };
-    let coop = match rec.policy().matmul {
-        MatmulKernel::Auto if coop_fits(gpu, CoopTiles::TUNED, x, w, k) => Some(CoopTiles::TUNED),
-        MatmulKernel::Auto | MatmulKernel::Portable => None,
-        MatmulKernel::Cooperative(tiles) if coop_fits(gpu, tiles, x, w, k) => Some(tiles),
-        MatmulKernel::Cooperative(_) => None,
+    let on_cpu = gpu.info.device_type == wgpu::DeviceType::Cpu;
+    let (coop, direct) = match rec.policy().matmul {
+        MatmulKernel::Auto if coop_fits(gpu, CoopTiles::TUNED, x, w, k) => {
+            (Some(CoopTiles::TUNED), false)
+        }
+        MatmulKernel::Auto => (None, on_cpu),
+        MatmulKernel::Portable => (None, false),
+        MatmulKernel::Direct => (None, true),
+        MatmulKernel::Cooperative(tiles) if coop_fits(gpu, tiles, x, w, k) => (Some(tiles), false),
+        MatmulKernel::Cooperative(_) => (None, on_cpu),
     };
-    let (shader, tile, path) = if coop.is_some() {
-        (&MATMUL_COOP, 128, " coop")
-    } else {
-        (&MATMUL, 64, "")
+    let (shader, path) = match (coop, direct) {
+        (Some(_), _) => (&MATMUL_COOP, " coop"),
+        (None, true) => (&MATMUL_DIRECT, " direct"),
+        (None, false) => (&MATMUL, ""),
+    };
+    let workgroups = match (coop, direct) {
+        (Some(t), _) => [
+            n.div_ceil(128) as u32,
+            m.div_ceil(coop_rows(t) as usize) as u32,
+            1,
+        ],
+        // 64 invocations of 4 x 4 outputs per workgroup.
+        (None, true) => {
+            crate::kernels::folded_grid(gpu, (m.div_ceil(4) * n.div_ceil(4)).div_ceil(64))
+        }
+        (None, false) => [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1],
     };
     let mut defines = matmul_defines(
         x.dtype(),
@@ -317,11 +334,7 @@ pub fn matmul(
         constants: vec![],
         params: ParamBytes::of(&params),
         tensors: &tensors,
-        workgroups: [
-            n.div_ceil(tile) as u32,
-            m.div_ceil(coop.map_or(tile, |t| coop_rows(t) as usize)) as u32,
-            1,
-        ],
+        workgroups,
         label: format!("matmul{}{path} {m}x{n}x{k} {}", epilogue.name(), w.dtype()).into(),
         cost: Cost::new(2.0 * m as f64 * n as f64 * k as f64, bytes),
     })
@@ -373,6 +386,10 @@ pub fn matmul_reference(
     }
     out
 }
+
+/// `shaders/matmul_direct.wgsl`.
+pub static MATMUL_DIRECT: crate::shader::ShaderFile =
+    crate::shader_file!("matmul_direct", variants);
 
 /// `shaders/matmul.wgsl`.
 pub static MATMUL: crate::shader::ShaderFile = crate::shader_file!("matmul", variants);
@@ -432,7 +449,7 @@ mod tests {
         let g = Tensor::from_f32(gpu, &[2, n], &gv, DType::F32).unwrap();
         let reads_output = matches!(epi, EpilogueKind::Residual | EpilogueKind::ResidualGate);
         // Both kernels where the adapter has cooperative matrices, the portable one elsewhere.
-        let mut kernels = vec![MatmulKernel::Portable];
+        let mut kernels = vec![MatmulKernel::Portable, MatmulKernel::Direct];
         if coop_fits(gpu, CoopTiles::TUNED, &x, &w, k) {
             kernels.push(MatmulKernel::Cooperative(CoopTiles::TUNED));
         }

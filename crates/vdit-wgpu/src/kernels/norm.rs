@@ -185,8 +185,11 @@ fn launch(rec: &mut Recorder, l: Launch<'_>) -> Result<()> {
         modulate: l.modulation.is_some(),
         y: y.dtype(),
     };
-    // Rows of a few channels get a thread each instead of a workgroup each.
-    let narrow = cols <= NARROW_MAX_COLS;
+    // Rows of a few channels get a thread each instead of a workgroup each; so do all rows on a
+    // CPU adapter, where the workgroup reduction's barriers cost more than the whole row
+    // (lavapipe: 9 ms for 300 x 256 through `main`, 0.8 ms through `narrow`).
+    let on_cpu = rec.gpu().info.device_type == wgpu::DeviceType::Cpu;
+    let narrow = cols <= NARROW_MAX_COLS || on_cpu;
     let n = (rows * cols) as f64;
     let x_size = l.x.unwrap_or(y).dtype().size() as f64;
     // LayerNorm reads x three times, RMSNorm twice; the row is usually still in cache.
