@@ -3,7 +3,7 @@
 
 use vdit_wgpu::{DType, Gpu, Recorder, Tensor};
 
-use super::generate::{CancelToken, Progress, Stage};
+use super::progress::{CancelToken, Progress, Stage};
 use super::request::GenerateRequest;
 use crate::dit::tap::reborrow;
 use crate::dit::{AttentionTap, Branch, ContextCache, DitRunner, Pass};

@@ -4,14 +4,12 @@
 //! and submits. The parts are loaded one after another and dropped when done (text encoder,
 //! then DiT, then VAE), so the peak memory is that of the largest part and its activations.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-
 use vdit_wgpu::{DType, Gpu, Recorder, Tensor};
 
 use super::denoise::denoise_tapped;
 use super::noise::gaussian_noise;
 use super::paths::ModelPaths;
+use super::progress::{CancelToken, Progress, Stage};
 use super::request::{GenerateRequest, Prompt};
 use crate::dit::{AttentionTap, Precision, WanDit};
 use crate::error::{input_err, ModelError, ModelPart, Result};
@@ -19,50 +17,6 @@ use crate::plan::AttentionPlan;
 use crate::scheduler::needs_uncond;
 use crate::text::{PromptTokenizer, Residency, UmT5Encoder};
 use crate::vae::{DecodeOptions, LatentScale, VaeTiling, WanVae};
-
-/// The stages a generation reports progress for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stage {
-    EncodingPrompt,
-    Denoising,
-    Decoding,
-}
-
-/// Progress callbacks; every method has a default that ignores it.
-pub trait Progress {
-    /// A stage starts with `total` units of work.
-    fn begin(&mut self, _stage: Stage, _total: usize) {}
-    /// `done` of the stage's units are finished.
-    fn advance(&mut self, _stage: Stage, _done: usize) {}
-    fn end(&mut self, _stage: Stage) {}
-    /// After each denoising step: the current latent [16, F, H/8, W/8] (f32, on the GPU), for
-    /// apps that show previews. Decoding it with the VAE is the caller's choice.
-    fn preview(&mut self, _step: usize, _latent: &Tensor) {}
-}
-
-/// Progress that reports nothing.
-pub struct Silent;
-impl Progress for Silent {}
-
-/// A flag another thread sets to stop a generation between two steps.
-#[derive(Clone, Debug, Default)]
-pub struct CancelToken(Arc<AtomicBool>);
-
-impl CancelToken {
-    pub fn cancel(&self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-    pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-    pub(crate) fn check(&self) -> Result<()> {
-        if self.is_cancelled() {
-            Err(ModelError::Cancelled)
-        } else {
-            Ok(())
-        }
-    }
-}
 
 /// A generated video on the GPU: f32 [3, frames, height, width] in [-1, 1].
 pub struct Video {

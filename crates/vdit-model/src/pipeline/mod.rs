@@ -4,12 +4,14 @@ pub mod denoise;
 pub mod generate;
 pub mod noise;
 pub mod paths;
+pub mod progress;
 pub mod request;
 pub mod texture;
 
 pub use crate::scheduler::SamplerKind;
 pub use denoise::{denoise, denoise_tapped};
-pub use generate::{CancelToken, Pipeline, Progress, Silent, Stage, Video};
+pub use generate::{Pipeline, Video};
 pub use noise::gaussian_noise;
 pub use paths::{ModelDefaults, ModelPaths};
+pub use progress::{CancelToken, Progress, Silent, Stage};
 pub use request::{GenerateRequest, Prompt};
