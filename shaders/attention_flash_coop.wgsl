@@ -4,13 +4,13 @@
 // WGSL cannot scale the rows of a cooperative matrix, so the online softmax's rescaling of the
 // output goes through workgroup memory (store, scale, reload). Two ways around its cost:
 // - SINGLE_PASS (lazy rescale, experimental: on the H200 it still fails its reference check,
-//   see `FlashCoopLayout::single_pass`): one pass over the keys with a per-row reference max m_ref.
-//   Probabilities are exp2(s - m_ref); while no score of a tile exceeds m_ref by more than
-//   MARGIN (log2 units, so p <= 2^MARGIN stays well inside f16) nothing is rescaled. When one
-//   does (a workgroup-wide flag), the rows get a
-//   new reference before the tile's probabilities are computed, and the output accumulators and
-//   sums are scaled by exp2(m_ref - m_new): rare after the first tile of a row. The flag is
-//   read with workgroupUniformLoad, so the branch is uniform and may hold barriers.
+//   see `FlashCoopLayout::single_pass`): one pass over the keys with a per-row reference max m_ref,
+//   set by the first key tile. Probabilities are exp2(s - m_ref); while no score of a later tile
+//   exceeds m_ref by more than MARGIN (log2 units, so p <= 2^MARGIN stays well inside f16)
+//   nothing is rescaled. When one does (a workgroup-wide flag), the rows get a new reference
+//   before the tile's probabilities are computed, and the output accumulators and sums are
+//   scaled by exp2(m_ref - m_new). The flag is read with workgroupUniformLoad, so the branch is
+//   uniform and may hold barriers.
 // - otherwise two passes: the first finds each row's max m and sum l, the second accumulates
 //   exp(s - m) V with the output held in cooperative accumulators for the whole pass. The scores
 //   are computed twice; in exchange nothing is rescaled.
@@ -298,24 +298,29 @@ fn main(
                 mt = max(mt, ss[base + my_row * BK + my_col + c] * p.scale_log2);
             }
         }
-        if (mt > m_ref + MARGIN) {
-            need_rescale[parity] = 1u;
-        }
-        // A barrier, then one value for the whole workgroup: the rescale branch is uniform.
-        if (workgroupUniformLoad(&need_rescale[parity]) != 0u) {
-            // A new reference for every row: the larger of the old one and the row's tile max.
+        if (kt == 0u) {
+            // The first tile sets each row's reference: its max over the tile (both halves).
             stat_m[tid] = mt;
             workgroupBarrier();
-            let m_new = max(m_ref, max(mt, stat_m[tid ^ 1u]));
-            let alpha = exp2(m_ref - m_new);
-            if (lane % 2u == 0u) {
-                alpha_row[sub * 16u + my_row] = alpha;
-            }
-            l = l * alpha;
-            m_ref = m_new;
+            m_ref = max(mt, stat_m[tid ^ 1u]);
             sum = probabilities(base, my_row, my_col, t0, m_ref);
-            // Before the first tile's products the accumulators are zero: nothing to scale.
-            if (kt > 0u) {
+        } else {
+            if (mt > m_ref + MARGIN) {
+                need_rescale[parity] = 1u;
+            }
+            // A barrier, then one value for the whole workgroup: the rescale branch is uniform.
+            if (workgroupUniformLoad(&need_rescale[parity]) != 0u) {
+                // A new reference for every row: the larger of the old one and the tile's max.
+                stat_m[tid] = mt;
+                workgroupBarrier();
+                let m_new = max(m_ref, max(mt, stat_m[tid ^ 1u]));
+                let alpha = exp2(m_ref - m_new);
+                if (lane % 2u == 0u) {
+                    alpha_row[sub * 16u + my_row] = alpha;
+                }
+                l = l * alpha;
+                m_ref = m_new;
+                sum = probabilities(base, my_row, my_col, t0, m_ref);
                 workgroupBarrier(); // alpha_row written, the scores in ss read
                 o0 = rescale(o0, sub, lane);
                 o1 = rescale(o1, sub, lane);
@@ -325,9 +330,9 @@ fn main(
                 o5 = rescale(o5, sub, lane);
                 o6 = rescale(o6, sub, lane);
                 o7 = rescale(o7, sub, lane);
+            } else {
+                sum = probabilities(base, my_row, my_col, t0, m_ref);
             }
-        } else {
-            sum = probabilities(base, my_row, my_col, t0, m_ref);
         }
         workgroupBarrier(); // every lane's probabilities are in ps
         l += sum;
