@@ -6,11 +6,11 @@ use std::time::Instant;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use vdit_model::pipeline::{
-    CancelToken, GenerateRequest, ModelPaths, Pipeline, Progress, Prompt, SamplerKind, Stage,
+    write_video_from_gpu, CancelToken, GenerateRequest, ModelPaths, Pipeline, Progress, Prompt,
+    SamplerKind, Stage,
 };
 use vdit_model::tensor_file::read_tensor;
 use vdit_model::vae::VaeTiling;
-use vdit_model::video::{write_video, Frames};
 use vdit_wgpu::Gpu;
 
 use crate::dit_forward::precision_arg;
@@ -227,10 +227,8 @@ pub fn run(gpu: &Gpu, a: &GenerateArgs) -> Result<(), Box<dyn std::error::Error>
     let started = Instant::now();
     let video = pipeline.generate(&request, &mut bars, &cancel)?;
     let shape = video.frames.shape().to_vec();
-    let data = video.frames.to_vec_f32(gpu)?;
-    let frames = Frames::from_vae_output(&data, shape[1], shape[2], shape[3], video.fps);
     let writing = Instant::now();
-    write_video(&a.output, &frames)?;
+    write_video_from_gpu(gpu, &video, &a.output)?;
     if !a.quiet {
         eprintln!(
             "wrote {} ({} frames, {}x{}, {} fps) in {:.1} s: {}, write {:.1} s",

@@ -3,6 +3,7 @@
 pub mod denoise;
 pub mod generate;
 pub mod noise;
+pub mod output;
 pub mod paths;
 pub mod progress;
 pub mod request;
@@ -12,6 +13,7 @@ pub use crate::scheduler::SamplerKind;
 pub use denoise::{denoise, denoise_tapped};
 pub use generate::{Pipeline, Video};
 pub use noise::gaussian_noise;
+pub use output::{write_video_from_gpu, WriteVideoError};
 pub use paths::{ModelDefaults, ModelPaths};
 pub use progress::{CancelToken, Progress, Silent, Stage};
 pub use request::{GenerateRequest, Prompt};
