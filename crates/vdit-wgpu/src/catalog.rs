@@ -16,6 +16,7 @@ pub fn all_shaders() -> Vec<&'static ShaderFile> {
         &crate::kernels::conv::CONV_CACHE,
         &crate::kernels::conv::CONV_COOP,
         &crate::kernels::conv::CONV_DIRECT,
+        &crate::kernels::crop::CROP,
         &crate::kernels::elementwise::ELEMENTWISE,
         &crate::kernels::rgba::FRAMES_TO_RGBA,
         &crate::kernels::matmul::MATMUL,

@@ -1,6 +1,7 @@
 //! Decoding a latent video one latent frame at a time, whole or in spatial tiles.
 
 use vdit_wgpu::kernels::conv::{ConvOutput, OutputLayout};
+use vdit_wgpu::kernels::crop::crop;
 use vdit_wgpu::kernels::elementwise::{unary_in_place, Unary};
 use vdit_wgpu::kernels::layout::channels_last;
 use vdit_wgpu::kernels::matmul::{matmul, Epilogue};
@@ -152,7 +153,6 @@ impl WanVae {
             latent.shape()[2],
             latent.shape()[3],
         ];
-        let host = latent.to_vec_f32(gpu)?;
         let mut last_size = None;
         for tile in tiling::plan(tiling, h, w, self.config.spatial_scale()) {
             let (th, tw) = (tile.rows.len(), tile.cols.len());
@@ -164,13 +164,17 @@ impl WanVae {
                 gpu.trim_pool();
             }
             last_size = Some((th, tw));
-            let mut part = Vec::with_capacity(z * frames * th * tw);
-            for plane in host.chunks_exact(h * w) {
-                for row in tile.rows.clone() {
-                    part.extend_from_slice(&plane[row * w + tile.cols.start..][..tw]);
-                }
-            }
-            let part = Tensor::from_f32(gpu, &[z, frames, th, tw], &part, DType::F32)?;
+            // The tile's latent is cut on the GPU: no download of the latent, no upload per tile.
+            let part = Tensor::empty(gpu, &[z, frames, th, tw], DType::F32)?;
+            let mut rec = Recorder::new(gpu);
+            crop(
+                &mut rec,
+                latent,
+                tile.rows.clone(),
+                tile.cols.clone(),
+                &part,
+            )?;
+            submitter.submit(rec)?;
             let s = self.config.spatial_scale();
             let weights = Tensor::from_f32(gpu, &[s * th, s * tw], &tile.weights, DType::F32)?;
             let sink = Sink::Tile {

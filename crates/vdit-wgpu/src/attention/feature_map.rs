@@ -174,7 +174,8 @@ crate::param_block! {
         grid_x: u32,
         _pad0: u32,
         _pad1: u32,
-        _pad2: u32,    }
+        _pad2: u32,
+    }
 }
 
 fn feature_defines(

@@ -28,7 +28,8 @@ crate::param_block! {
         scale_log2: f32,
         eps: f32,
         q_rows: u32,
-        _pad2: u32,    }
+        _pad2: u32,
+    }
 }
 
 /// The linear term of [`flash_attention`]: phi_q rows and the (S | z) state.

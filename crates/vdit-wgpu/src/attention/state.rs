@@ -26,7 +26,8 @@ crate::param_block! {
         accumulate: u32,
         _pad0: u32,
         _pad1: u32,
-        _pad2: u32,    }
+        _pad2: u32,
+    }
 }
 
 fn state_defines(v: DType) -> Defines {

@@ -57,7 +57,8 @@ crate::param_block! {
         rows: u32,
         width: u32,
         slot: u32,
-        _pad0: u32,    }
+        _pad0: u32,
+    }
 }
 
 fn reduce_defines(square: bool) -> Defines {
@@ -134,7 +135,8 @@ crate::param_block! {
         wd: f32,
         clip: f32,
         bc1: f32,
-        bc2: f32,    }
+        bc2: f32,
+    }
 }
 
 pub fn adamw_variants() -> Vec<Defines> {

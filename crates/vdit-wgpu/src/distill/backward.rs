@@ -25,7 +25,8 @@ crate::param_block! {
         ktiles: u32,
         ftiles: u32,
         _pad0: u32,
-        _pad1: u32,    }
+        _pad1: u32,
+    }
 }
 
 pub fn keys_variants() -> Vec<Defines> {
@@ -119,7 +120,8 @@ crate::param_block! {
         heads: u32,
         half: u32,
         count: u32,
-        grid_x: u32,    }
+        grid_x: u32,
+    }
 }
 
 pub fn hedgehog_variants() -> Vec<Defines> {
@@ -194,7 +196,8 @@ crate::param_block! {
         d1: u32,
         count: u32,
         grid_x: u32,
-        _pad0: u32,    }
+        _pad0: u32,
+    }
 }
 
 pub fn poly_variants() -> Vec<Defines> {

@@ -155,7 +155,8 @@ crate::param_block! {
         scale: f32,
         eps: f32,
         _pad1: u32,
-        _pad2: u32,    }
+        _pad2: u32,
+    }
 }
 
 fn softmax_defines(dtype: DType, d: usize) -> Defines {
@@ -335,7 +336,8 @@ crate::param_block! {
         rows: u32,
         hd: u32,
         idx_lo: u32,
-        grid_x: u32,    }
+        grid_x: u32,
+    }
 }
 
 fn io_defines(dtype: DType) -> Defines {
@@ -428,7 +430,8 @@ crate::param_block! {
         grid_x: u32,
         tiles: u32,
         inv_count: f32,
-        _pad1: u32,    }
+        _pad1: u32,
+    }
 }
 
 /// The query pass's defines for `qr` rows per workgroup.

@@ -88,7 +88,8 @@ crate::param_block! {
         shift_offset: u32,
         alpha: f32,
         beta: f32,
-        _pad: [u32; 2],    }
+        _pad: [u32; 2],
+    }
 }
 
 /// Elements one workgroup covers: 256 threads, 4 elements each (elementwise.wgsl).

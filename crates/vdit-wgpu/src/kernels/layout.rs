@@ -16,7 +16,8 @@ crate::param_block! {
         f0: u32,
         hw: u32,
         n: u32,
-        _pad: [u32; 3],    }
+        _pad: [u32; 3],
+    }
 }
 
 /// The define sets of `channels_last.wgsl`.

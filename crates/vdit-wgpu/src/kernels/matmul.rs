@@ -67,7 +67,8 @@ crate::param_block! {
         m: u32,
         n: u32,
         k: u32,
-        gate_offset: u32,    }
+        gate_offset: u32,
+    }
 }
 
 fn matmul_defines(x: DType, w: DType, b: Option<DType>, y: DType, epi: EpilogueKind) -> Defines {

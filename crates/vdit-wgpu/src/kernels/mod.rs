@@ -2,6 +2,7 @@
 //! reference, and the tests comparing the two.
 
 pub mod conv;
+pub mod crop;
 pub mod elementwise;
 pub mod layout;
 pub mod matmul;

@@ -39,7 +39,8 @@ crate::param_block! {
         eps: f32,
         scale_offset: u32,
         shift_offset: u32,
-        _pad: [u32; 3],    }
+        _pad: [u32; 3],
+    }
 }
 
 /// The storage types of one variant; `x` is `None` in place.

@@ -21,7 +21,8 @@ crate::param_block! {
         pt: u32,
         ph: u32,
         pw: u32,
-        total: u32,    }
+        total: u32,
+    }
 }
 
 /// Latent elements one workgroup moves, one per thread (patch.wgsl).

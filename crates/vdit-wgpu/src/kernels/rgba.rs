@@ -17,7 +17,8 @@ crate::param_block! {
         width: u32,
         hw: u32,
         row_stride: u32,
-        _pad: [u32; 3],    }
+        _pad: [u32; 3],
+    }
 }
 
 /// The define sets of `frames_to_rgba.wgsl`: f32 or f16 frames.

@@ -92,7 +92,8 @@ crate::param_block! {
         grid_cols: u32,
         h_table_start: u32,
         w_table_start: u32,
-        _pad: [u32; 3],    }
+        _pad: [u32; 3],
+    }
 }
 
 /// Pairs one workgroup rotates, one per thread (rope.wgsl).

@@ -14,7 +14,8 @@ crate::param_block! {
         rows: u32,
         cols: u32,
         scale: f32,
-        _pad: u32,    }
+        _pad: u32,
+    }
 }
 
 /// The define sets of `softmax_rows.wgsl`.

@@ -37,7 +37,8 @@ crate::param_block! {
         valid: u32,
         center: u32,
         scale: f32,
-        _pad: [u32; 2],    }
+        _pad: [u32; 2],
+    }
 }
 
 crate::param_block! {
@@ -45,7 +46,8 @@ crate::param_block! {
         in_rows: u32,
         out_rows: u32,
         cols: u32,
-        _pad: u32,    }
+        _pad: u32,
+    }
 }
 
 fn attention_defines(q: DType, k: DType, v: DType, b: DType, o: DType) -> Defines {

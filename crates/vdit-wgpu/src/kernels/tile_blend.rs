@@ -42,7 +42,8 @@ crate::param_block! {
         fresh_q: u32,
         done_r: u32,
         done_q: u32,
-        _pad: [u32; 2],    }
+        _pad: [u32; 2],
+    }
 }
 
 /// The define sets of `tile_blend.wgsl`: one (f32 tiles, weights and video).

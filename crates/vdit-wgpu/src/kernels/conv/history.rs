@@ -21,7 +21,8 @@ crate::param_block! {
         frame_elems: u32,
         past: u32,
         t: u32,
-        n: u32,    }
+        n: u32,
+    }
 }
 
 /// Records `updated` = the last P frames of [`old` (P frames), `x` (T frames)], the history the

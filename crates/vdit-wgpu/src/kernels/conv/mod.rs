@@ -107,7 +107,8 @@ crate::param_block! {
         frame_stride: u32,
         pix_stride: u32,
         chan_stride: u32,
-        _pad: [u32; 3],    }
+        _pad: [u32; 3],
+    }
 }
 
 /// The spatial size of the output for an input of `in_hw`.
