@@ -511,8 +511,58 @@ fn to_f16_bytes(bytes: &[u8], dtype: StorageDType) -> Vec<u8> {
     out
 }
 
+/// torch.save's archives keep their central directory right before the end record (or before
+/// the zip64 end record, where a zip64 locator precedes the end record). Anything else is a file
+/// with bytes inserted or removed, on which the zip crate would read entry records from wherever
+/// the directory seems to be, allocating for each name, extra field and comment it finds there.
+fn check_directory_position(map: &[u8]) -> std::result::Result<(), String> {
+    let corrupt =
+        |what: &str| format!("{what}: the file is truncated, or bytes were inserted or removed");
+    let tail = map.len().saturating_sub(22 + 0xFFFF);
+    let eocd = map[tail..]
+        .windows(4)
+        .rposition(|w| w == b"PK\x05\x06")
+        .map(|i| i + tail)
+        .ok_or_else(|| corrupt("no zip end record"))?;
+    let rec = map
+        .get(eocd..eocd + 22)
+        .ok_or_else(|| corrupt("the zip end record is cut off"))?;
+    let le = |b: &[u8]| b.iter().rev().fold(0u64, |v, &x| v << 8 | x as u64);
+    let (mut entries, mut size, mut offset, mut end) = (
+        le(&rec[10..12]),
+        le(&rec[12..16]),
+        le(&rec[16..20]),
+        eocd as u64,
+    );
+    let locator = eocd
+        .checked_sub(20)
+        .and_then(|l| map.get(l..eocd))
+        .filter(|l| l.starts_with(b"PK\x06\x07"));
+    if let Some(loc) = locator {
+        let at = le(&loc[8..16]);
+        let z = usize::try_from(at)
+            .ok()
+            .and_then(|z| map.get(z..z.checked_add(56)?))
+            .filter(|r| r.starts_with(b"PK\x06\x06"))
+            .ok_or_else(|| corrupt("the zip64 end record is not where its locator says"))?;
+        (entries, size, offset, end) = (le(&z[32..40]), le(&z[40..48]), le(&z[48..56]), at);
+    }
+    let starts_with_entry = usize::try_from(offset)
+        .ok()
+        .and_then(|o| map.get(o..o.checked_add(4)?))
+        == Some(b"PK\x01\x02".as_slice());
+    if offset.checked_add(size) != Some(end) || (entries > 0 && !starts_with_entry) {
+        return Err(corrupt(&format!(
+            "the zip directory ({entries} entries, {size} bytes at {offset}) does not end where \
+             the end record is ({end})"
+        )));
+    }
+    Ok(())
+}
+
 /// The archive's entries by name. Errors (a truncated or corrupt archive) are messages.
 fn read_directory(map: &[u8]) -> std::result::Result<BTreeMap<String, Entry>, String> {
+    check_directory_position(map)?;
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(map))
         .map_err(|e| format!("cannot read the zip directory ({e}); the file may be truncated"))?;
     let mut entries = BTreeMap::new();

@@ -119,6 +119,28 @@ fn every_truncation_is_an_error() {
 }
 
 #[test]
+fn a_byte_inserted_or_removed_is_refused_before_the_directory_is_read() {
+    let dir = temp_dir("shifted");
+    let path = dir.join("full.pth");
+    write_archive(&path, &sample_pickle(), &sample_storages());
+    let full = std::fs::read(&path).unwrap();
+    assert!(PthFile::open(&path).is_ok());
+    let shifted = dir.join("shifted.pth");
+    for at in [40, full.len() / 2, full.len() - 30] {
+        let mut inserted = full.clone();
+        inserted.insert(at, b'x');
+        let mut removed = full.clone();
+        removed.remove(at);
+        for bytes in [inserted, removed] {
+            std::fs::write(&shifted, &bytes).unwrap();
+            let err = PthFile::open(&shifted).unwrap_err().to_string();
+            assert!(err.contains("shifted.pth"), "{at}: {err}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn views_outside_their_storage_are_refused() {
     let dir = temp_dir("bounds");
     let path = dir.join("oob.pth");
