@@ -58,8 +58,9 @@ pub enum FlashKernel {
 /// Layouts of `attention_flash_coop.wgsl`: `wide`, 8 subgroups sharing each key tile with Q read
 /// straight from the buffer, else 4 with Q staged in workgroup memory; `single_pass`, one pass
 /// over the keys with lazy rescaling, else two passes (statistics, then output). The single
-/// pass is experimental: 152 ms instead of 228 at N = 32760 on the H200 (125 ms in an earlier
-/// form), but its output is wrong there (`vdit selftest`), so nothing picks it unless asked.
+/// pass is experimental: its first two forms ran in 125 and 152 ms instead of 228 at N = 32760
+/// on the H200 with wrong output (`vdit selftest`); the current form has not run there yet.
+/// Nothing picks it unless asked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlashCoopLayout {
     pub wide: bool,
