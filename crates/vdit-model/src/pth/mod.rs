@@ -528,12 +528,17 @@ fn check_directory_position(map: &[u8]) -> std::result::Result<(), String> {
         .get(eocd..eocd + 22)
         .ok_or_else(|| corrupt("the zip end record is cut off"))?;
     let le = |b: &[u8]| b.iter().rev().fold(0u64, |v, &x| v << 8 | x as u64);
-    let (mut entries, mut size, mut offset, mut end) = (
+    // (disk, directory's disk, entries on this disk, entries in all, size, offset)
+    let classic = [
+        le(&rec[4..6]),
+        le(&rec[6..8]),
+        le(&rec[8..10]),
         le(&rec[10..12]),
         le(&rec[12..16]),
         le(&rec[16..20]),
-        eocd as u64,
-    );
+    ];
+    let mut fields = classic;
+    let mut end = eocd as u64;
     let locator = eocd
         .checked_sub(20)
         .and_then(|l| map.get(l..eocd))
@@ -545,7 +550,42 @@ fn check_directory_position(map: &[u8]) -> std::result::Result<(), String> {
             .and_then(|z| map.get(z..z.checked_add(56)?))
             .filter(|r| r.starts_with(b"PK\x06\x06"))
             .ok_or_else(|| corrupt("the zip64 end record is not where its locator says"))?;
-        (entries, size, offset, end) = (le(&z[32..40]), le(&z[40..48]), le(&z[48..56]), at);
+        fields = [
+            le(&z[16..20]),
+            le(&z[20..24]),
+            le(&z[24..32]),
+            le(&z[32..40]),
+            le(&z[40..48]),
+            le(&z[48..56]),
+        ];
+        end = at;
+        // A classic field either repeats the zip64 one or says "see zip64" (all ones); the
+        // zip crate reads some fields from each record, so they must not disagree.
+        let widths = [2, 2, 2, 2, 4, 4];
+        let agree = classic
+            .iter()
+            .zip(fields)
+            .zip(widths)
+            .all(|((&c, z), w)| c == z || c == (1u64 << (8 * w)) - 1);
+        if !agree {
+            return Err(corrupt(
+                "the zip end record and the zip64 end record disagree",
+            ));
+        }
+    }
+    let [disk, directory_disk, on_this_disk, entries, size, offset] = fields;
+    if disk != 0 || directory_disk != 0 {
+        return Err(format!(
+            "the zip archive spans several files (disk {disk}); torch.save writes one file"
+        ));
+    }
+    // Every directory record takes at least 46 bytes: a count beyond that is a corrupt count,
+    // and the zip crate reserves memory for each entry it is told of.
+    if on_this_disk != entries || entries.saturating_mul(46) > size {
+        return Err(corrupt(&format!(
+            "the zip end record counts {on_this_disk} and {entries} entries in a directory \
+             of {size} bytes"
+        )));
     }
     let starts_with_entry = usize::try_from(offset)
         .ok()

@@ -283,10 +283,41 @@ fn a_zip64_directory_claiming_too_many_entries_is_refused() {
     // The zip64 form of the archive reads as the archive does.
     std::fs::write(&path, with_zip64_end(&bytes, 4)).unwrap();
     assert_eq!(PthFile::open(&path).unwrap().len(), 4);
-    // 2^40 entries: trusting the count would reserve terabytes for the directory (the zip
-    // crate checks it against the directory; this keeps that so).
+    // 2^40 entries: trusting the count would reserve terabytes for the directory.
     std::fs::write(&path, with_zip64_end(&bytes, 1 << 40)).unwrap();
     let err = PthFile::open(&path).unwrap_err().to_string();
-    assert!(err.contains("cannot read the zip directory"), "{err}");
+    assert!(err.contains("counts 1099511627776 and"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn end_records_whose_entry_counts_disagree_are_refused() {
+    let dir = temp_dir("eocd-count");
+    let path = dir.join("count.pth");
+    write_archive(&path, &sample_pickle(), &sample_storages());
+    let bytes = std::fs::read(&path).unwrap();
+    let end = bytes.windows(4).rposition(|w| w == b"PK\x05\x06").unwrap();
+    // The count of entries on this disk raised alone (the zip crate reserves a record for
+    // each), then both counts raised past what the directory's bytes can hold.
+    for (field, count) in [(8, 60_000u16), (8, 1000), (10, 1000)] {
+        let mut bad = bytes.clone();
+        bad[end + field..end + field + 2].copy_from_slice(&count.to_le_bytes());
+        if field == 8 && count == 1000 {
+            bad[end + 10..end + 12].copy_from_slice(&count.to_le_bytes());
+        }
+        std::fs::write(&path, &bad).unwrap();
+        let err = PthFile::open(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("count.pth") && err.contains("entries in a directory"),
+            "{err}"
+        );
+    }
+    // A zip64 end record whose counts the classic record contradicts.
+    let mut z = with_zip64_end(&bytes, 4);
+    let classic = z.len() - 22;
+    z[classic + 8..classic + 12].copy_from_slice(&[7, 0, 7, 0]);
+    std::fs::write(&path, &z).unwrap();
+    let err = PthFile::open(&path).unwrap_err().to_string();
+    assert!(err.contains("disagree"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
