@@ -51,6 +51,13 @@ macro_rules! shader_file {
 /// The files `#include` can paste, from `shaders/include/`.
 const INCLUDES: &[(&str, &str)] = &[
     (
+        "matmul_bindings",
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shaders/include/matmul_bindings.wgsl"
+        )),
+    ),
+    (
         "matmul_epilogue",
         include_str!(concat!(
             env!("CARGO_MANIFEST_DIR"),
