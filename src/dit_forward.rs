@@ -11,7 +11,8 @@ use vdit_wgpu::{DType, Gpu, Recorder, Tensor};
 
 #[derive(Args, Debug, Clone)]
 pub struct DitForwardArgs {
-    /// A transformer folder, a checkpoint root holding transformer/, or a safetensors file.
+    /// A transformer folder, a checkpoint root holding transformer/, or a safetensors or GGUF
+    /// file.
     #[arg(long)]
     pub model: PathBuf,
     /// The model's config.json, for single files whose sizes cannot be inferred.

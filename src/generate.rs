@@ -22,7 +22,8 @@ pub struct GenerateArgs {
     /// the small embedded default model is used.
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Explicit DiT weights (a file or folder), e.g. a ComfyUI checkpoint.
+    /// Explicit DiT weights (a file or folder), e.g. a ComfyUI checkpoint or a GGUF file
+    /// (F32, F16, BF16, Q4_0 to Q8_0, Q2_K to Q6_K; expanded to f16 or f32 as it is loaded).
     #[arg(long)]
     pub dit: Option<PathBuf>,
     /// Explicit VAE weights (diffusers vae/ folder, wan_2.1_vae.safetensors or Wan2.1_VAE.pth).

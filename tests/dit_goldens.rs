@@ -29,6 +29,23 @@ fn check(name: &str, weights: &str, precision: Precision, expected: &str, tol: f
         eprintln!("skipping f16: the adapter lacks SHADER_F16");
         return;
     }
+    let got = velocity(name, weights, precision);
+    let io = WeightFile::open(golden_dir(name).join("io.safetensors")).unwrap();
+    let (_, want) = read(&io, expected);
+    let want: Vec<f64> = want.iter().map(|&v| v as f64).collect();
+    assert_close(
+        &format!("DiT {name} from {weights} in {precision:?}"),
+        0,
+        &got,
+        &want,
+        tol,
+    );
+}
+
+/// The velocity of the DiT of `config` loaded from `weights` (relative to its golden folder)
+/// on the golden inputs.
+fn velocity(name: &str, weights: &str, precision: Precision) -> Vec<f32> {
+    let gpu = test_gpu();
     let dir = golden_dir(name);
     let io = WeightFile::open(dir.join("io.safetensors")).unwrap();
     // A single file of a non-standard size carries no config: take the diffusers one.
@@ -37,7 +54,6 @@ fn check(name: &str, weights: &str, precision: Precision, expected: &str, tol: f
     let (latent_shape, latent) = read(&io, "latent");
     let (context_shape, context) = read(&io, "context");
     let (_, t) = read(&io, "timestep");
-    let (_, want) = read(&io, expected);
     let latent = Tensor::from_f32(gpu, &latent_shape, &latent, DType::F32).unwrap();
     let context = Tensor::from_f32(gpu, &context_shape, &context, DType::F32).unwrap();
     let velocity = Tensor::empty(gpu, &latent_shape, DType::F32).unwrap();
@@ -52,15 +68,28 @@ fn check(name: &str, weights: &str, precision: Precision, expected: &str, tol: f
         .forward(&mut rec, &latent, t[0], &cache, &velocity)
         .unwrap();
     rec.run().unwrap();
-    let got = velocity.to_vec_f32(gpu).unwrap();
-    let want: Vec<f64> = want.iter().map(|&v| v as f64).collect();
-    assert_close(
-        &format!("DiT {name} from {weights} in {precision:?}"),
-        0,
-        &got,
-        &want,
-        tol,
-    );
+    velocity.to_vec_f32(gpu).unwrap()
+}
+
+#[test]
+fn dit_from_gguf_equals_the_same_weights_dequantized_by_gguf_py() {
+    // tools/make_gguf_goldens.py: the tiny weights quantised (Q4_0..Q8_0, F16, BF16, a reshaped
+    // patch embedding) and with random k-quant blocks (Q2_K..Q6_K, ComfyUI's prefix), each beside
+    // gguf-py's f32 dequantisation of the same file.
+    for file in ["dit_tiny_legacy", "dit_tiny_kquants"] {
+        let gguf = velocity("tiny", &format!("../../gguf/{file}.gguf"), Precision::F32);
+        let copy = velocity(
+            "tiny",
+            &format!("../../gguf/{file}.dequantized.safetensors"),
+            Precision::F32,
+        );
+        assert!(
+            gguf.iter().all(|v| v.is_finite()),
+            "{file}: non-finite velocity"
+        );
+        let copy: Vec<f64> = copy.iter().map(|&v| v as f64).collect();
+        assert_close(&format!("DiT from {file}.gguf"), 0, &gguf, &copy, 1e-6);
+    }
 }
 
 #[test]

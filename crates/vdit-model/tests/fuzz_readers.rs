@@ -107,6 +107,69 @@ fn fuzz_safetensors() {
     assert!(report.accepted > 0, "no seed was read: {report:?}");
 }
 
+// ---- GGUF ----
+
+/// A count or offset of a GGUF header set to a lie: near the file's length, or an extreme.
+fn gguf_field_lie(data: &mut [u8], rng: &mut Rng) {
+    let header_end = data.len().min(4096);
+    if header_end < 32 {
+        return;
+    }
+    // The tensor and metadata counts, or any 8 bytes of the header (lengths, dimensions, offsets).
+    let at = match below(rng, 3) {
+        0 => 8,
+        1 => 16,
+        _ => 24 + below(rng, header_end - 32),
+    };
+    let len = data.len() as u64;
+    let lie = match below(rng, 3) {
+        0 => len.wrapping_add(below(rng, 65) as u64).wrapping_sub(32),
+        1 => u64::MAX - below(rng, 8) as u64,
+        _ => 1 << below(rng, 64),
+    };
+    data[at..at + 8].copy_from_slice(&lie.to_le_bytes());
+}
+
+#[test]
+fn fuzz_gguf() {
+    let path = scratch("gguf").join("input.gguf");
+    let report = fuzz::run(Target {
+        name: "gguf",
+        seeds: [
+            "goldens/gguf/dit_tiny_legacy.gguf",
+            "goldens/gguf/dit_tiny_kquants.gguf",
+        ]
+        .into_iter()
+        .map(|rel| {
+            let bytes = read(rel);
+            Seed {
+                name: rel.into(),
+                // The metadata and tensor directory; the data follows.
+                hot: vec![0..bytes.len().min(6144)],
+                bytes,
+            }
+        })
+        .collect(),
+        lie: Some(gguf_field_lie),
+        alloc_base: BASE,
+        // Reading every tensor as f32 expands Q2_K's 84 bytes to 1 KiB (12x); a metadata array of
+        // bytes holds one 32-byte value per byte. This allows a little more than the larger.
+        alloc_per_byte: 40,
+        feed: Box::new(move |input| {
+            std::fs::write(&path, input).unwrap();
+            let file = WeightFile::open(&path).map_err(|e| e.to_string())?;
+            let names: Vec<String> = file.names().map(str::to_string).collect();
+            for name in names {
+                file.get(&name)
+                    .and_then(|v| v.to_f32())
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        }),
+    });
+    assert!(report.accepted > 0, "no seed was read: {report:?}");
+}
+
 // ---- shards index ----
 
 #[test]

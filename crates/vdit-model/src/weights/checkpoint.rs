@@ -17,6 +17,28 @@ use super::view::TensorView;
 /// The folder diffusers keeps a pipeline's DiT in.
 const DIFFUSERS_TRANSFORMER_FOLDER: &str = "transformer";
 
+/// The `general.architecture` of GGUF files holding a Wan DiT (ComfyUI-GGUF writes it; files
+/// of stable-diffusion.cpp may leave it out).
+const GGUF_ARCHITECTURE: &str = "wan";
+
+/// Refuses a GGUF file that says it holds another model (a text encoder, a language model).
+fn check_gguf_architecture(set: &WeightSet) -> Result<()> {
+    for file in set.files() {
+        let arch = file
+            .gguf_value("general.architecture")
+            .map(|v| v.as_str().unwrap_or("(not a string)"));
+        if let Some(arch) = arch.filter(|a| *a != GGUF_ARCHITECTURE) {
+            return Err(WeightError::Layout {
+                path: file.path().to_path_buf(),
+                reason: format!(
+                    "the GGUF file holds a '{arch}' model, not a Wan DiT ('{GGUF_ARCHITECTURE}')"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// A weight set whose DiT tensors are looked up by canonical name.
 #[derive(Debug)]
 pub struct Checkpoint {
@@ -41,6 +63,7 @@ impl Checkpoint {
 
     /// Detects the key layout of `set` and indexes its tensors by canonical name.
     pub fn from_set(set: WeightSet) -> Result<Self> {
+        check_gguf_architecture(&set)?;
         let layout = KeyLayout::detect(set.names()).map_err(|reason| WeightError::Layout {
             path: set.source().to_path_buf(),
             reason,

@@ -1,5 +1,5 @@
-//! Converting stored float elements (f64, f32, f16, bf16; little-endian) to f32 values or to
-//! the little-endian bytes of a GPU storage type.
+//! Converting stored float elements (f64, f32, f16, bf16, little-endian; GGUF's quantised
+//! blocks) to f32 values or to the little-endian bytes of a GPU storage type.
 //!
 //! Work goes through small stack buffers a chunk at a time: no allocation besides the output,
 //! and the f16 conversions use the CPU's vector instructions where `half` finds them.
@@ -8,6 +8,7 @@ use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
 use super::dtype::StoredDType;
+use super::quant;
 
 /// Elements converted per step: large enough to amortise the loop, small enough to stay in cache.
 const CHUNK: usize = 4096;
@@ -57,6 +58,17 @@ fn for_each_f32_chunk(src: &[u8], dtype: StoredDType, mut sink: impl FnMut(&[f32
                 sink(&values[..n]);
             }
         }
+        StoredDType::Quant(q) if q.is_readable() => {
+            // CHUNK is a multiple of every block size (32, 64, 128, 256).
+            let bytes_per_chunk = CHUNK / q.elements() * q.bytes();
+            for bytes in src.chunks(bytes_per_chunk) {
+                let n = bytes.len() / q.bytes() * q.elements();
+                if !quant::dequantize_blocks(q, bytes, &mut values[..n]) {
+                    return false;
+                }
+                sink(&values[..n]);
+            }
+        }
         _ => return false,
     }
     true
@@ -64,7 +76,10 @@ fn for_each_f32_chunk(src: &[u8], dtype: StoredDType, mut sink: impl FnMut(&[f32
 
 /// Elements in `src` for a readable float dtype.
 fn element_count(src: &[u8], dtype: StoredDType) -> usize {
-    src.len() / (dtype.bits() / 8).max(1)
+    match dtype {
+        StoredDType::Quant(q) => src.len() / q.bytes() * q.elements(),
+        d => src.len() / (d.bits() / 8).max(1),
+    }
 }
 
 /// The elements as f32 values; None when `dtype` is not a readable float.

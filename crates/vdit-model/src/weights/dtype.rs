@@ -1,6 +1,9 @@
-//! The element types a safetensors header may name, and which of them can be read as floats.
+//! The element types a weight file may store (safetensors' names, and GGUF's block-quantised
+//! types), and which of them can be read as floats.
 
 use std::fmt;
+
+use super::quant::QuantType;
 
 /// The element type of a tensor as stored on disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -24,6 +27,8 @@ pub enum StoredDType {
     F64,
     I64,
     U64,
+    /// A GGML block type, found only in GGUF files.
+    Quant(QuantType),
 }
 
 impl StoredDType {
@@ -58,8 +63,11 @@ impl StoredDType {
             .map(|(d, _)| *d)
     }
 
-    /// The header spelling.
+    /// The header spelling (GGML's name for a block type).
     pub fn name(self) -> &'static str {
+        if let StoredDType::Quant(q) = self {
+            return q.name();
+        }
         Self::NAMES
             .iter()
             .find(|(d, _)| *d == self)
@@ -67,9 +75,11 @@ impl StoredDType {
             .unwrap_or("?")
     }
 
-    /// Bits per element (some fp4/fp6 types pack several elements into one byte).
+    /// Bits per element (some fp4/fp6 types pack several elements into one byte); 0 for the
+    /// block types, whose sizes are per block ([`QuantType::bytes`]).
     pub fn bits(self) -> usize {
         match self {
+            StoredDType::Quant(_) => 0,
             StoredDType::F4 => 4,
             StoredDType::F6E2M3 | StoredDType::F6E3M2 => 6,
             StoredDType::Bool
@@ -86,10 +96,13 @@ impl StoredDType {
 
     /// Whether this loader converts it to f32 and f16.
     pub fn is_readable_float(self) -> bool {
-        matches!(
-            self,
-            StoredDType::F16 | StoredDType::BF16 | StoredDType::F32 | StoredDType::F64
-        )
+        match self {
+            StoredDType::Quant(q) => q.is_readable(),
+            d => matches!(
+                d,
+                StoredDType::F16 | StoredDType::BF16 | StoredDType::F32 | StoredDType::F64
+            ),
+        }
     }
 }
 

@@ -17,6 +17,9 @@ pub enum WeightError {
     /// The file is not a readable safetensors file (too short, header out of bounds, bad JSON).
     #[error("{}: not a valid safetensors file: {reason}", .path.display())]
     Malformed { path: PathBuf, reason: String },
+    /// The file is not a readable GGUF file (bad magic or version, counts or offsets out of bounds).
+    #[error("{}: not a valid GGUF file: {reason}", .path.display())]
+    Gguf { path: PathBuf, reason: String },
     /// One header entry is unusable: unknown dtype, offsets out of the data, size not matching the shape.
     #[error("{}: tensor '{tensor}': {reason}", .path.display())]
     BadTensor {
@@ -25,7 +28,7 @@ pub enum WeightError {
         reason: String,
     },
     /// A valid dtype this loader cannot convert to floats (integers, fp8, fp4...).
-    #[error("{}: tensor '{tensor}' is stored as {dtype}, which cannot be read as floats (f64, f32, f16 and bf16 can)", .path.display())]
+    #[error("{}: tensor '{tensor}' is stored as {dtype}, which cannot be read as floats (f64, f32, f16, bf16 and GGUF's {} can)", .path.display(), super::quant::QuantType::readable_names())]
     UnsupportedDType {
         path: PathBuf,
         tensor: String,

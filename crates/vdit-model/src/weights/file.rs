@@ -1,4 +1,4 @@
-//! One safetensors file, memory-mapped, its header validated before any tensor is touched.
+//! One safetensors or GGUF file, memory-mapped, its header validated before any tensor is touched.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -7,13 +7,24 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 
 use super::error::{Result, WeightError};
+use super::gguf::{parse_gguf, GgufValue, MAGIC};
 use super::header::{parse_header, TensorInfo};
 use super::view::TensorView;
 
-/// A memory-mapped safetensors file.
+/// The container format of a weight file, told by its first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileFormat {
+    Safetensors,
+    Gguf,
+}
+
+/// A memory-mapped safetensors or GGUF file.
 pub struct WeightFile {
     path: PathBuf,
     map: Mmap,
+    format: FileFormat,
+    /// GGUF's typed metadata (empty for safetensors).
+    gguf_values: BTreeMap<String, GgufValue>,
     /// Sorted by name.
     tensors: Vec<TensorInfo>,
     position: HashMap<String, usize>,
@@ -42,6 +53,13 @@ impl WeightFile {
         };
         let file = File::open(&path).map_err(|e| io("cannot open", e))?;
         let len = file.metadata().map_err(|e| io("cannot stat", e))?.len();
+        let named_gguf = path.extension().is_some_and(|e| e == "gguf");
+        if named_gguf && len < 4 {
+            return Err(WeightError::Gguf {
+                path,
+                reason: format!("the file has {len} bytes, fewer than the 4-byte magic 'GGUF'"),
+            });
+        }
         if len < 8 {
             // Checked before mapping: some platforms refuse to map an empty file.
             return Err(WeightError::Malformed {
@@ -52,7 +70,16 @@ impl WeightFile {
         // SAFETY: the mapping is read-only. Like every memory-mapped loader, this assumes no
         // other process truncates or rewrites the file while it is open.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| io("cannot memory-map", e))?;
-        let header = parse_header(&map, &path)?;
+        let (format, header, gguf_values) = if map.starts_with(MAGIC) || named_gguf {
+            let g = parse_gguf(&map, &path)?;
+            (FileFormat::Gguf, g.header, g.values)
+        } else {
+            (
+                FileFormat::Safetensors,
+                parse_header(&map, &path)?,
+                BTreeMap::new(),
+            )
+        };
         let position = header
             .tensors
             .iter()
@@ -62,6 +89,8 @@ impl WeightFile {
         Ok(Self {
             path,
             map,
+            format,
+            gguf_values,
             tensors: header.tensors,
             position,
             metadata: header.metadata,
@@ -90,7 +119,17 @@ impl WeightFile {
         self.position.get(name).map(|&i| &self.tensors[i])
     }
 
-    /// The header's `__metadata__` strings.
+    pub fn format(&self) -> FileFormat {
+        self.format
+    }
+
+    /// A GGUF metadata value (`general.architecture`, `tokenizer.ggml.tokens`...); None for
+    /// safetensors files and absent keys.
+    pub fn gguf_value(&self, key: &str) -> Option<&GgufValue> {
+        self.gguf_values.get(key)
+    }
+
+    /// The header's `__metadata__` strings; for GGUF, the metadata as text.
     pub fn metadata(&self) -> &BTreeMap<String, String> {
         &self.metadata
     }

@@ -25,6 +25,21 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
+    /// An entry whose byte range the caller has checked against the file.
+    pub(crate) fn new(
+        name: String,
+        dtype: StoredDType,
+        shape: Vec<usize>,
+        bytes: Range<usize>,
+    ) -> Self {
+        Self {
+            name,
+            dtype,
+            shape,
+            bytes,
+        }
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

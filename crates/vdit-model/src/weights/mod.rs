@@ -1,7 +1,8 @@
-//! Loading Wan DiT weights from safetensors checkpoints.
+//! Loading weights from safetensors and GGUF files.
 //!
-//! - [`WeightFile`]: one memory-mapped safetensors file whose header is validated against the
-//!   file size before any tensor is read; nothing is ever read outside the mapping.
+//! - [`WeightFile`]: one memory-mapped safetensors or GGUF file whose header is validated
+//!   against the file size before any tensor is read; nothing is ever read outside the mapping.
+//!   GGUF's block-quantised types ([`QuantType`]) are expanded to f32 or f16 as they are read.
 //! - [`WeightSet`]: tensors by name across a single file, a sharded checkpoint
 //!   (`*.safetensors.index.json`) or a folder holding either.
 //! - [`TensorView`]: one tensor's bytes, converted from f64/f32/f16/bf16 to f32 values or to the
@@ -20,10 +21,12 @@ mod convert;
 mod dtype;
 mod error;
 mod file;
+mod gguf;
 mod header;
 mod infer;
 mod layout;
 mod manifest;
+mod quant;
 mod set;
 mod view;
 
@@ -34,8 +37,10 @@ pub use checkpoint::Checkpoint;
 pub use config::DitConfig;
 pub use dtype::StoredDType;
 pub use error::{Result, WeightError};
-pub use file::WeightFile;
+pub use file::{FileFormat, WeightFile};
+pub use gguf::GgufValue;
 pub use header::TensorInfo;
 pub use layout::{diffusers_to_original, original_to_diffusers, KeyLayout, Naming, COMFYUI_PREFIX};
+pub use quant::QuantType;
 pub use set::WeightSet;
 pub use view::TensorView;

@@ -27,7 +27,8 @@ pub struct WeightSet {
 }
 
 impl WeightSet {
-    /// Opens a `.safetensors` file, a `*.safetensors.index.json` or a folder holding one of them.
+    /// Opens a `.safetensors` or GGUF file, a `*.safetensors.index.json` or a folder holding one
+    /// of them.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         if path.is_dir() {
@@ -182,8 +183,10 @@ fn is_index_name(path: &Path) -> bool {
     name.contains(".safetensors.index") && name.ends_with(".json")
 }
 
-fn is_safetensors_name(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e == "safetensors")
+/// A single-file checkpoint: safetensors or GGUF.
+fn is_single_file_name(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e == "safetensors" || e == "gguf")
 }
 
 /// Shard names are plain relative paths: nothing absolute, nothing climbing out of the folder.
@@ -192,7 +195,7 @@ fn is_plain_relative(path: &Path) -> bool {
 }
 
 /// Picks the weights of a folder: diffusers' index, then diffusers' single file, then the only
-/// index, then the only `.safetensors` file. Anything more ambiguous is an error listing the choices.
+/// index, then the only `.safetensors` or `.gguf` file. Anything more ambiguous is an error listing the choices.
 fn choose_in_folder(folder: &Path) -> Result<PathBuf> {
     let entries = std::fs::read_dir(folder).map_err(|source| WeightError::Io {
         path: folder.to_path_buf(),
@@ -208,7 +211,7 @@ fn choose_in_folder(folder: &Path) -> Result<PathBuf> {
         }
         if is_index_name(&path) {
             indexes.push(path);
-        } else if is_safetensors_name(&path) {
+        } else if is_single_file_name(&path) {
             singles.push(path);
         }
     }
@@ -237,10 +240,10 @@ fn choose_in_folder(folder: &Path) -> Result<PathBuf> {
         (1, _) => Ok(indexes.remove(0)),
         (0, 1) => Ok(singles.remove(0)),
         (0, 0) => Err(not_found(
-            "the folder holds no .safetensors file and no .safetensors.index.json".into(),
+            "the folder holds no .safetensors or .gguf file and no .safetensors.index.json".into(),
         )),
         (0, _) => Err(not_found(format!(
-            "several .safetensors files and no index to say which belong together ({}); name one",
+            "several weight files and no index to say which belong together ({}); name one",
             names(&singles)
         ))),
         _ => Err(not_found(format!(

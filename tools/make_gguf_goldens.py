@@ -1,0 +1,211 @@
+#!/usr/bin/env python3
+"""Goldens for vdit's GGUF reader, produced by gguf-py (llama.cpp's own Python package, pinned in
+requirements.txt): its writer makes the files and its dequantisers give the expected values.
+
+Writes assets/goldens/gguf/:
+  blocks.safetensors
+      For every GGML block type vdit reads, `<TYPE>.random.bytes` (U8: blocks of random bytes whose
+      f16 scales are random finite halves, subnormals and zero included) with
+      `<TYPE>.random.values` (F32, gguf-py's dequantisation), and for the types gguf-py can
+      quantise, `<TYPE>.quantized.bytes` / `.values`: a real quantisation of N(0, 1) values.
+  dit_tiny_legacy.gguf
+      The tiny DiT golden weights (dit/tiny/original) under their original Wan names, as
+      ComfyUI-GGUF lays a Wan file out (`general.architecture = wan`): each 2-D weight whose rows
+      fill 32-value blocks quantised for real, cycling through Q8_0, Q4_0, Q5_0, Q4_1 and Q5_1; the
+      other 2-D weights F16, one BF16; vectors F32; the 5-D patch embedding F32, stored flattened
+      to [n / 64, 64] with its shape in `comfy.gguf.orig_shape.patch_embedding.weight`.
+  dit_tiny_kquants.gguf
+      The same model with the "model.diffusion_model." prefix of ComfyUI checkpoints; every 2-D
+      weight with a multiple of 256 values is stored as 256-value rows (the converter's shape fix,
+      with `comfy.gguf.orig_shape`), as Q2_K, Q3_K, Q4_K, Q5_K and Q6_K in turn, its blocks random
+      bytes with small scales (gguf-py cannot quantise k-quants); vectors F32, the rest F16.
+  dit_tiny_<name>.dequantized.safetensors
+      The weights of each GGUF file as gguf-py dequantises them, f32, original names and shapes:
+      a DiT loaded from the GGUF file must give the same velocity as one loaded from this.
+
+Run from the repository root:  python tools/make_gguf_goldens.py
+"""
+
+import importlib.metadata
+import json
+import os
+from pathlib import Path
+
+import gguf
+import numpy as np
+from gguf import GGMLQuantizationType as T
+from gguf import quants
+from safetensors.numpy import load_file, save_file
+
+# golden_utils is not imported: it needs torch, and nothing here does.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+GOLDENS = REPO_ROOT / "assets" / "goldens"
+OUT = GOLDENS / "gguf"
+TINY = GOLDENS / "dit" / "tiny" / "original" / "diffusion_pytorch_model.safetensors"
+
+# Byte offsets of the f16 scale fields in one block of each type.
+HALF_FIELDS = {
+    T.Q4_0: [0],
+    T.Q4_1: [0, 2],
+    T.Q5_0: [0],
+    T.Q5_1: [0, 2],
+    T.Q8_0: [0],
+    T.Q2_K: [80, 82],
+    T.Q3_K: [108],
+    T.Q4_K: [0, 2],
+    T.Q5_K: [0, 2],
+    T.Q6_K: [208],
+}
+QUANTISABLE = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0]
+K_QUANTS = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
+# The largest |integer scale x value| of each k-quant: random blocks get f16 scales of at most
+# 0.3 over it, weights of about the golden model's magnitude.
+K_RANGE = {T.Q2_K: 45 + 15, T.Q3_K: 128, T.Q4_K: 945 + 63, T.Q5_K: 1953 + 63, T.Q6_K: 4096}
+
+
+def rel(path):
+    return os.path.relpath(path, REPO_ROOT)
+
+
+def random_halves(rng, n):
+    """Random finite f16 values as raw bits: every exponent but the all-ones one."""
+    bits = rng.integers(0, 1 << 16, size=n, dtype=np.uint32).astype(np.uint16)
+    exponent = (bits >> 10) & 0x1F
+    bits[exponent == 0x1F] &= np.uint16(0xBFFF)  # clears an exponent bit: finite
+    bits[:4] = [0x0000, 0x8000, 0x0001, 0x03FF]  # zero, -zero, the smallest and largest subnormal
+    return bits
+
+
+def random_blocks(rng, qtype, n_blocks, scale=None):
+    """Random blocks of `qtype`; the f16 scales random finite halves, or uniform in +-scale."""
+    elems, size = gguf.GGML_QUANT_SIZES[qtype]
+    blocks = rng.integers(0, 256, size=(n_blocks, size), dtype=np.uint8)
+    for at in HALF_FIELDS[qtype]:
+        if scale is None:
+            halves = random_halves(rng, n_blocks)
+        else:
+            halves = rng.uniform(-scale, scale, n_blocks).astype(np.float16).view(np.uint16)
+        blocks[:, at : at + 2] = halves.view(np.uint8).reshape(n_blocks, 2)
+    return blocks
+
+
+def block_goldens(rng):
+    out = {}
+    for qtype in HALF_FIELDS:
+        blocks = random_blocks(rng, qtype, 12)
+        values = quants.dequantize(blocks.reshape(1, -1), qtype).reshape(-1)
+        out[f"{qtype.name}.random.bytes"] = blocks.reshape(-1)
+        out[f"{qtype.name}.random.values"] = values.astype(np.float32)
+        if qtype in QUANTISABLE:
+            x = rng.standard_normal((4, 64)).astype(np.float32)
+            q = quants.quantize(x, qtype)
+            out[f"{qtype.name}.quantized.bytes"] = q.reshape(-1)
+            out[f"{qtype.name}.quantized.values"] = (
+                quants.dequantize(q, qtype).reshape(-1).astype(np.float32)
+            )
+    path = OUT / "blocks.safetensors"
+    save_file(out, str(path))
+    print(f"  wrote {rel(path)} ({path.stat().st_size} bytes, {len(out)} tensors)")
+
+
+def write_gguf(path, tensors, prefix=""):
+    """Writes (name, stored array, GGML type, original shape or None) as a Wan GGUF file."""
+    writer = gguf.GGUFWriter(str(path), arch="wan")
+    for name, data, qtype, original in tensors:
+        if original is not None:
+            writer.add_array(f"comfy.gguf.orig_shape.{prefix}{name}", [int(d) for d in original])
+        writer.add_tensor(prefix + name, data, raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    print(f"  wrote {rel(path)} ({path.stat().st_size} bytes, {len(tensors)} tensors)")
+
+
+def read_back(path, prefix):
+    """The file's tensors as gguf-py reads and dequantises them, under unprefixed names."""
+    reader = gguf.GGUFReader(str(path))
+    out = {}
+    for t in reader.tensors:
+        values = quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+        field = reader.get_field(f"comfy.gguf.orig_shape.{t.name}")
+        if field is not None:
+            shape = tuple(int(field.parts[i][0]) for i in field.data)
+        else:
+            shape = tuple(int(d) for d in reversed(t.shape))
+        out[t.name[len(prefix) :]] = np.ascontiguousarray(values.reshape(shape))
+    return out, reader
+
+
+def legacy_dit(weights):
+    """Rows of 32 quantised as they are; other 2-D weights flattened to rows of 32 (with their
+    shape recorded) and quantised, but for one kept BF16 and one F16."""
+    tensors, cycle, halves = [], 0, [T.BF16, T.F16]
+    for name, w in weights.items():
+        if name == "patch_embedding.weight":
+            tensors.append((name, w.reshape(-1, 64), T.F32, w.shape))
+        elif w.ndim == 1 or (w.ndim == 3 and w.shape[0] == 1):  # vectors, modulation tables
+            tensors.append((name, w, T.F32, None))
+        elif w.ndim == 2 and w.shape[1] % 32 != 0 and halves:
+            qtype = halves.pop(0)
+            tensors.append((name, quants.quantize(w, qtype), qtype, None))
+        elif w.ndim == 2:
+            qtype = QUANTISABLE[::-1][cycle % len(QUANTISABLE)]
+            cycle += 1
+            original = None if w.shape[1] % 32 == 0 else w.shape
+            rows = w if original is None else w.reshape(-1, 32)
+            tensors.append((name, quants.quantize(rows, qtype), qtype, original))
+        else:
+            raise ValueError(f"{name}: unexpected shape {w.shape}")
+    assert cycle >= len(QUANTISABLE), f"only {cycle} tensors were quantised"
+    return tensors
+
+
+def kquant_dit(weights, rng):
+    tensors, cycle = [], 0
+    for name, w in weights.items():
+        if w.ndim >= 2 and w.size % 256 == 0 and w.shape[0] > 1:
+            qtype = K_QUANTS[cycle % len(K_QUANTS)]
+            cycle += 1
+            _, size = gguf.GGML_QUANT_SIZES[qtype]
+            blocks = random_blocks(rng, qtype, w.size // 256, scale=0.3 / K_RANGE[qtype])
+            tensors.append((name, blocks.reshape(w.size // 256, size), qtype, w.shape))
+        elif w.ndim <= 1 or (w.ndim == 3 and w.shape[0] == 1):
+            tensors.append((name, w, T.F32, None))
+        else:
+            tensors.append((name, w.astype(np.float16), T.F16, w.shape if w.ndim > 4 else None))
+    assert cycle >= len(K_QUANTS), f"only {cycle} tensors could hold k-quants"
+    return tensors
+
+
+def main():
+    rng = np.random.default_rng(1605)
+    OUT.mkdir(parents=True, exist_ok=True)
+    block_goldens(rng)
+    weights = {k: v.astype(np.float32) for k, v in sorted(load_file(str(TINY)).items())}
+    summary = {"gguf": importlib.metadata.version("gguf"), "numpy": np.__version__}
+    for name, tensors, prefix in [
+        ("legacy", legacy_dit(weights), ""),
+        ("kquants", kquant_dit(weights, rng), "model.diffusion_model."),
+    ]:
+        path = OUT / f"dit_tiny_{name}.gguf"
+        write_gguf(path, tensors, prefix)
+        values, _ = read_back(path, prefix)
+        assert set(values) == set(weights), f"{path}: names differ from the golden weights"
+        for k, v in values.items():
+            assert v.shape == weights[k].shape, f"{path}:{k}: shape {v.shape}"
+            assert np.isfinite(v).all(), f"{path}:{k}: non-finite values"
+        ref = OUT / f"dit_tiny_{name}.dequantized.safetensors"
+        save_file(values, str(ref))
+        print(f"  wrote {rel(ref)} ({ref.stat().st_size} bytes)")
+        types = {}
+        for _, _, qtype, _ in tensors:
+            types[qtype.name] = types.get(qtype.name, 0) + 1
+        summary[name] = {"prefix": prefix, "tensor_types": types}
+    path = OUT / "goldens.json"
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"  wrote {rel(path)}")
+
+
+if __name__ == "__main__":
+    main()
