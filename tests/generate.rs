@@ -196,6 +196,45 @@ fn the_command_writes_a_playable_mp4() {
 }
 
 #[test]
+fn the_command_runs_from_gguf_files() {
+    // A k-quant DiT and a Q8_0 umT5 under llama.cpp's names (tools/make_gguf_goldens.py), with
+    // the tiny golden tokenizer and VAE.
+    let goldens = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/goldens");
+    let arg = |rel: &str| goldens.join(rel).to_str().unwrap().to_string();
+    let dir = scratch("gguf");
+    let path = dir.join("fox.gif");
+    let (ok, stderr) = vdit_generate(&[
+        "--dit",
+        &arg("gguf/dit_tiny_kquants.gguf"),
+        "--text-encoder",
+        &arg("gguf/umt5_tiny_q8_0.gguf"),
+        "--tokenizer",
+        &arg("t5/tokenizer/tokenizer.json"),
+        "--vae",
+        &arg("vae/tiny/diffusers"),
+        "--prompt",
+        "a red fox",
+        "--width",
+        "32",
+        "--height",
+        "48",
+        "--frames",
+        "1",
+        "--steps",
+        "1",
+        "--quiet",
+        "--output",
+        path.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(bytes.starts_with(b"GIF89a"), "not a GIF");
+    // The logical screen size of the GIF: 32 x 48.
+    assert_eq!((bytes[6], bytes[8]), (32, 48));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn bad_sizes_are_refused_before_any_work() {
     let dir = scratch("bad");
     let path = dir.join("never.mp4");

@@ -139,6 +139,53 @@ fn f32_matches_transformers_from_the_comfyui_file() {
 }
 
 #[test]
+fn f32_matches_transformers_from_a_gguf_file_with_llama_cpp_names() {
+    check(
+        "gguf/umt5_tiny_f32.gguf",
+        Precision::F32,
+        Residency::Resident,
+        1e-4,
+    );
+}
+
+/// The context of every golden prompt from the encoder at `weights`.
+fn contexts(weights: &str) -> Vec<Vec<f32>> {
+    let gpu = test_gpu();
+    let enc = UmT5Encoder::load(
+        gpu,
+        &goldens().join(weights),
+        Precision::F32,
+        Residency::Resident,
+    )
+    .unwrap();
+    let all = prompts();
+    let ids: Vec<&[u32]> = all.iter().map(|p| p.ids.as_slice()).collect();
+    let out = enc
+        .encode_ids(gpu, &ids)
+        .unwrap()
+        .iter()
+        .map(|c| c.to_vec_f32(gpu).unwrap())
+        .collect();
+    enc.free(gpu);
+    out
+}
+
+#[test]
+fn a_q8_0_gguf_encoder_equals_its_weights_dequantized_by_gguf_py() {
+    // Q8_0 weights and embedding (rows read and expanded one token at a time), F16 for the rest.
+    let gguf = contexts("gguf/umt5_tiny_q8_0.gguf");
+    let copy = contexts("gguf/umt5_tiny_q8_0.dequantized.safetensors");
+    for (g, c) in gguf.iter().zip(&copy) {
+        let c: Vec<f64> = c.iter().map(|&x| x as f64).collect();
+        let err = rel_l2(g, &c);
+        assert!(
+            err <= 1e-6,
+            "Q8_0 GGUF against its dequantised copy: {err:.2e}"
+        );
+    }
+}
+
+#[test]
 fn f16_weights_match_transformers() {
     if !test_gpu().caps.shader_f16 {
         eprintln!("skipping f16: the adapter lacks SHADER_F16");

@@ -19,6 +19,14 @@ Writes assets/goldens/gguf/:
       weight with a multiple of 256 values is stored as 256-value rows (the converter's shape fix,
       with `comfy.gguf.orig_shape`), as Q2_K, Q3_K, Q4_K, Q5_K and Q6_K in turn, its blocks random
       bytes with small scales (gguf-py cannot quantise k-quants); vectors F32, the rest F16.
+  umt5_tiny_f32.gguf, umt5_tiny_q8_0.gguf
+      The tiny umT5 golden encoder (t5/text_encoder) under llama.cpp's names
+      (`general.architecture = t5encoder`, token_embd, enc.blk.N.attn_q, attn_rel_b, ffn_gate...):
+      all F32 (it must match transformers' hidden states), and with every weight whose rows fill
+      32-value blocks quantised to Q8_0 (the others F16), beside umt5_tiny_q8_0.dequantized.safetensors
+      (transformers' names, gguf-py's dequantisation).
+  config.json
+      The tiny DiT's config (Wan's original format), which vdit reads beside a DiT file.
   dit_tiny_<name>.dequantized.safetensors
       The weights of each GGUF file as gguf-py dequantises them, f32, original names and shapes:
       a DiT loaded from the GGUF file must give the same velocity as one loaded from this.
@@ -29,6 +37,7 @@ Run from the repository root:  python tools/make_gguf_goldens.py
 import importlib.metadata
 import json
 import os
+import shutil
 from pathlib import Path
 
 import gguf
@@ -178,10 +187,68 @@ def kquant_dit(weights, rng):
     return tensors
 
 
+T5 = GOLDENS / "t5" / "text_encoder"
+# transformers' UMT5 names -> llama.cpp's (per block, then the whole encoder).
+T5_BLOCK_NAMES = {
+    "layer.0.layer_norm": "attn_norm",
+    "layer.0.SelfAttention.q": "attn_q",
+    "layer.0.SelfAttention.k": "attn_k",
+    "layer.0.SelfAttention.v": "attn_v",
+    "layer.0.SelfAttention.o": "attn_o",
+    "layer.0.SelfAttention.relative_attention_bias": "attn_rel_b",
+    "layer.1.layer_norm": "ffn_norm",
+    "layer.1.DenseReluDense.wi_0": "ffn_gate",
+    "layer.1.DenseReluDense.wi_1": "ffn_up",
+    "layer.1.DenseReluDense.wo": "ffn_down",
+}
+
+
+def llama_t5_name(name):
+    if name == "shared.weight":
+        return "token_embd.weight"
+    if name == "encoder.final_layer_norm.weight":
+        return "enc.output_norm.weight"
+    _, _, block, rest = name.split(".", 3)
+    return f"enc.blk.{block}.{T5_BLOCK_NAMES[rest.removesuffix('.weight')]}.weight"
+
+
+def umt5_goldens():
+    weights = {}
+    for shard in sorted(T5.glob("*.safetensors")):
+        weights.update(load_file(str(shard)))
+    for quantised in [False, True]:
+        name = "umt5_tiny_q8_0" if quantised else "umt5_tiny_f32"
+        path = OUT / f"{name}.gguf"
+        writer = gguf.GGUFWriter(str(path), arch="t5encoder")
+        copy = {}
+        for hf_name, w in sorted(weights.items()):
+            w = w.astype(np.float32)
+            if not quantised or w.ndim == 1:
+                data, qtype = w, T.F32
+            elif w.shape[-1] % 32 == 0:
+                data, qtype = quants.quantize(w, T.Q8_0), T.Q8_0
+            else:
+                data, qtype = w.astype(np.float16), T.F16
+            writer.add_tensor(llama_t5_name(hf_name), data, raw_dtype=qtype)
+            copy[hf_name] = np.ascontiguousarray(
+                quants.dequantize(data, qtype).astype(np.float32).reshape(w.shape)
+            )
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        print(f"  wrote {rel(path)} ({path.stat().st_size} bytes)")
+        if quantised:
+            ref = OUT / f"{name}.dequantized.safetensors"
+            save_file(copy, str(ref))
+            print(f"  wrote {rel(ref)} ({ref.stat().st_size} bytes)")
+
+
 def main():
     rng = np.random.default_rng(1605)
     OUT.mkdir(parents=True, exist_ok=True)
     block_goldens(rng)
+    umt5_goldens()
     weights = {k: v.astype(np.float32) for k, v in sorted(load_file(str(TINY)).items())}
     summary = {"gguf": importlib.metadata.version("gguf"), "numpy": np.__version__}
     for name, tensors, prefix in [
@@ -202,6 +269,11 @@ def main():
         for _, _, qtype, _ in tensors:
             types[qtype.name] = types.get(qtype.name, 0) + 1
         summary[name] = {"prefix": prefix, "tensor_types": types}
+    # The tiny model's sizes cannot be read off its shapes (48 is no multiple of Wan's head
+    # dimension of 128): its config.json, which a DiT file's folder may hold, goes beside.
+    config = OUT / "config.json"
+    shutil.copyfile(TINY.parent / "config.json", config)
+    print(f"  wrote {rel(config)}")
     path = OUT / "goldens.json"
     path.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"  wrote {rel(path)}")

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use vdit_wgpu::{DType, Gpu, Tensor};
 
 use crate::error::{input_err, Result};
-use crate::pth::{to_f32_values, PthFile, StorageDType};
+use crate::pth::{to_f32_values, PthFile};
 use crate::weights::{StoredDType, WeightSet};
 
 /// The file name of the encoder in a Wan2.1 checkpoint folder.
@@ -74,7 +74,12 @@ enum Naming {
     Hf { prefix: String, embedding: String },
     /// The Wan2.1 repository's T5Encoder names.
     Original { prefix: String },
+    /// llama.cpp's names, as its converter and city96's umT5 GGUF files have them.
+    Llama,
 }
+
+/// The `general.architecture` values of a umT5 encoder in GGUF.
+const GGUF_ARCHITECTURES: [&str; 2] = ["t5encoder", "t5"];
 
 enum Source {
     Safetensors(WeightSet),
@@ -96,12 +101,15 @@ impl TextWeights {
         let is_pth = chosen.is_file()
             && !chosen
                 .extension()
-                .is_some_and(|e| e == "safetensors" || e == "json");
+                .is_some_and(|e| e == "safetensors" || e == "json" || e == "gguf");
         let source = if is_pth {
             Source::Pth(PthFile::open(&chosen)?)
         } else {
             Source::Safetensors(WeightSet::open(&chosen)?)
         };
+        if let Source::Safetensors(set) = &source {
+            check_gguf_architecture(set)?;
+        }
         let names: Vec<String> = match &source {
             Source::Safetensors(s) => s.names().map(String::from).collect(),
             Source::Pth(p) => p.names().map(String::from).collect(),
@@ -137,6 +145,23 @@ impl TextWeights {
                     Param::Wi0(i) => f(i, "DenseReluDense.wi_0.weight"),
                     Param::Wi1(i) => f(i, "DenseReluDense.wi_1.weight"),
                     Param::Wo(i) => f(i, "DenseReluDense.wo.weight"),
+                }
+            }
+            Naming::Llama => {
+                let b = |i: usize, s: &str| format!("enc.blk.{i}.{s}.weight");
+                match p {
+                    Param::Embedding => "token_embd.weight".into(),
+                    Param::FinalNorm => "enc.output_norm.weight".into(),
+                    Param::Norm1(i) => b(i, "attn_norm"),
+                    Param::Q(i) => b(i, "attn_q"),
+                    Param::K(i) => b(i, "attn_k"),
+                    Param::V(i) => b(i, "attn_v"),
+                    Param::O(i) => b(i, "attn_o"),
+                    Param::RelativeBias(i) => b(i, "attn_rel_b"),
+                    Param::Norm2(i) => b(i, "ffn_norm"),
+                    Param::Wi0(i) => b(i, "ffn_gate"),
+                    Param::Wi1(i) => b(i, "ffn_up"),
+                    Param::Wo(i) => b(i, "ffn_down"),
                 }
             }
             Naming::Original { prefix } => {
@@ -196,29 +221,43 @@ impl TextWeights {
     pub fn embedding_rows(&self, ids: &[u32], config: &T5Config) -> Result<Vec<f32>> {
         let name = self.name(Param::Embedding);
         let d = config.d_model;
-        let (bytes, dtype) = match &self.source {
-            Source::Safetensors(s) => {
-                let view = s.get(&name)?;
-                let dtype = match view.dtype() {
-                    StoredDType::F32 => StorageDType::F32,
-                    StoredDType::F16 => StorageDType::F16,
-                    StoredDType::BF16 => StorageDType::BF16,
-                    StoredDType::F64 => StorageDType::F64,
-                    other => {
-                        return Err(input_err(
-                            self.path.display().to_string(),
-                            format!("tensor '{name}' is stored as {other}, not a float type"),
-                        ))
-                    }
-                };
-                (std::borrow::Cow::Borrowed(view.bytes()), dtype)
-            }
-            Source::Pth(f) => {
-                let view = f.get(&name)?;
-                (view.bytes(), view.dtype())
-            }
-        };
-        let row_bytes = d * dtype.size();
+        // One row's bytes and its expansion to f32 (GGUF rows may be quantised blocks).
+        type Expand<'a> = Box<dyn Fn(&[u8]) -> Vec<f32> + 'a>;
+        let (bytes, row_bytes, expand): (std::borrow::Cow<'_, [u8]>, usize, Expand<'_>) =
+            match &self.source {
+                Source::Safetensors(s) => {
+                    let view = s.get(&name)?;
+                    let stored = view.dtype();
+                    let row_bytes = match stored {
+                        StoredDType::Quant(q) if q.is_readable() && d % q.elements() == 0 => {
+                            d / q.elements() * q.bytes()
+                        }
+                        other if other.is_readable_float() && other.bits() > 0 => {
+                            d * other.bits() / 8
+                        }
+                        other => {
+                            return Err(input_err(
+                                self.path.display().to_string(),
+                                format!("tensor '{name}' is stored as {other}, not a float type"),
+                            ))
+                        }
+                    };
+                    let expand = move |row: &[u8]| {
+                        crate::weights::to_f32_values(row, stored).unwrap_or_default()
+                    };
+                    (
+                        std::borrow::Cow::Borrowed(view.bytes()),
+                        row_bytes,
+                        Box::new(expand),
+                    )
+                }
+                Source::Pth(f) => {
+                    let view = f.get(&name)?;
+                    let dtype = view.dtype();
+                    let expand = move |row: &[u8]| to_f32_values(row, dtype);
+                    (view.bytes(), d * dtype.size(), Box::new(expand))
+                }
+            };
         let mut out = Vec::with_capacity(ids.len() * d);
         for &id in ids {
             let id = id as usize;
@@ -231,10 +270,7 @@ impl TextWeights {
                     ),
                 ));
             }
-            out.extend(to_f32_values(
-                &bytes[id * row_bytes..(id + 1) * row_bytes],
-                dtype,
-            ));
+            out.extend(expand(&bytes[id * row_bytes..(id + 1) * row_bytes]));
         }
         Ok(out)
     }
@@ -349,7 +385,28 @@ fn choose(path: &Path) -> Result<PathBuf> {
     ))
 }
 
+/// Refuses a GGUF file that says it holds another model than a T5 encoder.
+fn check_gguf_architecture(set: &WeightSet) -> Result<()> {
+    for file in set.files() {
+        let Some(arch) = file.gguf_value("general.architecture") else {
+            continue;
+        };
+        let arch = arch.as_str().unwrap_or("(not a string)");
+        if !GGUF_ARCHITECTURES.contains(&arch) {
+            return Err(input_err(
+                file.path().display().to_string(),
+                format!("the GGUF file holds a '{arch}' model, not a umT5 encoder ('t5encoder')"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn detect_naming(names: &[String]) -> std::result::Result<Naming, String> {
+    let has = |n: &str| names.iter().any(|m| m == n);
+    if has("token_embd.weight") && has("enc.blk.0.attn_q.weight") {
+        return Ok(Naming::Llama);
+    }
     const HF_FINAL: &str = "encoder.final_layer_norm.weight";
     if let Some(n) = names.iter().find(|n| n.ends_with(HF_FINAL)) {
         let prefix = n[..n.len() - HF_FINAL.len()].to_string();
@@ -373,9 +430,9 @@ fn detect_naming(names: &[String]) -> std::result::Result<Naming, String> {
     }
     let some: Vec<&str> = names.iter().take(5).map(String::as_str).collect();
     Err(format!(
-        "not a umT5 encoder: neither transformers' names (encoder.final_layer_norm.weight) nor \
-         the Wan2.1 names (token_embedding.weight, blocks.N.attn.q.weight); found {} tensors \
-         such as {some:?}",
+        "not a umT5 encoder: neither transformers' names (encoder.final_layer_norm.weight), \
+         the Wan2.1 names (token_embedding.weight, blocks.N.attn.q.weight) nor llama.cpp's \
+         (token_embd.weight, enc.blk.N.attn_q.weight); found {} tensors such as {some:?}",
         names.len()
     ))
 }

@@ -35,6 +35,7 @@ mod tests;
 
 pub use checkpoint::Checkpoint;
 pub use config::DitConfig;
+pub(crate) use convert::to_f32_values;
 pub use dtype::StoredDType;
 pub use error::{Result, WeightError};
 pub use file::{FileFormat, WeightFile};
