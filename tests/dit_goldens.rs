@@ -72,6 +72,30 @@ fn velocity(name: &str, weights: &str, precision: Precision) -> Vec<f32> {
 }
 
 #[test]
+fn dit_from_fp8_equals_the_same_weights_dequantized_by_ml_dtypes() {
+    // tools/make_fp8_goldens.py: plain e4m3fn (one tensor e5m2), ComfyUI's scaled fp8 and the
+    // weight_scale form, each beside its f32 dequantisation.
+    for form in ["e4m3fn", "scaled_fp8", "weight_scale_fp8"] {
+        let fp8 = velocity(
+            "tiny",
+            &format!("../../fp8/dit_tiny_{form}.safetensors"),
+            Precision::F32,
+        );
+        let copy = velocity(
+            "tiny",
+            &format!("../../fp8/dit_tiny_{form}.dequantized.safetensors"),
+            Precision::F32,
+        );
+        assert!(
+            fp8.iter().all(|v| v.is_finite()),
+            "{form}: non-finite velocity"
+        );
+        let copy: Vec<f64> = copy.iter().map(|&v| v as f64).collect();
+        assert_close(&format!("DiT from {form}"), 0, &fp8, &copy, 1e-6);
+    }
+}
+
+#[test]
 fn dit_from_gguf_equals_the_same_weights_dequantized_by_gguf_py() {
     // tools/make_gguf_goldens.py: the tiny weights quantised (Q4_0..Q8_0, F16, BF16, a reshaped
     // patch embedding) and with random k-quant blocks (Q2_K..Q6_K, ComfyUI's prefix), each beside

@@ -186,6 +186,21 @@ fn a_q8_0_gguf_encoder_equals_its_weights_dequantized_by_gguf_py() {
 }
 
 #[test]
+fn a_scaled_fp8_encoder_equals_its_weights_dequantized_by_ml_dtypes() {
+    // ComfyUI's scaled fp8 form: every matrix, the embedding included, F8_E4M3 with a scale.
+    let fp8 = contexts("fp8/umt5_tiny_scaled_fp8.safetensors");
+    let copy = contexts("fp8/umt5_tiny_scaled_fp8.dequantized.safetensors");
+    for (g, c) in fp8.iter().zip(&copy) {
+        let c: Vec<f64> = c.iter().map(|&x| x as f64).collect();
+        let err = rel_l2(g, &c);
+        assert!(
+            err <= 1e-6,
+            "scaled fp8 against its dequantised copy: {err:.2e}"
+        );
+    }
+}
+
+#[test]
 fn f16_weights_match_transformers() {
     if !test_gpu().caps.shader_f16 {
         eprintln!("skipping f16: the adapter lacks SHADER_F16");

@@ -242,8 +242,14 @@ impl TextWeights {
                             ))
                         }
                     };
+                    // A scaled fp8 table's rows are multiplied by its scale.
+                    let scale = view.scale();
                     let expand = move |row: &[u8]| {
-                        crate::weights::to_f32_values(row, stored).unwrap_or_default()
+                        let mut v = crate::weights::to_f32_values(row, stored).unwrap_or_default();
+                        if let Some(s) = scale {
+                            v.iter_mut().for_each(|x| *x *= s);
+                        }
+                        v
                     };
                     (
                         std::borrow::Cow::Borrowed(view.bytes()),

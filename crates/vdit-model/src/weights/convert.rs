@@ -58,6 +58,19 @@ fn for_each_f32_chunk(src: &[u8], dtype: StoredDType, mut sink: impl FnMut(&[f32
                 sink(&values[..n]);
             }
         }
+        StoredDType::F8E4M3 | StoredDType::F8E5M2 => {
+            let expand = if dtype == StoredDType::F8E4M3 {
+                f8_e4m3_to_f32
+            } else {
+                f8_e5m2_to_f32
+            };
+            for bytes in src.chunks(CHUNK) {
+                for (v, &b) in values.iter_mut().zip(bytes) {
+                    *v = expand(b);
+                }
+                sink(&values[..bytes.len()]);
+            }
+        }
         StoredDType::Quant(q) if q.is_readable() => {
             // CHUNK is a multiple of every block size (32, 64, 128, 256).
             let bytes_per_chunk = CHUNK / q.elements() * q.bytes();
@@ -74,6 +87,24 @@ fn for_each_f32_chunk(src: &[u8], dtype: StoredDType, mut sink: impl FnMut(&[f32
     true
 }
 
+/// An OCP float8 E4M3 ("e4m3fn") value: bias 7, three mantissa bits, subnormals, no infinities,
+/// NaN only for the all-ones exponent and mantissa.
+fn f8_e4m3_to_f32(b: u8) -> f32 {
+    let sign = if b & 0x80 != 0 { -1.0 } else { 1.0 };
+    let (e, m) = ((b >> 3) & 0xF, b & 0x7);
+    let magnitude = match (e, m) {
+        (0xF, 0x7) => f32::NAN,
+        (0, m) => m as f32 / 8.0 * 2f32.powi(-6),
+        (e, m) => (1.0 + m as f32 / 8.0) * 2f32.powi(e as i32 - 7),
+    };
+    sign * magnitude
+}
+
+/// A float8 E5M2 value: the upper byte of an IEEE f16.
+fn f8_e5m2_to_f32(b: u8) -> f32 {
+    f16::from_bits((b as u16) << 8).to_f32()
+}
+
 /// Elements in `src` for a readable float dtype.
 fn element_count(src: &[u8], dtype: StoredDType) -> usize {
     match dtype {
@@ -86,6 +117,18 @@ fn element_count(src: &[u8], dtype: StoredDType) -> usize {
 pub(crate) fn to_f32_values(src: &[u8], dtype: StoredDType) -> Option<Vec<f32>> {
     let mut out = Vec::with_capacity(element_count(src, dtype));
     for_each_f32_chunk(src, dtype, |chunk| out.extend_from_slice(chunk)).then_some(out)
+}
+
+/// The elements as the little-endian bytes of a GPU storage type.
+pub(crate) fn to_storage_bytes(
+    src: &[u8],
+    dtype: StoredDType,
+    storage: vdit_wgpu::DType,
+) -> Option<Vec<u8>> {
+    match storage {
+        vdit_wgpu::DType::F32 => to_f32_bytes(src, dtype),
+        vdit_wgpu::DType::F16 => to_f16_bytes(src, dtype),
+    }
 }
 
 /// The elements as little-endian f32 bytes; None when `dtype` is not a readable float.

@@ -100,7 +100,12 @@ impl StoredDType {
             StoredDType::Quant(q) => q.is_readable(),
             d => matches!(
                 d,
-                StoredDType::F16 | StoredDType::BF16 | StoredDType::F32 | StoredDType::F64
+                StoredDType::F8E4M3
+                    | StoredDType::F8E5M2
+                    | StoredDType::F16
+                    | StoredDType::BF16
+                    | StoredDType::F32
+                    | StoredDType::F64
             ),
         }
     }

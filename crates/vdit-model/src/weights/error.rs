@@ -28,7 +28,7 @@ pub enum WeightError {
         reason: String,
     },
     /// A valid dtype this loader cannot convert to floats (integers, fp8, fp4...).
-    #[error("{}: tensor '{tensor}' is stored as {dtype}, which cannot be read as floats (f64, f32, f16, bf16 and GGUF's {} can)", .path.display(), super::quant::QuantType::readable_names())]
+    #[error("{}: tensor '{tensor}' is stored as {dtype}, which cannot be read as floats (f64, f32, f16, bf16, F8_E4M3, F8_E5M2 and GGUF's {} can)", .path.display(), super::quant::QuantType::readable_names())]
     UnsupportedDType {
         path: PathBuf,
         tensor: String,

@@ -2,7 +2,7 @@
 //! `*.safetensors.index.json`, or a folder holding either.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 
 use serde_json::Value;
@@ -22,8 +22,11 @@ pub struct WeightSet {
     /// What was opened: the file, the index or the folder's choice of either.
     source: PathBuf,
     files: Vec<WeightFile>,
-    /// Tensor name -> index into `files`; sorted so that listings are stable.
+    /// Tensor name -> index into `files`; sorted so that listings are stable. The scales and
+    /// markers of scaled fp8 files are not listed: they are applied when their weight is read.
     location: BTreeMap<String, usize>,
+    /// Weight name -> the scale its values are multiplied by (scaled fp8 files).
+    scales: HashMap<String, f32>,
 }
 
 impl WeightSet {
@@ -35,20 +38,32 @@ impl WeightSet {
             let chosen = choose_in_folder(path)?;
             return Self::open(chosen);
         }
-        if is_index_name(path) {
-            Self::open_index(path)
+        let set = if is_index_name(path) {
+            Self::open_index(path)?
         } else {
-            Ok(Self::from_file(WeightFile::open(path)?))
-        }
+            Self::from_file(WeightFile::open(path)?)
+        };
+        set.with_scales()
     }
 
-    /// A set of one already opened file.
+    /// Takes the per-tensor scales of a scaled fp8 checkpoint out of the listing and applies
+    /// them to their weights.
+    fn with_scales(mut self) -> Result<Self> {
+        let (scales, auxiliary) = read_scales(&self)?;
+        self.location.retain(|name, _| !auxiliary.contains(name));
+        self.scales = scales;
+        Ok(self)
+    }
+
+    /// A set of one already opened file, read as it is (the scales of scaled fp8 weights are
+    /// applied by [`WeightSet::open`]).
     pub fn from_file(file: WeightFile) -> Self {
         let location = file.names().map(|n| (n.to_string(), 0)).collect();
         Self {
             source: file.path().to_path_buf(),
             files: vec![file],
             location,
+            scales: HashMap::new(),
         }
     }
 
@@ -103,6 +118,7 @@ impl WeightSet {
             source: index_path.to_path_buf(),
             files,
             location,
+            scales: HashMap::new(),
         })
     }
 
@@ -146,7 +162,13 @@ impl WeightSet {
     /// The tensor called `name`; an error naming the set's source when there is none.
     pub fn get(&self, name: &str) -> Result<TensorView<'_>> {
         match self.location.get(name) {
-            Some(&slot) => self.files[slot].get(name),
+            Some(&slot) => {
+                let view = self.files[slot].get(name)?;
+                Ok(match self.scales.get(name) {
+                    Some(&s) => view.with_scale(s),
+                    None => view,
+                })
+            }
             None => Err(WeightError::Missing {
                 path: self.source.clone(),
                 tensor: name.to_string(),
@@ -175,6 +197,57 @@ impl WeightSet {
     ) -> Result<Tensor> {
         self.get(name)?.upload(gpu, expected_shape, storage)
     }
+}
+
+/// The per-tensor scale of a scaled fp8 weight `X.weight`: ComfyUI's `X.scale_weight` (with
+/// a `scaled_fp8` marker tensor) or the newer `X.weight_scale` (with `_quantization_metadata`).
+const WEIGHT_SCALE_SUFFIXES: [&str; 2] = [".scale_weight", ".weight_scale"];
+/// Activation scales for fp8 matmuls and per-layer format records; vdit multiplies in f16 or
+/// f32, so these are not needed.
+const IGNORED_SUFFIXES: [&str; 3] = [".scale_input", ".input_scale", ".comfy_quant"];
+/// The marker tensor of ComfyUI's scaled fp8 files.
+const SCALED_FP8_MARKER: &str = "scaled_fp8";
+
+/// The scales and auxiliary tensors (scales, markers, activation scales) of a scaled fp8 file,
+/// checked against its weights.
+fn read_scales(set: &WeightSet) -> Result<(HashMap<String, f32>, HashSet<String>)> {
+    let (mut scales, mut auxiliary) = (HashMap::new(), HashSet::new());
+    for name in set.names() {
+        let bad = |reason: String| WeightError::BadTensor {
+            path: set.source().to_path_buf(),
+            tensor: name.to_string(),
+            reason,
+        };
+        if name.rsplit('.').next() == Some(SCALED_FP8_MARKER)
+            || IGNORED_SUFFIXES.iter().any(|s| name.ends_with(s))
+        {
+            auxiliary.insert(name.to_string());
+            continue;
+        }
+        let Some(layer) = WEIGHT_SCALE_SUFFIXES
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+        else {
+            continue;
+        };
+        let weight = format!("{layer}.weight");
+        if !set.contains(&weight) {
+            return Err(bad(format!("a weight scale without its weight '{weight}'")));
+        }
+        let values = set.read_f32(name)?;
+        let [scale] = values[..] else {
+            return Err(bad(format!(
+                "a scale of {} values: only one scale per tensor is read (not block-wise scales)",
+                values.len()
+            )));
+        };
+        if !scale.is_finite() {
+            return Err(bad(format!("the scale is {scale}")));
+        }
+        scales.insert(weight, scale);
+        auxiliary.insert(name.to_string());
+    }
+    Ok((scales, auxiliary))
 }
 
 fn is_index_name(path: &Path) -> bool {

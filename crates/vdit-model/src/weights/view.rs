@@ -16,12 +16,32 @@ pub struct TensorView<'a> {
     info: &'a TensorInfo,
     bytes: &'a [u8],
     path: &'a Path,
+    /// The factor every value is multiplied by when read (a scaled fp8 weight's scale).
+    scale: Option<f32>,
 }
 
 impl<'a> TensorView<'a> {
     /// `bytes` must be the tensor's bytes, as sliced by the owning file.
     pub(crate) fn new(info: &'a TensorInfo, bytes: &'a [u8], path: &'a Path) -> Self {
-        Self { info, bytes, path }
+        Self {
+            info,
+            bytes,
+            path,
+            scale: None,
+        }
+    }
+
+    /// The same tensor read multiplied by `scale`.
+    pub(crate) fn with_scale(self, scale: f32) -> Self {
+        Self {
+            scale: Some(scale),
+            ..self
+        }
+    }
+
+    /// The factor applied when reading, for a scaled fp8 weight.
+    pub fn scale(&self) -> Option<f32> {
+        self.scale
     }
 
     /// The name stored in the file.
@@ -60,14 +80,26 @@ impl<'a> TensorView<'a> {
         }
     }
 
-    /// The elements converted to f32.
+    /// The elements converted to f32 (and scaled, for a scaled fp8 weight).
     pub fn to_f32(&self) -> Result<Vec<f32>> {
-        convert::to_f32_values(self.bytes, self.dtype()).ok_or_else(|| self.unsupported())
+        let mut values =
+            convert::to_f32_values(self.bytes, self.dtype()).ok_or_else(|| self.unsupported())?;
+        if let Some(s) = self.scale {
+            values.iter_mut().for_each(|v| *v *= s);
+        }
+        Ok(values)
     }
 
     /// The elements as little-endian bytes of `storage`, ready for [`Tensor::from_bytes`].
     /// Borrowed straight from the mapping when the file already stores that type.
     pub fn to_storage(&self, storage: DType) -> Result<Cow<'a, [u8]>> {
+        if self.scale.is_some() {
+            let values = self.to_f32()?;
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            return convert::to_storage_bytes(&bytes, StoredDType::F32, storage)
+                .map(Cow::Owned)
+                .ok_or_else(|| self.unsupported());
+        }
         let converted = match (storage, self.dtype()) {
             (DType::F32, StoredDType::F32) | (DType::F16, StoredDType::F16) => {
                 return Ok(Cow::Borrowed(self.bytes))

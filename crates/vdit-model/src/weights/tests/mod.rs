@@ -1,6 +1,7 @@
 //! Tests of weight loading; they write small safetensors files into a temporary folder.
 
 mod config;
+mod fp8;
 mod gguf;
 mod goldens;
 mod layout;
