@@ -225,6 +225,11 @@ fn a_hand_written_file_reads_with_reversed_dimensions() {
         .iter()
         .all(|&v| v == 17.0 * d));
     assert_eq!(file.metadata()["general.architecture"], "wan");
+    // Five dimensions, as ComfyUI-GGUF's fix for Wan's patch embedding writes it.
+    std::fs::write(&path, Gguf::new().f32("p", &[2, 2, 1, 3, 4], 2).bytes()).unwrap();
+    let file = WeightFile::open(&path).unwrap();
+    assert_eq!(file.info("p").unwrap().shape(), &[4, 3, 1, 2, 2]);
+    assert_eq!(file.get("p").unwrap().to_f32().unwrap(), pattern(48, 2));
 }
 
 #[test]
