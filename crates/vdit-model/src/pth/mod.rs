@@ -16,8 +16,6 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use half::slice::HalfFloatSliceExt;
-use half::{bf16, f16};
 use memmap2::Mmap;
 use thiserror::Error;
 use vdit_wgpu::{DType, Gpu, GpuError, Tensor};
@@ -446,8 +444,10 @@ impl<'a> PthView<'a> {
         let bytes = self.bytes();
         match (storage, self.dtype()) {
             (DType::F32, StorageDType::F32) | (DType::F16, StorageDType::F16) => bytes,
-            (DType::F32, d) => Cow::Owned(bytemuck::cast_slice(&to_f32_values(&bytes, d)).to_vec()),
-            (DType::F16, d) => Cow::Owned(to_f16_bytes(&bytes, d)),
+            (storage, d) => Cow::Owned(
+                crate::weights::to_storage_bytes(&bytes, d.stored(), storage)
+                    .expect("every .pth storage is a float"),
+            ),
         }
     }
 
@@ -465,50 +465,7 @@ impl<'a> PthView<'a> {
 
 /// Stored little-endian elements as f32 values.
 pub fn to_f32_values(bytes: &[u8], dtype: StorageDType) -> Vec<f32> {
-    match dtype {
-        StorageDType::F32 => bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        StorageDType::F64 => bytes
-            .chunks_exact(8)
-            .map(|b| {
-                let mut a = [0u8; 8];
-                a.copy_from_slice(b);
-                f64::from_le_bytes(a) as f32
-            })
-            .collect(),
-        StorageDType::F16 => {
-            let h: Vec<f16> = bytes
-                .chunks_exact(2)
-                .map(|b| f16::from_bits(u16::from_le_bytes([b[0], b[1]])))
-                .collect();
-            let mut out = vec![0f32; h.len()];
-            h.convert_to_f32_slice(&mut out);
-            out
-        }
-        StorageDType::BF16 => bytes
-            .chunks_exact(2)
-            .map(|b| bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
-            .collect(),
-    }
-}
-
-/// Stored little-endian elements rounded to f16, as little-endian bytes.
-fn to_f16_bytes(bytes: &[u8], dtype: StorageDType) -> Vec<u8> {
-    const CHUNK: usize = 1 << 16;
-    let es = dtype.size();
-    let mut out = Vec::with_capacity(bytes.len() / es * 2);
-    let mut halves = vec![f16::ZERO; CHUNK];
-    for chunk in bytes.chunks(CHUNK * es) {
-        let values = to_f32_values(chunk, dtype);
-        let h = &mut halves[..values.len()];
-        h.convert_from_f32_slice(&values);
-        for v in h.iter() {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-    }
-    out
+    crate::weights::to_f32_values(bytes, dtype.stored()).expect("every .pth storage is a float")
 }
 
 /// torch.save's archives keep their central directory right before the end record (or before

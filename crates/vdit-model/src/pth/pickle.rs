@@ -19,6 +19,17 @@ pub enum StorageDType {
 }
 
 impl StorageDType {
+    /// The same element type in the weight loader's terms, where every conversion lives.
+    pub fn stored(self) -> crate::weights::StoredDType {
+        use crate::weights::StoredDType;
+        match self {
+            StorageDType::F64 => StoredDType::F64,
+            StorageDType::F32 => StoredDType::F32,
+            StorageDType::F16 => StoredDType::F16,
+            StorageDType::BF16 => StoredDType::BF16,
+        }
+    }
+
     pub fn size(self) -> usize {
         match self {
             StorageDType::F64 => 8,

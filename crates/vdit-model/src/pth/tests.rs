@@ -4,6 +4,8 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+use half::{bf16, f16};
+
 use super::pickle::tests::Writer;
 use super::*;
 

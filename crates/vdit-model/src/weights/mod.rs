@@ -35,7 +35,7 @@ mod tests;
 
 pub use checkpoint::Checkpoint;
 pub use config::DitConfig;
-pub(crate) use convert::to_f32_values;
+pub(crate) use convert::{to_f32_values, to_storage_bytes};
 pub use dtype::StoredDType;
 pub use error::{Result, WeightError};
 pub use file::{FileFormat, WeightFile};
