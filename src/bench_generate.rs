@@ -1,18 +1,20 @@
-//! `vdit bench generate`: the denoising loop and the VAE decode of a whole generation, with
-//! random full-size weights (no checkpoint needed): seconds per step, decode time, and the GPU
-//! memory each stage held. The prompt contexts are random embeddings: the text encoder runs
-//! before the DiT and is freed, so it does not change the peak.
+//! `vdit bench generate`: a whole generation through the library's `Pipeline` with random
+//! full-size DiT and VAE weights (no checkpoint needed): seconds per denoising step, decode time,
+//! and the GPU memory each stage held. The prompt contexts are random embeddings: the text
+//! encoder runs before the DiT and is freed, so it does not change the peak.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
-use vdit_model::dit::WanDit;
-use vdit_model::pipeline::{denoise, CancelToken, GenerateRequest, Progress, Prompt, Stage};
+use vdit_model::pipeline::{
+    CancelToken, GenerateRequest, ModelPaths, Pipeline, Progress, Prompt, Stage,
+};
 use vdit_model::tensor_file::HostTensor;
-use vdit_model::vae::{DecodeOptions, LatentScale, VaeTiling, WanVae};
+use vdit_model::vae::VaeTiling;
+use vdit_model::weights::DitConfig;
 use vdit_wgpu::rng::Rng;
-use vdit_wgpu::{DType, Gpu, Recorder, Tensor};
+use vdit_wgpu::Gpu;
 
 use crate::bench_dit::config_arg;
 use crate::dit_forward::precision_arg;
@@ -48,26 +50,42 @@ pub struct GenerateBenchArgs {
     pub json: Option<PathBuf>,
 }
 
-/// Records the wall-clock time of each finished denoising step.
-struct StepClock {
+/// Records the wall-clock time of each finished denoising step and of the decode.
+struct StageClock {
     last: Instant,
     steps_ms: Vec<f64>,
+    decode_ms: f64,
 }
 
-impl Progress for StepClock {
+impl Progress for StageClock {
     fn begin(&mut self, _stage: Stage, _total: usize) {
         self.last = Instant::now();
     }
-    fn advance(&mut self, _stage: Stage, done: usize) {
-        let ms = self.last.elapsed().as_secs_f64() * 1e3;
-        self.last = Instant::now();
-        self.steps_ms.push(ms);
-        println!("step {done}: {ms:.0} ms");
+    fn advance(&mut self, stage: Stage, done: usize) {
+        if stage == Stage::Denoising {
+            let ms = self.last.elapsed().as_secs_f64() * 1e3;
+            self.last = Instant::now();
+            self.steps_ms.push(ms);
+            println!("step {done}: {ms:.0} ms");
+        }
+    }
+    fn end(&mut self, stage: Stage) {
+        if stage == Stage::Decoding {
+            self.decode_ms = self.last.elapsed().as_secs_f64() * 1e3;
+        }
     }
 }
 
 fn gib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 30) as f64
+}
+
+/// Random prompt contexts [text_len, text_dim], as a text encoder would hand them over.
+fn random_context(c: &DitConfig, rng: &mut Rng) -> Prompt {
+    Prompt::Embeddings(HostTensor {
+        shape: vec![c.text_len, c.text_dim],
+        data: rng.vec_normal(c.text_len * c.text_dim, 0.2),
+    })
 }
 
 pub fn run(gpu: &Gpu, a: &GenerateBenchArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -78,10 +96,9 @@ pub fn run(gpu: &Gpu, a: &GenerateBenchArgs) -> Result<(), Box<dyn std::error::E
     }
     let c = config_arg(&a.config)?;
     let precision = precision_arg(gpu, a.precision.as_deref())?;
-    let mut request = GenerateRequest::new(Prompt::Embeddings(HostTensor {
-        shape: vec![1, c.text_dim],
-        data: vec![0.0; c.text_dim],
-    }));
+    let mut rng = Rng::new(11);
+    let mut request = GenerateRequest::new(random_context(&c, &mut rng));
+    request.negative_prompt = Some(random_context(&c, &mut rng));
     request.width = a.width;
     request.height = a.height;
     request.frames = a.frames;
@@ -90,65 +107,27 @@ pub fn run(gpu: &Gpu, a: &GenerateBenchArgs) -> Result<(), Box<dyn std::error::E
     request.validate()?;
     println!("device: {}", gpu.describe());
 
-    // Denoising, with the DiT and its activations resident.
-    gpu.reset_pool_peak();
-    let dit = WanDit::random(gpu, c.clone(), precision, 1)?;
-    let shape = request.latent_shape(c.in_channels);
-    let runner = dit.runner(gpu, shape)?;
-    let mut rng = Rng::new(11);
-    let mut caches = Vec::new();
-    for _ in 0..2 {
-        let ctx = rng.vec_normal(c.text_len * c.text_dim, 0.2);
-        let ctx = Tensor::from_f32(gpu, &[c.text_len, c.text_dim], &ctx, DType::F32)?;
-        let mut rec = Recorder::new(gpu);
-        caches.push(dit.prepare_context(&mut rec, &ctx)?);
-        rec.run()?;
+    // The library's own pipeline, its DiT and VAE random: loaded, run and freed stage by stage.
+    let mut pipeline = Pipeline::new(gpu, ModelPaths::default(), precision)
+        .with_random_dit(c.clone(), 1)
+        .with_random_vae(crate::bench_vae::config_arg(&a.vae_config)?, 1);
+    if let Some(tiling) = a.vae_tile {
+        pipeline = pipeline.with_vae_tiling(tiling);
     }
-    let numel: usize = shape.iter().product();
-    let latent = Tensor::from_f32(gpu, &shape, &rng.vec_normal(numel, 1.0), DType::F32)?;
-    gpu.wait()?;
-    let mut clock = StepClock {
+    let mut clock = StageClock {
         last: Instant::now(),
         steps_ms: Vec::new(),
+        decode_ms: f64::NAN,
     };
-    denoise(
-        gpu,
-        &runner,
-        &caches,
-        &latent,
-        &request,
-        &mut clock,
-        &CancelToken::default(),
-    )?;
-    let dit_peak = gpu.pool_peak_bytes();
-    drop(runner);
-    drop(caches);
-    drop(dit);
-    gpu.trim_pool();
+    let cancel = CancelToken::default();
     gpu.reset_pool_peak();
-
-    // Decoding.
-    let vae = WanVae::random(
-        gpu,
-        crate::bench_vae::config_arg(&a.vae_config)?,
-        precision,
-        1,
-    )?;
-    gpu.wait()?;
-    let t = Instant::now();
-    let frames = vae.decode_with(
-        gpu,
-        &latent,
-        DecodeOptions {
-            scale: LatentScale::Normalized,
-            tiling: a.vae_tile,
-            profiler: None,
-        },
-    )?;
-    gpu.wait()?;
-    let decode_ms = t.elapsed().as_secs_f64() * 1e3;
+    let latent = pipeline.sample(&request, &mut clock, &cancel, None)?;
+    let dit_peak = gpu.pool_peak_bytes();
+    gpu.reset_pool_peak();
+    let video = pipeline.decode(&latent, &mut clock, &cancel)?;
     let vae_peak = gpu.pool_peak_bytes();
-    drop(frames);
+    drop(video);
+    let decode_ms = clock.decode_ms;
 
     // The first step also compiles the pipelines: the rate comes from the others where there are.
     let steady: Vec<f64> = clock.steps_ms.iter().skip(1).copied().collect();

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use vdit_model::dit::Precision;
 use vdit_model::pipeline::{
-    CancelToken, GenerateRequest, ModelPaths, Pipeline, Progress, Prompt, Stage,
+    CancelToken, GenerateRequest, ModelPaths, Pipeline, Progress, Prompt, Silent, Stage,
 };
 use vdit_model::vae::{DecodeOptions, VaeTiling, WanVae};
 use vdit_model::ModelError;
@@ -89,6 +89,44 @@ impl Progress for FinalLatent {
     fn preview(&mut self, _step: usize, latent: &Tensor) {
         self.0 = latent.to_vec_f32(test_gpu()).unwrap();
     }
+}
+
+#[test]
+fn a_pipeline_of_random_parts_generates_and_a_missing_part_is_named() {
+    let gpu = test_gpu();
+    let assets = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/default-model");
+    let dit =
+        vdit_model::weights::DitConfig::from_json_file(assets.join("transformer/config.json"))
+            .unwrap();
+    let vae = vdit_model::vae::VaeConfig::from_json_file(assets.join("vae/config.json")).unwrap();
+    let context = |v: f32| {
+        Prompt::Embeddings(vdit_model::tensor_file::HostTensor {
+            shape: vec![3, dit.text_dim],
+            data: vec![v; 3 * dit.text_dim],
+        })
+    };
+    let mut request = tiny_request(0);
+    request.prompt = context(0.1);
+    request.negative_prompt = Some(context(-0.1));
+    request.steps = 2;
+    let pipeline = Pipeline::new(gpu, ModelPaths::default(), Precision::F32)
+        .with_random_dit(dit.clone(), 3)
+        .with_random_vae(vae, 4);
+    let mut recorded = Recorded::default();
+    let video = pipeline
+        .generate(&request, &mut recorded, &CancelToken::default())
+        .unwrap();
+    assert_eq!(video.frames.shape(), [3, 5, 48, 32]);
+    let frames = video.frames.to_vec_f32(gpu).unwrap();
+    assert!(frames.iter().all(|v| v.is_finite()), "non-finite frames");
+    assert!(recorded.events.contains(&(Stage::Denoising, "advance", 2)));
+    // Without a VAE the decode names what is missing, after the denoising ran.
+    let no_vae = Pipeline::new(gpu, ModelPaths::default(), Precision::F32).with_random_dit(dit, 3);
+    let err = no_vae
+        .generate(&request, &mut Silent, &CancelToken::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no VAE weights"), "{err}");
 }
 
 #[test]

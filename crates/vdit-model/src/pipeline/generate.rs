@@ -8,17 +8,20 @@ use vdit_wgpu::{DType, Gpu, Recorder, Tensor};
 
 use super::denoise::denoise_tapped;
 use super::noise::gaussian_noise;
+use super::parts::{load_dit, load_vae, PartWeights};
 use super::paths::ModelPaths;
 use super::progress::{CancelToken, Progress, Stage};
 use super::request::{GenerateRequest, Prompt};
-use crate::dit::{AttentionTap, Precision, WanDit};
+use crate::dit::{AttentionTap, Precision};
 use crate::error::{input_err, ModelError, ModelPart, Result};
 use crate::plan::AttentionPlan;
 use crate::scheduler::needs_uncond;
 use crate::text::{PromptTokenizer, Residency, UmT5Encoder};
-use crate::vae::{DecodeOptions, LatentScale, VaeTiling, WanVae};
+use crate::vae::{DecodeOptions, LatentScale, VaeConfig, VaeTiling};
+use crate::weights::DitConfig;
 
 /// A generated video on the GPU: f32 [3, frames, height, width] in [-1, 1].
+#[derive(Debug)]
 pub struct Video {
     pub frames: Tensor,
     pub fps: u32,
@@ -27,7 +30,10 @@ pub struct Video {
 /// A text-to-video model ready to generate on one device.
 pub struct Pipeline<'g> {
     gpu: &'g Gpu,
+    /// The text encoder and tokenizer (and where the DiT and VAE were found).
     paths: ModelPaths,
+    dit: Option<PartWeights<DitConfig>>,
+    vae: Option<PartWeights<VaeConfig>>,
     precision: Precision,
     plan: Option<std::path::PathBuf>,
     vae_tiling: Option<VaeTiling>,
@@ -40,12 +46,27 @@ impl<'g> Pipeline<'g> {
         let fps = paths.defaults.as_ref().and_then(|d| d.fps).unwrap_or(16);
         Self {
             gpu,
+            dit: PartWeights::from_path(paths.dit.as_ref()),
+            vae: PartWeights::from_path(paths.vae.as_ref()),
             paths,
             precision,
             plan: None,
             vae_tiling: None,
             fps,
         }
+    }
+
+    /// Random DiT weights of `config` instead of a file: a whole generation at full size
+    /// without a checkpoint (`vdit bench generate`).
+    pub fn with_random_dit(mut self, config: DitConfig, seed: u64) -> Self {
+        self.dit = Some(PartWeights::Random { config, seed });
+        self
+    }
+
+    /// Random VAE weights of `config` instead of a file.
+    pub fn with_random_vae(mut self, config: VaeConfig, seed: u64) -> Self {
+        self.vae = Some(PartWeights::Random { config, seed });
+        self
     }
 
     /// Self-attention per block from a plan file (see `crate::plan`).
@@ -93,12 +114,7 @@ impl<'g> Pipeline<'g> {
         }
         let gpu = self.gpu;
         let in_dit = |e: ModelError| e.in_part(ModelPart::Dit);
-        let dit_path = self
-            .paths
-            .dit
-            .as_ref()
-            .ok_or_else(|| input_err("model", "no DiT weights given"))?;
-        let mut dit = WanDit::load(gpu, dit_path, self.precision).map_err(in_dit)?;
+        let mut dit = load_dit(gpu, self.dit.as_ref(), self.precision).map_err(in_dit)?;
         if let Some(plan) = &self.plan {
             let plan = AttentionPlan::load(gpu, plan, &dit.config, self.precision.dtype())
                 .map_err(in_dit)?;
@@ -164,14 +180,10 @@ impl<'g> Pipeline<'g> {
             t.validate().map_err(|e| input_err("--vae-tile", e))?;
         }
         cancel.check()?;
-        progress.begin(Stage::Decoding, 1);
-        let vae_path = self
-            .paths
-            .vae
-            .as_ref()
-            .ok_or_else(|| input_err("model", "no VAE weights given"))?;
+        // As the DiT before the prompt stage, the VAE loads before its stage begins.
         let in_vae = |e: ModelError| e.in_part(ModelPart::Vae);
-        let vae = WanVae::load(gpu, vae_path, self.precision).map_err(in_vae)?;
+        let vae = load_vae(gpu, self.vae.as_ref(), self.precision).map_err(in_vae)?;
+        progress.begin(Stage::Decoding, 1);
         let options = DecodeOptions {
             scale: LatentScale::Normalized,
             tiling: self.vae_tiling,
