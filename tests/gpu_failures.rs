@@ -180,8 +180,7 @@ fn the_library_names_the_part_that_ran_out() {
             &mut vdit_model::pipeline::Silent,
             &CancelToken::default(),
         )
-        .err()
-        .expect("a generation under 64 KiB");
+        .expect_err("a generation under 64 KiB");
     assert!(
         matches!(
             err,
