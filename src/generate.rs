@@ -6,8 +6,8 @@ use std::time::Instant;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use vdit_model::pipeline::{
-    write_video_from_gpu, CancelToken, GenerateRequest, ModelPaths, Pipeline, Progress, Prompt,
-    SamplerKind, Stage,
+    CancelToken, GenerateRequest, ModelPaths, Pipeline, Progress, Prompt, SamplerKind, Stage,
+    VideoStream,
 };
 use vdit_model::tensor_file::read_tensor;
 use vdit_model::vae::VaeTiling;
@@ -127,7 +127,7 @@ impl Progress for Bars {
             Stage::Denoising => {
                 "{prefix:>9} [{bar:30}] {pos}/{len} steps {per_sec} ETA {eta} ({elapsed})"
             }
-            Stage::Decoding => "{prefix:>9} [{bar:30}] {elapsed}",
+            Stage::Decoding => "{prefix:>9} [{bar:30}] {pos}/{len} frames {elapsed}",
         };
         let bar = ProgressBar::new(total as u64);
         bar.set_style(
@@ -226,21 +226,32 @@ pub fn run(gpu: &Gpu, a: &GenerateArgs) -> Result<(), Box<dyn std::error::Error>
         took: Vec::new(),
     };
     let started = Instant::now();
-    let video = pipeline.generate(&request, &mut bars, &cancel)?;
-    let shape = video.frames.shape().to_vec();
+    let latent = pipeline.sample(&request, &mut bars, &cancel, None)?;
+    // The decoder hands each latent frame's frames to the file as they come.
+    let mut stream =
+        VideoStream::create(gpu, &a.output, request.width, request.height, pipeline.fps)?;
+    let mut write_s = 0.0;
+    pipeline.decode_each(&latent, &mut bars, &cancel, &mut |frames, n| {
+        let t = Instant::now();
+        stream.push(gpu, frames, n)?;
+        write_s += t.elapsed().as_secs_f64();
+        Ok(())
+    })?;
+    let written = stream.frames();
     let writing = Instant::now();
-    write_video_from_gpu(gpu, &video, &a.output)?;
+    stream.finish()?;
+    write_s += writing.elapsed().as_secs_f64();
     if !a.quiet {
         eprintln!(
             "wrote {} ({} frames, {}x{}, {} fps) in {:.1} s: {}, write {:.1} s",
             a.output.display(),
-            shape[1],
-            shape[3],
-            shape[2],
-            video.fps,
+            written,
+            request.width,
+            request.height,
+            pipeline.fps,
             started.elapsed().as_secs_f64(),
             bars.summary(),
-            writing.elapsed().as_secs_f64()
+            write_s
         );
     }
     Ok(())

@@ -7,6 +7,7 @@ use std::process::Command;
 use vdit_model::dit::Precision;
 use vdit_model::pipeline::{
     CancelToken, GenerateRequest, ModelPaths, Pipeline, Progress, Prompt, Silent, Stage,
+    VideoStream,
 };
 use vdit_model::vae::{DecodeOptions, VaeTiling, WanVae};
 use vdit_model::ModelError;
@@ -127,6 +128,72 @@ fn a_pipeline_of_random_parts_generates_and_a_missing_part_is_named() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("no VAE weights"), "{err}");
+}
+
+#[test]
+fn frames_streamed_from_the_decoder_make_the_same_file_and_a_cancelled_one_leaves_none() {
+    let gpu = test_gpu();
+    let pipeline = Pipeline::new(gpu, ModelPaths::embedded_default().unwrap(), Precision::F32);
+    let request = tiny_request(5);
+    let cancel = CancelToken::default();
+    let latent = pipeline
+        .sample(&request, &mut Silent, &cancel, None)
+        .unwrap();
+    let dir = scratch("stream");
+    // The whole decode written at once, against the frames handed over per latent frame.
+    let whole = dir.join("whole.gif");
+    let video = pipeline.decode(&latent, &mut Silent, &cancel).unwrap();
+    vdit_model::pipeline::write_video_from_gpu(gpu, &video, &whole).unwrap();
+    let streamed = dir.join("streamed.gif");
+    let mut stream = VideoStream::create(gpu, &streamed, 32, 48, pipeline.fps).unwrap();
+    let mut recorded = Recorded::default();
+    pipeline
+        .decode_each(&latent, &mut recorded, &cancel, &mut |frames, n| {
+            Ok(stream.push(gpu, frames, n)?)
+        })
+        .unwrap();
+    assert_eq!(stream.frames(), 5);
+    stream.finish().unwrap();
+    assert_eq!(
+        std::fs::read(&streamed).unwrap(),
+        std::fs::read(&whole).unwrap()
+    );
+    // Progress in frames: 1 from the first latent frame, then 4.
+    let decoding: Vec<_> = recorded
+        .events
+        .iter()
+        .filter(|e| e.0 == Stage::Decoding)
+        .cloned()
+        .collect();
+    assert_eq!(
+        decoding,
+        [
+            (Stage::Decoding, "begin", 5),
+            (Stage::Decoding, "advance", 1),
+            (Stage::Decoding, "advance", 5),
+            (Stage::Decoding, "end", 0)
+        ]
+    );
+    // Cancelled after the first frame: an error, and no file, not even a temporary one.
+    let cancelled = dir.join("cancelled.gif");
+    let mut stream = VideoStream::create(gpu, &cancelled, 32, 48, pipeline.fps).unwrap();
+    let stop = CancelToken::default();
+    let err = pipeline
+        .decode_each(&latent, &mut Silent, &stop, &mut |frames, n| {
+            stream.push(gpu, frames, n)?;
+            stop.cancel();
+            Ok(())
+        })
+        .unwrap_err();
+    assert!(matches!(err, ModelError::Cancelled), "{err}");
+    drop(stream);
+    let mut left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["streamed.gif", "whole.gif"]);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -22,6 +22,9 @@ pub enum ModelError {
     OutOfMemory { part: ModelPart, detail: String },
     #[error("cancelled")]
     Cancelled,
+    /// Writing the video file failed (the file is then not left behind).
+    #[error(transparent)]
+    Video(#[from] crate::video::VideoError),
 }
 
 /// The parts of a generation, each of which needs its own memory.

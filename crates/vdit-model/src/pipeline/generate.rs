@@ -17,7 +17,7 @@ use crate::error::{input_err, ModelError, ModelPart, Result};
 use crate::plan::AttentionPlan;
 use crate::scheduler::needs_uncond;
 use crate::text::{PromptTokenizer, Residency, UmT5Encoder};
-use crate::vae::{DecodeOptions, LatentScale, VaeConfig, VaeTiling};
+use crate::vae::{DecodeOptions, FrameSink, LatentScale, VaeConfig, VaeTiling};
 use crate::weights::DitConfig;
 
 /// A generated video on the GPU: f32 [3, frames, height, width] in [-1, 1].
@@ -197,6 +197,43 @@ impl<'g> Pipeline<'g> {
             frames,
             fps: self.fps,
         })
+    }
+
+    /// Decodes a denoised latent, handing the frames to `on_frames` as each latent frame gives
+    /// them (see [`crate::vae::WanVae::decode_streamed`]: no tensor of the whole video exists
+    /// unless tiles split the frame). Progress counts the frames; `cancel` is checked after each
+    /// latent frame.
+    pub fn decode_each(
+        &self,
+        latent: &Tensor,
+        progress: &mut dyn Progress,
+        cancel: &CancelToken,
+        on_frames: &mut FrameSink,
+    ) -> Result<()> {
+        let gpu = self.gpu;
+        if let Some(t) = &self.vae_tiling {
+            t.validate().map_err(|e| input_err("--vae-tile", e))?;
+        }
+        cancel.check()?;
+        let in_vae = |e: ModelError| e.in_part(ModelPart::Vae);
+        let vae = load_vae(gpu, self.vae.as_ref(), self.precision).map_err(in_vae)?;
+        let total = vae.output_shape(latent.shape())?[1];
+        progress.begin(Stage::Decoding, total);
+        let options = DecodeOptions {
+            scale: LatentScale::Normalized,
+            tiling: self.vae_tiling,
+            profiler: None,
+        };
+        let mut done = 0;
+        vae.decode_streamed(gpu, latent, options, &mut |frames, n| {
+            on_frames(frames, n)?;
+            done += n;
+            progress.advance(Stage::Decoding, done);
+            cancel.check()
+        })
+        .map_err(in_vae)?;
+        progress.end(Stage::Decoding);
+        Ok(())
     }
 
     /// Each prompt as a context [text_len, text_dim]: embeddings are zero-padded (or rejected

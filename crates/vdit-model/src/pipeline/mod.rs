@@ -14,7 +14,7 @@ pub use crate::scheduler::SamplerKind;
 pub use denoise::{denoise, denoise_tapped};
 pub use generate::{Pipeline, Video};
 pub use noise::gaussian_noise;
-pub use output::{write_video_from_gpu, WriteVideoError};
+pub use output::{write_video_from_gpu, VideoStream, WriteVideoError};
 pub use parts::PartWeights;
 pub use paths::{ModelDefaults, ModelPaths};
 pub use progress::{CancelToken, Progress, Silent, Stage};

@@ -35,6 +35,10 @@ pub struct DecodeOptions<'p> {
     pub profiler: Option<&'p mut Profiler>,
 }
 
+/// Receives decoded frames as they come: a video [3, n, H, W] on the GPU and how many of its
+/// first frames are new (see [`WanVae::decode_streamed`]).
+pub type FrameSink<'a> = dyn FnMut(&Tensor, usize) -> Result<()> + 'a;
+
 /// Where the frames each latent frame gives go.
 enum Sink<'a> {
     /// Straight into the video [3, F, H, W], clamped to [-1, 1] unless `clamp` is off.
@@ -130,10 +134,50 @@ impl WanVae {
                     video: &video,
                     clamp: true,
                 };
-                self.decode_frames(gpu, latent, options.scale, &sink, &mut submitter)?
+                self.decode_frames(gpu, latent, options.scale, &sink, &mut submitter, None)?
             }
         }
         Ok(video)
+    }
+
+    /// Decodes `latent` as [`decode_with`](Self::decode_with) does, handing the frames to
+    /// `on_frames` as each latent frame gives them (1 frame, then 4 per latent frame): `frames`
+    /// [3, 4, H, W] holds them from frame 0 until the call returns (it is overwritten by the next
+    /// latent frame), so no tensor of the whole video exists. With tiles that split the frame, the
+    /// whole video is decoded first (the tiles blend across it) and handed over in one call.
+    pub fn decode_streamed(
+        &self,
+        gpu: &Gpu,
+        latent: &Tensor,
+        options: DecodeOptions<'_>,
+        on_frames: &mut FrameSink,
+    ) -> Result<()> {
+        let [_, frames, height, width] = self.output_shape(latent.shape())?;
+        let [h, w] = [latent.shape()[2], latent.shape()[3]];
+        if options.tiling.is_some_and(|t| t.splits(h, w)) {
+            let video = self.decode_with(gpu, latent, options)?;
+            return on_frames(&video, frames);
+        }
+        if latent.dtype() != DType::F32 {
+            return Err(input_err("latent", format!("must be f32, got {latent:?}")));
+        }
+        let mut submitter = Submitter {
+            profiler: options.profiler,
+        };
+        let per_latent_frame = self.config.output_frames(2) - self.config.output_frames(1);
+        let chunk = Tensor::empty(gpu, &[3, per_latent_frame, height, width], DType::F32)?;
+        let sink = Sink::Video {
+            video: &chunk,
+            clamp: true,
+        };
+        self.decode_frames(
+            gpu,
+            latent,
+            options.scale,
+            &sink,
+            &mut submitter,
+            Some(on_frames),
+        )
     }
 
     /// Decodes tile after tile, row by row (the order the tiles' placements assume). Each tile's
@@ -182,12 +226,14 @@ impl WanVae {
                 weights: &weights,
                 placement: tile.placement,
             };
-            self.decode_frames(gpu, &part, scale, &sink, submitter)?;
+            self.decode_frames(gpu, &part, scale, &sink, submitter, None)?;
         }
         Ok(())
     }
 
     /// Decodes every frame of `latent` (f32 [z, F, h, w]) into `sink`, with histories of its own.
+    /// With `each`, every latent frame's frames go to the start of the sink's video, which is
+    /// handed to `each` with their count once they are recorded.
     fn decode_frames(
         &self,
         gpu: &Gpu,
@@ -195,6 +241,7 @@ impl WanVae {
         scale: LatentScale,
         sink: &Sink,
         submitter: &mut Submitter,
+        mut each: Option<&mut FrameSink>,
     ) -> Result<()> {
         let [z, frames, h, w] = [
             latent.shape()[0],
@@ -227,8 +274,13 @@ impl WanVae {
                 histories: &mut histories,
                 act,
             };
-            first_frame += self.decode_frame(&mut step, submitter, x, i == 0, sink, first_frame)?;
+            let at = if each.is_some() { 0 } else { first_frame };
+            let made = self.decode_frame(&mut step, submitter, x, i == 0, sink, at)?;
             submitter.submit(rec)?;
+            first_frame += made;
+            if let (Some(each), Sink::Video { video, .. }) = (each.as_mut(), sink) {
+                each(video, made)?;
+            }
         }
         debug_assert_eq!(first_frame, self.config.output_frames(frames));
         Ok(())
@@ -325,6 +377,67 @@ mod tests {
     use super::*;
     use crate::dit::Precision;
 
+    /// Frames handed over as each latent frame gives them, put back together, equal the whole
+    /// decode bit for bit; with tiles that split the frame, one call hands over the whole video.
+    #[test]
+    fn streamed_decode_equals_the_whole_decode() {
+        let gpu = test_gpu();
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../assets/goldens/vae/tiny/diffusers"
+        );
+        let vae = WanVae::load(gpu, Path::new(dir), Precision::F32).unwrap();
+        let [z, f, h, w] = [16, 3, 4, 5];
+        let host = Rng::new(12).vec_normal(z * f * h * w, 1.0);
+        let latent = Tensor::from_f32(gpu, &[z, f, h, w], &host, DType::F32).unwrap();
+        let whole = vae.decode(gpu, &latent, LatentScale::Normalized).unwrap();
+        let [_, frames, oh, ow] = whole.shape().try_into().unwrap();
+        let whole = whole.to_vec_f32(gpu).unwrap();
+        let frame_len = oh * ow;
+        for tiling in [None, Some(VaeTiling::new(3, 1).unwrap())] {
+            // Per channel, the frames in the order they came.
+            let mut got = vec![Vec::new(); 3];
+            let mut calls = Vec::new();
+            let options = DecodeOptions {
+                tiling,
+                ..Default::default()
+            };
+            vae.decode_streamed(gpu, &latent, options, &mut |chunk, n| {
+                let held = chunk.shape()[1];
+                let data = chunk.to_vec_f32(gpu)?;
+                for (c, out) in got.iter_mut().enumerate() {
+                    out.extend_from_slice(&data[c * held * frame_len..][..n * frame_len]);
+                }
+                calls.push(n);
+                Ok(())
+            })
+            .unwrap();
+            let got: Vec<f32> = got.concat();
+            if tiling.is_none() {
+                assert_eq!(calls, [1, 4, 4], "frames per latent frame");
+                assert!(
+                    got.iter()
+                        .zip(&whole)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "streamed frames differ from the whole decode"
+                );
+            } else {
+                assert_eq!(calls, [frames], "one call with the tiled video");
+                assert_eq!(got.len(), whole.len());
+            }
+        }
+        // An error from the receiver stops the decode and comes back.
+        let mut seen = 0;
+        let err = vae
+            .decode_streamed(gpu, &latent, DecodeOptions::default(), &mut |_, _| {
+                seen += 1;
+                Err(crate::error::ModelError::Cancelled)
+            })
+            .unwrap_err();
+        assert!(matches!(err, crate::error::ModelError::Cancelled));
+        assert_eq!(seen, 1);
+    }
+
     /// The tiled decode against its definition: each tile's latent cut on the host and decoded
     /// alone by the untiled path (unclamped), the tiles blended on the host in f64 step by step
     /// as diffusers' tiled_decode does, then clamped. On the tiny golden VAE.
@@ -378,6 +491,7 @@ mod tests {
                         LatentScale::Normalized,
                         &sink,
                         &mut Submitter::default(),
+                        None,
                     )
                     .unwrap();
                     let out = out.to_vec_f32(gpu).unwrap();

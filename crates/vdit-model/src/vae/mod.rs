@@ -23,7 +23,7 @@ use vdit_wgpu::rng::Rng;
 use vdit_wgpu::Gpu;
 
 pub use config::VaeConfig;
-pub use decode::{DecodeOptions, LatentScale};
+pub use decode::{DecodeOptions, FrameSink, LatentScale};
 pub use layers::{AttentionBlock, CausalConv, ResidualBlock, UpStage, Upsampler};
 pub use source::{diffusers_to_original, MemorySource, TensorSource, VaeNaming, VaeTensors};
 pub use tiling::VaeTiling;
