@@ -46,6 +46,18 @@ fn scratch(name: &str) -> PathBuf {
 
 // ---- safetensors ----
 
+/// Opens a weight file (safetensors or GGUF) and reads every tensor as f32.
+fn read_every_tensor(path: &Path) -> Result<(), String> {
+    let file = WeightFile::open(path).map_err(|e| e.to_string())?;
+    let names: Vec<String> = file.names().map(str::to_string).collect();
+    for name in names {
+        file.get(&name)
+            .and_then(|v| v.to_f32())
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 /// The 8-byte length and the JSON header: what the reader interprets.
 fn safetensors_seed(rel: &str) -> Seed {
     let bytes = read(rel);
@@ -94,14 +106,7 @@ fn fuzz_safetensors() {
         alloc_per_byte: 3,
         feed: Box::new(move |input| {
             std::fs::write(&path, input).unwrap();
-            let file = WeightFile::open(&path).map_err(|e| e.to_string())?;
-            let names: Vec<String> = file.names().map(str::to_string).collect();
-            for name in names {
-                file.get(&name)
-                    .and_then(|v| v.to_f32())
-                    .map_err(|e| e.to_string())?;
-            }
-            Ok(())
+            read_every_tensor(&path)
         }),
     });
     assert!(report.accepted > 0, "no seed was read: {report:?}");
@@ -157,14 +162,7 @@ fn fuzz_gguf() {
         alloc_per_byte: 40,
         feed: Box::new(move |input| {
             std::fs::write(&path, input).unwrap();
-            let file = WeightFile::open(&path).map_err(|e| e.to_string())?;
-            let names: Vec<String> = file.names().map(str::to_string).collect();
-            for name in names {
-                file.get(&name)
-                    .and_then(|v| v.to_f32())
-                    .map_err(|e| e.to_string())?;
-            }
-            Ok(())
+            read_every_tensor(&path)
         }),
     });
     assert!(report.accepted > 0, "no seed was read: {report:?}");

@@ -17,7 +17,7 @@ use crate::error::{input_err, ModelError, ModelPart, Result};
 use crate::plan::AttentionPlan;
 use crate::scheduler::needs_uncond;
 use crate::text::{PromptTokenizer, Residency, UmT5Encoder};
-use crate::vae::{DecodeOptions, FrameSink, LatentScale, VaeConfig, VaeTiling};
+use crate::vae::{DecodeOptions, FrameSink, LatentScale, VaeConfig, VaeTiling, WanVae};
 use crate::weights::DitConfig;
 
 /// A generated video on the GPU: f32 [3, frames, height, width] in [-1, 1].
@@ -176,19 +176,9 @@ impl<'g> Pipeline<'g> {
         cancel: &CancelToken,
     ) -> Result<Video> {
         let gpu = self.gpu;
-        if let Some(t) = &self.vae_tiling {
-            t.validate().map_err(|e| input_err("--vae-tile", e))?;
-        }
-        cancel.check()?;
-        // As the DiT before the prompt stage, the VAE loads before its stage begins.
-        let in_vae = |e: ModelError| e.in_part(ModelPart::Vae);
-        let vae = load_vae(gpu, self.vae.as_ref(), self.precision).map_err(in_vae)?;
+        let (vae, options) = self.vae_for_decoding(cancel)?;
         progress.begin(Stage::Decoding, 1);
-        let options = DecodeOptions {
-            scale: LatentScale::Normalized,
-            tiling: self.vae_tiling,
-            profiler: None,
-        };
+        let in_vae = |e: ModelError| e.in_part(ModelPart::Vae);
         let frames = vae.decode_with(gpu, latent, options).map_err(in_vae)?;
         gpu.wait().map_err(|e| in_vae(e.into()))?;
         progress.advance(Stage::Decoding, 1);
@@ -210,30 +200,36 @@ impl<'g> Pipeline<'g> {
         cancel: &CancelToken,
         on_frames: &mut FrameSink,
     ) -> Result<()> {
-        let gpu = self.gpu;
-        if let Some(t) = &self.vae_tiling {
-            t.validate().map_err(|e| input_err("--vae-tile", e))?;
-        }
-        cancel.check()?;
-        let in_vae = |e: ModelError| e.in_part(ModelPart::Vae);
-        let vae = load_vae(gpu, self.vae.as_ref(), self.precision).map_err(in_vae)?;
+        let (vae, options) = self.vae_for_decoding(cancel)?;
         let total = vae.output_shape(latent.shape())?[1];
         progress.begin(Stage::Decoding, total);
-        let options = DecodeOptions {
-            scale: LatentScale::Normalized,
-            tiling: self.vae_tiling,
-            profiler: None,
-        };
         let mut done = 0;
-        vae.decode_streamed(gpu, latent, options, &mut |frames, n| {
+        vae.decode_streamed(self.gpu, latent, options, &mut |frames, n| {
             on_frames(frames, n)?;
             done += n;
             progress.advance(Stage::Decoding, done);
             cancel.check()
         })
-        .map_err(in_vae)?;
+        .map_err(|e| e.in_part(ModelPart::Vae))?;
         progress.end(Stage::Decoding);
         Ok(())
+    }
+
+    /// The VAE, loaded, and how to decode with it. As the DiT before the prompt stage, the VAE
+    /// loads before its stage begins.
+    fn vae_for_decoding(&self, cancel: &CancelToken) -> Result<(WanVae, DecodeOptions<'static>)> {
+        if let Some(t) = &self.vae_tiling {
+            t.validate().map_err(|e| input_err("--vae-tile", e))?;
+        }
+        cancel.check()?;
+        let vae = load_vae(self.gpu, self.vae.as_ref(), self.precision)
+            .map_err(|e| e.in_part(ModelPart::Vae))?;
+        let options = DecodeOptions {
+            scale: LatentScale::Normalized,
+            tiling: self.vae_tiling,
+            profiler: None,
+        };
+        Ok((vae, options))
     }
 
     /// Each prompt as a context [text_len, text_dim]: embeddings are zero-padded (or rejected
