@@ -96,6 +96,7 @@ fn fuzz_safetensors() {
             "goldens/dit/heads3/original_float16_sharded/diffusion_pytorch_model-00001-of-00002.safetensors",
             "goldens/t5/comfyui/umt5_tiny_fp16.safetensors",
             "default-model/text_encoder/model.safetensors",
+            "goldens/fp8/dit_tiny_scaled_fp8.safetensors",
         ]
         .into_iter()
         .map(safetensors_seed)

@@ -193,13 +193,7 @@ fn small() -> Gguf {
 }
 
 fn gguf_error(label: &str, bytes: &[u8], parts: &[&str]) -> String {
-    let dir = TempDir::new(label);
-    let path = dir.join(&format!("{label}.gguf"));
-    std::fs::write(&path, bytes).unwrap();
-    let path_text = path.display().to_string();
-    let mut all = vec![path_text.as_str()];
-    all.extend_from_slice(parts);
-    assert_names(WeightFile::open(&path), &all)
+    open_file_error(label, "gguf", bytes, parts)
 }
 
 #[test]

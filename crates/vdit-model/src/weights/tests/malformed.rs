@@ -21,15 +21,10 @@ fn valid_file_bytes() -> Vec<u8> {
     std::fs::read(&path).unwrap()
 }
 
-/// Opens `bytes` as a file and returns the error message, which must name the file and `parts`.
+/// Opens `bytes` as a safetensors file and returns the error message, which must name the file
+/// and `parts`.
 fn open_error(label: &str, bytes: &[u8], parts: &[&str]) -> String {
-    let dir = TempDir::new(label);
-    let path = dir.join(&format!("{label}.safetensors"));
-    std::fs::write(&path, bytes).unwrap();
-    let path_text = path.display().to_string();
-    let mut all = vec![path_text.as_str()];
-    all.extend_from_slice(parts);
-    assert_names(WeightFile::open(&path), &all)
+    open_file_error(label, "safetensors", bytes, parts)
 }
 
 #[test]

@@ -145,6 +145,23 @@ pub(super) fn write_model(path: &Path, config: &DitConfig, layout: &KeyLayout, e
 }
 
 /// The message of an error, which must name each of `parts`.
+/// Writes `bytes` as `<label>.<extension>`, opens it, and returns the error message, which must
+/// name the file and `parts`.
+pub(super) fn open_file_error(
+    label: &str,
+    extension: &str,
+    bytes: &[u8],
+    parts: &[&str],
+) -> String {
+    let dir = TempDir::new(label);
+    let path = dir.join(&format!("{label}.{extension}"));
+    std::fs::write(&path, bytes).unwrap();
+    let path_text = path.display().to_string();
+    let mut all = vec![path_text.as_str()];
+    all.extend_from_slice(parts);
+    assert_names(crate::weights::WeightFile::open(&path), &all)
+}
+
 pub(super) fn assert_names<T: std::fmt::Debug>(
     result: Result<T, super::WeightError>,
     parts: &[&str],
