@@ -12,7 +12,8 @@ use vdit_wgpu::Gpu;
 #[derive(Args, Debug, Clone)]
 pub struct EncodePromptArgs {
     /// A checkpoint root (text_encoder/ + tokenizer/, or models_t5_umt5-xxl-enc-bf16.pth +
-    /// google/umt5-xxl/), a text_encoder/ folder, a safetensors file or index, or a .pth file.
+    /// google/umt5-xxl/), a text_encoder/ folder, a safetensors file or index (fp8 and scaled
+    /// fp8 too), a .pth file, or a GGUF file with llama.cpp's names (pass --tokenizer).
     #[arg(long)]
     pub model: PathBuf,
     /// tokenizer.json (or its folder), when it is not found beside the weights.

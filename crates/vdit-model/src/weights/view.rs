@@ -57,7 +57,8 @@ impl<'a> TensorView<'a> {
     pub fn numel(&self) -> usize {
         self.info.numel()
     }
-    /// The raw little-endian bytes as stored.
+    /// The raw little-endian bytes as stored: without the [`scale`](Self::scale) of a scaled
+    /// fp8 weight, which the conversions apply.
     pub fn bytes(&self) -> &'a [u8] {
         self.bytes
     }
@@ -95,10 +96,13 @@ impl<'a> TensorView<'a> {
     pub fn to_storage(&self, storage: DType) -> Result<Cow<'a, [u8]>> {
         if self.scale.is_some() {
             let values = self.to_f32()?;
-            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            return convert::to_storage_bytes(&bytes, StoredDType::F32, storage)
-                .map(Cow::Owned)
-                .ok_or_else(|| self.unsupported());
+            return convert::to_storage_bytes(
+                bytemuck::cast_slice(&values),
+                StoredDType::F32,
+                storage,
+            )
+            .map(Cow::Owned)
+            .ok_or_else(|| self.unsupported());
         }
         let converted = match (storage, self.dtype()) {
             (DType::F32, StoredDType::F32) | (DType::F16, StoredDType::F16) => {
