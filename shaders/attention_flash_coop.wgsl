@@ -3,14 +3,14 @@
 //
 // WGSL cannot scale the rows of a cooperative matrix, so the online softmax's rescaling of the
 // output goes through workgroup memory (store, scale, reload). Two ways around its cost:
-// - SINGLE_PASS (lazy rescale, experimental: on the H200 it still fails its reference check,
-//   see `FlashCoopLayout::single_pass`): one pass over the keys with a per-row reference max m_ref,
-//   set by the first key tile. Probabilities are exp2(s - m_ref); while no score of a later tile
+// - SINGLE_PASS (lazy rescale; the default where it fits, see `FlashCoopLayout`): one pass over
+//   the keys with a per-row reference max m_ref, set by the first key tile. Probabilities are exp2(s - m_ref); while no score of a later tile
 //   exceeds m_ref by more than MARGIN (log2 units, so p <= 2^MARGIN stays well inside f16)
 //   nothing is rescaled. When one does (a workgroup-wide flag), the rows get a new reference
 //   before the tile's probabilities are computed, and the output accumulators and sums are
 //   scaled by exp2(m_ref - m_new). The flag is read with workgroupUniformLoad, so the branch is
-//   uniform and may hold barriers.
+//   uniform and may hold barriers. At the end the sums and outputs are taken from m_ref to the
+//   true row max (a factor <= 1), so that the hybrid's linear term is weighed as in two passes.
 // - otherwise two passes: the first finds each row's max m and sum l, the second accumulates
 //   exp(s - m) V with the output held in cooperative accumulators for the whole pass. The scores
 //   are computed twice; in exchange nothing is rescaled.
@@ -68,11 +68,14 @@ var<workgroup> stat_m: array<f32, NT>; // per lane: running max of its half row
 var<workgroup> stat_l: array<f32, NT>;
 var<workgroup> den: array<f32, BQ>; // per query row of the tile: the shared denominator
 #if SINGLE_PASS
-// Per query row: the output's rescale factor while a rescale runs.
+// Per query row: the output's rescale factor while a rescale runs, then the final correction
+// from the reference to the true row max.
 var<workgroup> alpha_row: array<f32, BQ>;
 // Set by any lane whose scores of tile kt pass its reference by more than MARGIN; indexed by
-// the tile's parity so that clearing the next one cannot race with reading this one.
-var<workgroup> need_rescale: array<u32, 2>;
+// the tile's parity so that clearing the next one cannot race with reading this one. Four
+// words, not two: every workgroup array stays a multiple of 16 bytes, as cooperative loads and
+// stores need 16-byte aligned pointers whatever order the driver lays the arrays out in.
+var<workgroup> need_rescale: array<u32, 4>;
 const MARGIN: f32 = 10.0;
 #endif
 
@@ -160,6 +163,9 @@ fn finish(acc: FragC, sub: u32, lane: u32, d0: u32, h: u32, row0: u32, first: u3
         let c = d0 + e % 16u;
         if (row >= first && owned(row)) {
             var num = ss[base + e];
+#if SINGLE_PASS
+            num *= alpha_row[sub * 16u + e / 16u];
+#endif
 #if HAS_LINEAR
             let prow = ((row - p.phi_lo) * p.heads + h) * p.df;
             for (var f = 0u; f < p.df; f++) {
@@ -200,7 +206,10 @@ fn rescale(acc: FragC, sub: u32, lane: u32) -> FragC {
         ss[base + e] = ss[base + e] * alpha_row[sub * 16u + e % 16u];
     }
     workgroupBarrier();
-    return coopLoad<FragC>(&ss[base], 16u);
+    let scaled = coopLoad<FragC>(&ss[base], 16u);
+    // The next call stores into the same block: every lane's load must be done first.
+    workgroupBarrier();
+    return scaled;
 }
 
 #endif
@@ -264,6 +273,7 @@ fn main(
 #if SINGLE_PASS
     let ntiles = (p.k_count + BK - 1u) / BK;
     var m_ref = NEG_BIG; // this row's reference max (both lanes of a row hold the same)
+    var m_run = NEG_BIG; // this lane's true max over its half of the row
     var l = 0.0; // this lane's half of the row's sum of exp2(s - m_ref)
     var o0 = FragC();
     var o1 = FragC();
@@ -298,6 +308,7 @@ fn main(
                 mt = max(mt, ss[base + my_row * BK + my_col + c] * p.scale_log2);
             }
         }
+        m_run = max(m_run, mt);
         if (kt == 0u) {
             // The first tile sets each row's reference: its max over the tile (both halves).
             stat_m[tid] = mt;
@@ -347,11 +358,16 @@ fn main(
         o6 = pv(o6, p0, p1, 96u);
         o7 = pv(o7, p0, p1, 112u);
     }
-    // The two halves of a row meet (one reference): the row's sum.
+    // The two halves of a row meet (one reference): the row's sum, and the factor c <= 1 that
+    // takes the sums from the reference to the true row max (the hybrid's linear term is
+    // weighed against exp(s - max), as in the two-pass kernel).
     stat_l[tid] = l;
+    stat_m[tid] = m_run;
     workgroupBarrier();
+    let correction = exp2(m_ref - max(m_run, stat_m[tid ^ 1u]));
     if (lane % 2u == 0u) {
-        var d = l + stat_l[tid ^ 1u] + p.eps;
+        alpha_row[sub * 16u + my_row] = correction;
+        var d = (l + stat_l[tid ^ 1u]) * correction + p.eps;
 #if HAS_LINEAR
         let row = row0 + my_row;
         if (owned(row)) {

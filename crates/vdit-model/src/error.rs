@@ -20,6 +20,9 @@ pub enum ModelError {
     /// The GPU ran out of memory (or out of `--max-gpu-memory`) in one part of the model.
     #[error("{detail}, in the {part}; {}", .part.advice())]
     OutOfMemory { part: ModelPart, detail: String },
+    /// A LoRA file that cannot be merged into this model.
+    #[error("LoRA {path}: {message}")]
+    Lora { path: String, message: String },
     #[error("cancelled")]
     Cancelled,
     /// Writing the video file failed (the file is then not left behind).

@@ -57,10 +57,10 @@ pub enum FlashKernel {
 
 /// Layouts of `attention_flash_coop.wgsl`: `wide`, 8 subgroups sharing each key tile with Q read
 /// straight from the buffer, else 4 with Q staged in workgroup memory; `single_pass`, one pass
-/// over the keys with lazy rescaling, else two passes (statistics, then output). The single
-/// pass is experimental: its first two forms ran in 125 and 152 ms instead of 228 at N = 32760
-/// on the H200 with wrong output (`vdit selftest`); the current form has not run there yet.
-/// Nothing picks it unless asked.
+/// over the keys with lazy rescaling, else two passes (statistics, then output). Auto picks the
+/// wide single pass (`coop-1pass`), else the narrow two-pass layout; `coop` names the wide
+/// two-pass one. The narrow single pass (`coop-narrow-1pass`) is experimental: `vdit selftest`
+/// reports its failures without counting them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlashCoopLayout {
     pub wide: bool,

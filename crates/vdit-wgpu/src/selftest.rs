@@ -178,7 +178,7 @@ fn check(
         error,
         tolerance,
         passed,
-        experimental: variant.contains("1pass"),
+        experimental: variant.contains("narrow-1pass"),
         ran,
         ms: t.elapsed().as_secs_f64() * 1e3,
     });
@@ -311,6 +311,11 @@ fn attention_checks(gpu: &Gpu, out: &mut Vec<Check>) {
             Some(Expect::Has(" coop ")),
         ),
         ("coop-1pass", coop(true, true), Some(Expect::Has(" coop "))),
+        (
+            "coop-narrow-1pass",
+            coop(false, true),
+            Some(Expect::Has(" coop ")),
+        ),
         ("vec", FlashKernel::Vector, None),
         ("general", FlashKernel::General, None),
     ];

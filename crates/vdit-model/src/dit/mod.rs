@@ -22,6 +22,7 @@ pub use tap::{AttentionTap, BlockAttention, Branch, Pass};
 pub use time::timestep_sinusoid;
 
 use crate::error::Result;
+use crate::lora::{LoraSet, LoraSpec};
 use crate::plan::AttentionPlan;
 use crate::weights::{Checkpoint, DitConfig};
 
@@ -57,6 +58,13 @@ impl Precision {
     }
 }
 
+/// What is done to a DiT's weights as they load, beyond reading them.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Merged in order; see [`crate::lora`].
+    pub loras: Vec<LoraSpec>,
+}
+
 /// The DiT's weights on the GPU.
 pub struct WanDit {
     pub config: DitConfig,
@@ -81,10 +89,12 @@ pub(crate) enum WeightSource<'a> {
     Random(vdit_wgpu::rng::Rng),
 }
 
-/// Uploads tensors from a source and remembers which names were used.
+/// Uploads tensors from a source, merges the LoRAs into them and remembers which names were
+/// used.
 pub(crate) struct Loader<'a> {
     pub gpu: &'a Gpu,
     pub source: WeightSource<'a>,
+    pub loras: &'a LoraSet,
     pub dtype: DType,
     pub used: HashSet<String>,
 }
@@ -93,6 +103,12 @@ impl Loader<'_> {
     /// The tensor `name` (canonical, diffusers naming), checked to be `shape`, in `dtype`.
     pub fn tensor(&mut self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
         self.used.insert(name.to_string());
+        let tensor = self.upload(name, shape, dtype)?;
+        self.loras.apply(self.gpu, name, &tensor)?;
+        Ok(tensor)
+    }
+
+    fn upload(&mut self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
         match &mut self.source {
             WeightSource::Checkpoint(ckpt) => Ok(ckpt.upload(self.gpu, name, shape, dtype)?),
             WeightSource::Random(rng) => {
@@ -129,6 +145,17 @@ impl WanDit {
         config: Option<DitConfig>,
         precision: Precision,
     ) -> Result<Self> {
+        Self::load_with_options(gpu, path, config, precision, &LoadOptions::default())
+    }
+
+    /// As [`WanDit::load_with_config`], with LoRAs merged as the weights load.
+    pub fn load_with_options(
+        gpu: &Gpu,
+        path: &Path,
+        config: Option<DitConfig>,
+        precision: Precision,
+        options: &LoadOptions,
+    ) -> Result<Self> {
         let folder = path.join("transformer");
         let path = if folder.is_dir() {
             folder.as_path()
@@ -140,7 +167,12 @@ impl WanDit {
             Some(c) => c,
             None => ckpt.config()?,
         };
-        Self::from_checkpoint(gpu, &ckpt, config, precision)
+        // Every LoRA key is resolved and shape-checked before the first weight is uploaded.
+        let loras = LoraSet::open(&options.loras, &config)?;
+        let source = WeightSource::Checkpoint(&ckpt);
+        let (dit, used) = Self::build(gpu, source, &loras, config, precision)?;
+        ckpt.check_all_used(&used)?;
+        Ok(dit)
     }
 
     pub fn from_checkpoint(
@@ -149,7 +181,8 @@ impl WanDit {
         config: DitConfig,
         precision: Precision,
     ) -> Result<Self> {
-        let (dit, used) = Self::build(gpu, WeightSource::Checkpoint(ckpt), config, precision)?;
+        let source = WeightSource::Checkpoint(ckpt);
+        let (dit, used) = Self::build(gpu, source, &LoraSet::empty(), config, precision)?;
         ckpt.check_all_used(&used)?;
         Ok(dit)
     }
@@ -157,13 +190,27 @@ impl WanDit {
     /// A model of `config` with random weights (seeded): for benchmarks and tests of speed and
     /// memory, where the values do not matter.
     pub fn random(gpu: &Gpu, config: DitConfig, precision: Precision, seed: u64) -> Result<Self> {
+        Self::random_with_options(gpu, config, precision, seed, &LoadOptions::default())
+    }
+
+    /// As [`WanDit::random`], with LoRAs merged into the random weights (benchmarks of the
+    /// merge at full size).
+    pub fn random_with_options(
+        gpu: &Gpu,
+        config: DitConfig,
+        precision: Precision,
+        seed: u64,
+        options: &LoadOptions,
+    ) -> Result<Self> {
+        let loras = LoraSet::open(&options.loras, &config)?;
         let source = WeightSource::Random(vdit_wgpu::rng::Rng::new(seed));
-        Ok(Self::build(gpu, source, config, precision)?.0)
+        Ok(Self::build(gpu, source, &loras, config, precision)?.0)
     }
 
     fn build(
         gpu: &Gpu,
         source: WeightSource<'_>,
+        loras: &LoraSet,
         config: DitConfig,
         precision: Precision,
     ) -> Result<(Self, HashSet<String>)> {
@@ -184,6 +231,7 @@ impl WanDit {
         let mut ld = Loader {
             gpu,
             source,
+            loras,
             dtype: precision.dtype(),
             used: HashSet::new(),
         };

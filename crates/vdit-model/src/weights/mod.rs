@@ -31,7 +31,7 @@ mod set;
 mod view;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use checkpoint::Checkpoint;
 pub use config::DitConfig;

@@ -26,12 +26,12 @@ impl FlashCoopSizes for FlashCoopLayout {
     }
     /// Workgroup memory in bytes: staged Q (narrow only), K and V tiles of 32 x 136 halves,
     /// per-subgroup scores (f32) and probabilities (f16), per-lane statistics, denominators
-    /// (single pass: also per-row rescale factors and two flags).
+    /// (single pass: also per-row rescale factors and two flags, padded to four words).
     fn shared_bytes(&self) -> u32 {
         let q = if self.wide { 0 } else { self.bq() * 136 * 2 };
         let s = self.subgroups();
         let lazy = if self.single_pass {
-            self.bq() * 4 + 8
+            self.bq() * 4 + 16
         } else {
             0
         };

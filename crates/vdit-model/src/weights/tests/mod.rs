@@ -19,7 +19,7 @@ use safetensors::Dtype;
 use super::{DitConfig, KeyLayout};
 
 /// A fresh folder under the system temp dir, removed when dropped.
-pub(super) struct TempDir(PathBuf);
+pub(crate) struct TempDir(PathBuf);
 
 impl TempDir {
     pub fn new(label: &str) -> Self {
@@ -46,7 +46,7 @@ impl Drop for TempDir {
 }
 
 /// A tensor to write: name, dtype, shape, raw bytes.
-pub(super) struct Raw {
+pub(crate) struct Raw {
     pub name: String,
     pub dtype: Dtype,
     pub shape: Vec<usize>,
@@ -68,7 +68,7 @@ impl Raw {
 }
 
 /// Writes a safetensors file with the reference implementation's serializer.
-pub(super) fn write_safetensors(path: &Path, tensors: &[Raw]) {
+pub(crate) fn write_safetensors(path: &Path, tensors: &[Raw]) {
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
         .iter()
         .map(|t| {
@@ -82,23 +82,23 @@ pub(super) fn write_safetensors(path: &Path, tensors: &[Raw]) {
 }
 
 /// Writes a file by hand: the length field, `header` verbatim, then `data`.
-pub(super) fn write_raw_file(path: &Path, header: &str, data: &[u8]) {
+pub(crate) fn write_raw_file(path: &Path, header: &str, data: &[u8]) {
     let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
     bytes.extend_from_slice(header.as_bytes());
     bytes.extend_from_slice(data);
     std::fs::write(path, bytes).expect("writing a test file");
 }
 
-pub(super) fn f32_bytes(values: &[f32]) -> Vec<u8> {
+pub(crate) fn f32_bytes(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
-pub(super) fn f16_bytes(values: &[f32]) -> Vec<u8> {
+pub(crate) fn f16_bytes(values: &[f32]) -> Vec<u8> {
     values
         .iter()
         .flat_map(|&v| f16::from_f32(v).to_le_bytes())
         .collect()
 }
-pub(super) fn bf16_bytes(values: &[f32]) -> Vec<u8> {
+pub(crate) fn bf16_bytes(values: &[f32]) -> Vec<u8> {
     values
         .iter()
         .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
@@ -106,14 +106,14 @@ pub(super) fn bf16_bytes(values: &[f32]) -> Vec<u8> {
 }
 
 /// Deterministic values with a fractional part, distinct per tensor and position.
-pub(super) fn pattern(n: usize, seed: usize) -> Vec<f32> {
+pub(crate) fn pattern(n: usize, seed: usize) -> Vec<f32> {
     (0..n)
         .map(|i| (((i * 7 + seed * 13) % 97) as f32 - 48.0) / 16.0)
         .collect()
 }
 
 /// A DiT small enough to write in a test: 2 blocks, dim 64 of 2 heads.
-pub(super) fn tiny_config() -> DitConfig {
+pub(crate) fn tiny_config() -> DitConfig {
     DitConfig {
         dim: 64,
         ffn_dim: 96,
@@ -130,7 +130,7 @@ pub(super) fn tiny_config() -> DitConfig {
 
 /// Writes every tensor of `config` as f32 under the names `layout` uses, plus `extra` tensors.
 /// Each tensor's values follow `pattern` seeded by its position in the canonical list.
-pub(super) fn write_model(path: &Path, config: &DitConfig, layout: &KeyLayout, extra: Vec<Raw>) {
+pub(crate) fn write_model(path: &Path, config: &DitConfig, layout: &KeyLayout, extra: Vec<Raw>) {
     let mut tensors: Vec<Raw> = config
         .tensor_shapes()
         .into_iter()
@@ -147,7 +147,7 @@ pub(super) fn write_model(path: &Path, config: &DitConfig, layout: &KeyLayout, e
 /// The message of an error, which must name each of `parts`.
 /// Writes `bytes` as `<label>.<extension>`, opens it, and returns the error message, which must
 /// name the file and `parts`.
-pub(super) fn open_file_error(
+pub(crate) fn open_file_error(
     label: &str,
     extension: &str,
     bytes: &[u8],
@@ -162,7 +162,7 @@ pub(super) fn open_file_error(
     assert_names(crate::weights::WeightFile::open(&path), &all)
 }
 
-pub(super) fn assert_names<T: std::fmt::Debug>(
+pub(crate) fn assert_names<T: std::fmt::Debug>(
     result: Result<T, super::WeightError>,
     parts: &[&str],
 ) -> String {
