@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
-use vdit_model::dit::WanDit;
+use vdit_model::dit::{LoadOptions, WanDit};
 use vdit_model::plan::{AttentionPlan, LayerAttention};
 use vdit_model::weights::DitConfig;
 use vdit_wgpu::attention::{FeatureMap, FeatureMapWeights};
@@ -40,6 +40,13 @@ pub struct DitBenchArgs {
     /// Timed forwards (after one warm-up).
     #[arg(long, default_value_t = 3)]
     pub iters: usize,
+    /// A LoRA merged into the random weights as they load (FILE[:STRENGTH]); repeatable.
+    #[arg(long = "lora", value_name = "FILE[:STRENGTH]", value_parser = crate::generate::parse_lora)]
+    pub loras: Vec<vdit_model::lora::LoraSpec>,
+    /// Writes a random LoRA of this rank on every block's linears (kohya names, f16) to the
+    /// temp folder and merges it: the cost of a merge at full size.
+    #[arg(long, value_name = "RANK")]
+    pub random_lora: Option<usize>,
     #[arg(long)]
     pub json: Option<PathBuf>,
     #[arg(long)]
@@ -107,13 +114,30 @@ pub fn run(gpu: &Gpu, a: &DitBenchArgs) -> Result<(), Box<dyn std::error::Error>
     let [f, h, w] = parse_latent(&a.latent)?;
     println!("device: {}", gpu.describe());
     let t0 = Instant::now();
-    let mut dit = WanDit::random(gpu, c.clone(), precision, 1)?;
+    let mut options = LoadOptions {
+        loras: a.loras.clone(),
+    };
+    if let Some(rank) = a.random_lora {
+        let path = std::env::temp_dir().join(format!("vdit-bench-lora-rank{rank}.safetensors"));
+        write_random_lora(&path, &c, rank)?;
+        options
+            .loras
+            .push(vdit_model::lora::LoraSpec::new(path, 1.0));
+    }
+    let mut dit = WanDit::random_with_options(gpu, c.clone(), precision, 1, &options)?;
     dit.set_plan(random_plan(gpu, a, &c, precision.dtype())?)?;
     gpu.wait()?;
     println!(
         "weights: {:.1} s to build and upload",
         t0.elapsed().as_secs_f64()
     );
+    let report = dit.load_report.clone();
+    if report.lora_tensors > 0 {
+        println!(
+            "LoRA: {} tensors merged in {:.2} s",
+            report.lora_tensors, report.lora_merge_seconds
+        );
+    }
     let shape = [c.in_channels, f, h, w];
     let runner = dit.runner(gpu, shape)?;
     let mut rng = Rng::new(3);
@@ -199,6 +223,7 @@ pub fn run(gpu: &Gpu, a: &DitBenchArgs) -> Result<(), Box<dyn std::error::Error>
             "bind_groups_created_when_warm": created_after.bind_groups - created_before.bind_groups,
             "pipelines_created_when_warm": created_after.pipelines - created_before.pipelines,
             "tensor_bytes": in_use, "kernels": profiler.stats(),
+            "lora_tensors": report.lora_tensors, "lora_merge_s": report.lora_merge_seconds,
         });
         std::fs::write(path, serde_json::to_string_pretty(&json)?)
             .map_err(|e| format!("writing {}: {e}", path.display()))?;
@@ -207,5 +232,52 @@ pub fn run(gpu: &Gpu, a: &DitBenchArgs) -> Result<(), Box<dyn std::error::Error>
         std::fs::write(path, serde_json::to_string(&profiler.chrome_trace())?)
             .map_err(|e| format!("writing {}: {e}", path.display()))?;
     }
+    Ok(())
+}
+
+/// A LoRA of `rank` on every linear of every block (kohya names, f16 values of a trained LoRA's
+/// size, alpha = rank), written to `path`.
+fn write_random_lora(
+    path: &std::path::Path,
+    c: &DitConfig,
+    rank: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use safetensors::tensor::TensorView;
+    let mut rng = Rng::new(7);
+    let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let halves = |v: Vec<f32>| -> Vec<u8> {
+        v.into_iter()
+            .flat_map(|x| half::f16::from_f32(x).to_le_bytes())
+            .collect()
+    };
+    for (name, shape) in c.tensor_shapes() {
+        let Some(module) = name.strip_suffix(".weight") else {
+            continue;
+        };
+        if !module.starts_with("blocks.") || shape.len() != 2 {
+            continue;
+        }
+        let key = format!(
+            "lora_unet_{}",
+            vdit_model::weights::diffusers_to_original(module).replace('.', "_")
+        );
+        let (out, inp) = (shape[0], shape[1]);
+        let down = rng.vec_normal(rank * inp, 1.0 / (inp as f32).sqrt());
+        let up = rng.vec_normal(out * rank, 0.01);
+        data.push((
+            format!("{key}.lora_down.weight"),
+            vec![rank, inp],
+            halves(down),
+        ));
+        data.push((format!("{key}.lora_up.weight"), vec![out, rank], halves(up)));
+        data.push((format!("{key}.alpha"), vec![], halves(vec![rank as f32])));
+    }
+    let views = data
+        .iter()
+        .map(|(k, shape, bytes)| {
+            TensorView::new(safetensors::Dtype::F16, shape.clone(), bytes).map(|v| (k.clone(), v))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    safetensors::serialize_to_file(views, None, path)?;
     Ok(())
 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use vdit_model::dit::{Precision, WanDit};
+use vdit_model::dit::{LoadOptions, Precision, WanDit};
 use vdit_model::plan::AttentionPlan;
 use vdit_model::tensor_file::{read_tensor, write_tensors, HostTensor};
 use vdit_model::weights::DitConfig;
@@ -37,6 +37,9 @@ pub struct DitForwardArgs {
     /// Storage precision: f16 (default where the adapter has it) or f32.
     #[arg(long)]
     pub precision: Option<String>,
+    /// A LoRA merged into the DiT as it loads, with its strength (default 1); repeatable.
+    #[arg(long = "lora", value_name = "FILE[:STRENGTH]", value_parser = crate::generate::parse_lora)]
+    pub loras: Vec<vdit_model::lora::LoraSpec>,
 }
 
 pub fn precision_arg(gpu: &Gpu, p: Option<&str>) -> Result<Precision, String> {
@@ -55,7 +58,10 @@ pub fn run(gpu: &Gpu, a: &DitForwardArgs) -> Result<(), Box<dyn std::error::Erro
         .as_ref()
         .map(DitConfig::from_json_file)
         .transpose()?;
-    let mut dit = WanDit::load_with_config(gpu, &a.model, config, precision)?;
+    let options = LoadOptions {
+        loras: a.loras.clone(),
+    };
+    let mut dit = WanDit::load_with_options(gpu, &a.model, config, precision, &options)?;
     if let Some(plan) = &a.attention_plan {
         let plan = AttentionPlan::load(gpu, plan, &dit.config, precision.dtype())?;
         dit.set_plan(plan)?;

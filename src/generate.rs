@@ -5,6 +5,8 @@ use std::time::Instant;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use vdit_model::lora::LoraSpec;
+use vdit_model::pipeline::Preset;
 use vdit_model::pipeline::{
     CancelToken, GenerateRequest, ModelPaths, Pipeline, Progress, Prompt, SamplerKind, Stage,
     VideoStream,
@@ -69,8 +71,18 @@ pub struct GenerateArgs {
     /// Flow shift: 3.0 for 480p, 5.0 for 720p [default: 3.0].
     #[arg(long)]
     pub flow_shift: Option<f32>,
-    #[arg(long, default_value = "unipc")]
-    pub sampler: SamplerKind,
+    /// unipc, euler or step-distill [default: unipc].
+    #[arg(long)]
+    pub sampler: Option<SamplerKind>,
+    /// Steps, guidance, shift and sampler of a distilled model or LoRA: lightx2v-4step (4 steps
+    /// of flow Euler at timesteps 1000/750/500/250, shift 5, guidance 1). Flags given beside it
+    /// win.
+    #[arg(long, value_parser = parse_preset)]
+    pub preset: Option<Preset>,
+    /// A LoRA merged into the DiT as it loads, with its strength (default 1); repeatable.
+    /// kohya, diffusers/PEFT and ComfyUI (`diffusion_model.`, with `diff`/`diff_b`) key formats.
+    #[arg(long = "lora", value_name = "FILE[:STRENGTH]", value_parser = parse_lora)]
+    pub loras: Vec<LoraSpec>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long)]
@@ -154,6 +166,14 @@ impl Progress for Bars {
     }
 }
 
+pub fn parse_lora(arg: &str) -> Result<LoraSpec, String> {
+    LoraSpec::parse(arg).map_err(|e| e.to_string())
+}
+
+fn parse_preset(arg: &str) -> Result<Preset, String> {
+    Preset::parse(arg).map_err(|e| e.to_string())
+}
+
 fn embeds(path: &std::path::Path) -> Result<Prompt, Box<dyn std::error::Error>> {
     Ok(Prompt::Embeddings(read_tensor(path, "context")?))
 }
@@ -196,13 +216,31 @@ pub fn run(gpu: &Gpu, a: &GenerateArgs) -> Result<(), Box<dyn std::error::Error>
     };
     let mut request = GenerateRequest::new(prompt);
     request.negative_prompt = negative;
+    // Explicit flags, then the preset, then the model's own defaults, then Wan2.1's.
+    let preset = a.preset;
     request.width = a.width.or(d.width).unwrap_or(832);
     request.height = a.height.or(d.height).unwrap_or(480);
     request.frames = a.frames.or(d.frames).unwrap_or(81);
-    request.steps = a.steps.or(d.steps).unwrap_or(50);
-    request.guidance = a.guidance.or(d.guidance).unwrap_or(5.0);
-    request.flow_shift = a.flow_shift.or(d.flow_shift).unwrap_or(3.0);
-    request.sampler = a.sampler;
+    request.steps = a
+        .steps
+        .or(preset.map(Preset::steps))
+        .or(d.steps)
+        .unwrap_or(50);
+    request.guidance = a
+        .guidance
+        .or(preset.map(Preset::guidance))
+        .or(d.guidance)
+        .unwrap_or(5.0);
+    request.flow_shift = a
+        .flow_shift
+        .or(preset.map(Preset::flow_shift))
+        .or(d.flow_shift)
+        .unwrap_or(3.0);
+    request.sampler = a
+        .sampler
+        .or(preset.map(Preset::sampler))
+        .unwrap_or_default();
+    request.loras = a.loras.clone();
     request.seed = a.seed;
     request.validate()?;
     // Fail on an unwritable output before minutes of work.

@@ -65,9 +65,18 @@ pub struct LoadOptions {
     pub loras: Vec<LoraSpec>,
 }
 
+/// What loading did beyond uploading weights.
+#[derive(Clone, Debug, Default)]
+pub struct LoadReport {
+    /// Tensors changed by LoRAs, and the seconds their merges took.
+    pub lora_tensors: usize,
+    pub lora_merge_seconds: f64,
+}
+
 /// The DiT's weights on the GPU.
 pub struct WanDit {
     pub config: DitConfig,
+    pub load_report: LoadReport,
     pub precision: Precision,
     pub plan: AttentionPlan,
     /// The Conv3d patch embedding as a Linear over flattened patches: [dim, C*pt*ph*pw].
@@ -297,7 +306,12 @@ impl WanDit {
             wd,
         )?;
         let used = std::mem::take(&mut ld.used);
+        let load_report = LoadReport {
+            lora_tensors: loras.patched_tensors(),
+            lora_merge_seconds: loras.merge_seconds(),
+        };
         let dit = Self {
+            load_report,
             plan: AttentionPlan::softmax(c.layers),
             config,
             precision,

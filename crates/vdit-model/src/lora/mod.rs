@@ -93,6 +93,8 @@ pub struct LoraSet {
     files: Vec<LoraFile>,
     /// Canonical tensor name -> (file index, change), in the order the files were given.
     patches: HashMap<String, Vec<(usize, Change)>>,
+    /// Seconds spent in [`LoraSet::apply`] (reading, uploading and merging), for reports.
+    merge_seconds: std::cell::Cell<f64>,
 }
 
 impl LoraSet {
@@ -102,10 +104,7 @@ impl LoraSet {
     /// DiT tensor while others do are listed in a warning, with counts.
     pub fn open(specs: &[LoraSpec], config: &DitConfig) -> Result<Self> {
         let index = ModuleIndex::new(config);
-        let mut set = Self {
-            files: Vec::new(),
-            patches: HashMap::new(),
-        };
+        let mut set = Self::empty();
         for spec in specs {
             let weights = WeightSet::open(&spec.path)?;
             let resolved = resolve_file(&weights, &index, spec)?;
@@ -126,7 +125,13 @@ impl LoraSet {
         Self {
             files: Vec::new(),
             patches: HashMap::new(),
+            merge_seconds: std::cell::Cell::new(0.0),
         }
+    }
+
+    /// Seconds spent merging so far (each merge waits for the GPU).
+    pub fn merge_seconds(&self) -> f64 {
+        self.merge_seconds.get()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -144,6 +149,7 @@ impl LoraSet {
         let Some(patches) = self.patches.get(name) else {
             return Ok(());
         };
+        let started = std::time::Instant::now();
         for (file, change) in patches {
             let file = &self.files[*file];
             let read = |key: &str| -> Result<Vec<f32>> { Ok(file.weights.get(key)?.to_f32()?) };
@@ -164,6 +170,8 @@ impl LoraSet {
             };
             result.map_err(|e| lora_err(&file.spec.path, format!("merging into '{name}': {e}")))?;
         }
+        self.merge_seconds
+            .set(self.merge_seconds.get() + started.elapsed().as_secs_f64());
         Ok(())
     }
 }

@@ -18,4 +18,4 @@ pub use output::{write_video_from_gpu, VideoStream, WriteVideoError};
 pub use parts::PartWeights;
 pub use paths::{ModelDefaults, ModelPaths};
 pub use progress::{CancelToken, Progress, Silent, Stage};
-pub use request::{GenerateRequest, Prompt};
+pub use request::{GenerateRequest, Preset, Prompt};

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use vdit_wgpu::Gpu;
 
-use crate::dit::{Precision, WanDit};
+use crate::dit::{LoadOptions, Precision, WanDit};
 use crate::error::{input_err, Result};
 use crate::vae::{VaeConfig, WanVae};
 use crate::weights::DitConfig;
@@ -31,11 +31,14 @@ pub(crate) fn load_dit(
     gpu: &Gpu,
     part: Option<&PartWeights<DitConfig>>,
     precision: Precision,
+    options: &LoadOptions,
 ) -> Result<WanDit> {
     match part {
-        Some(PartWeights::File(path)) => WanDit::load(gpu, path, precision),
+        Some(PartWeights::File(path)) => {
+            WanDit::load_with_options(gpu, path, None, precision, options)
+        }
         Some(PartWeights::Random { config, seed }) => {
-            WanDit::random(gpu, config.clone(), precision, *seed)
+            WanDit::random_with_options(gpu, config.clone(), precision, *seed, options)
         }
         None => Err(input_err("model", "no DiT weights given")),
     }

@@ -1,6 +1,7 @@
 //! What a generation is asked to make, checked before any work starts.
 
 use crate::error::{input_err, Result};
+use crate::lora::LoraSpec;
 use crate::scheduler::SamplerKind;
 use crate::tensor_file::HostTensor;
 
@@ -9,6 +10,58 @@ use crate::tensor_file::HostTensor;
 pub enum Prompt {
     Text(String),
     Embeddings(HostTensor),
+}
+
+/// Sampling settings published with a model variant, chosen with one flag (`--preset`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Preset {
+    /// The 4-step distilled Wan2.1 models and LoRAs (lightx2v's step- and CFG-distilled
+    /// "Lightning" LoRAs): 4 steps of flow Euler at timesteps 1000, 750, 500, 250 with shift 5,
+    /// guidance 1 (no unconditional pass), as lightx2v's `wan_t2v_distill_4step_cfg` configs run
+    /// them.
+    Lightx2v4Step,
+}
+
+impl Preset {
+    pub const NAMES: &'static str = "lightx2v-4step";
+
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "lightx2v-4step" => Ok(Preset::Lightx2v4Step),
+            _ => Err(input_err(
+                "--preset",
+                format!("no preset '{name}' (presets: {})", Self::NAMES),
+            )),
+        }
+    }
+
+    pub fn steps(self) -> usize {
+        4
+    }
+    pub fn guidance(self) -> f32 {
+        1.0
+    }
+    pub fn flow_shift(self) -> f32 {
+        5.0
+    }
+    pub fn sampler(self) -> SamplerKind {
+        SamplerKind::StepDistill
+    }
+
+    /// Sets the request's steps, guidance, shift and sampler.
+    pub fn apply(self, request: &mut GenerateRequest) {
+        request.steps = self.steps();
+        request.guidance = self.guidance();
+        request.flow_shift = self.flow_shift();
+        request.sampler = self.sampler();
+    }
+}
+
+impl std::str::FromStr for Preset {
+    type Err = crate::error::ModelError;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::parse(s)
+    }
 }
 
 /// One text-to-video generation.
@@ -27,6 +80,8 @@ pub struct GenerateRequest {
     pub flow_shift: f32,
     pub sampler: SamplerKind,
     pub seed: u64,
+    /// Merged into the DiT's weights, in order, when it loads.
+    pub loras: Vec<LoraSpec>,
 }
 
 impl GenerateRequest {
@@ -43,6 +98,7 @@ impl GenerateRequest {
             flow_shift: 3.0,
             sampler: SamplerKind::UniPc,
             seed: 0,
+            loras: Vec::new(),
         }
     }
 

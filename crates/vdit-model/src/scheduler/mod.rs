@@ -47,6 +47,9 @@ pub enum SamplerKind {
     UniPc,
     /// Flow Euler: `x += (sigma_next - sigma) * v`.
     Euler,
+    /// Flow Euler on the schedule of the step-distilled Wan models and LoRAs (lightx2v's
+    /// `denoising_step_list`): see [`Schedule::step_distill`].
+    StepDistill,
 }
 
 impl SamplerKind {
@@ -54,6 +57,7 @@ impl SamplerKind {
         match self {
             SamplerKind::UniPc => "unipc",
             SamplerKind::Euler => "euler",
+            SamplerKind::StepDistill => "step-distill",
         }
     }
 }
@@ -70,7 +74,10 @@ impl FromStr for SamplerKind {
         match s.to_ascii_lowercase().as_str() {
             "unipc" => Ok(SamplerKind::UniPc),
             "euler" => Ok(SamplerKind::Euler),
-            _ => Err(format!("unknown sampler '{s}': expected unipc or euler")),
+            "step-distill" => Ok(SamplerKind::StepDistill),
+            _ => Err(format!(
+                "unknown sampler '{s}': expected unipc, euler or step-distill"
+            )),
         }
     }
 }
@@ -181,6 +188,7 @@ impl Sampler {
         let schedule = match kind {
             SamplerKind::UniPc => Schedule::unipc(steps, shift)?,
             SamplerKind::Euler => Schedule::flow_euler(steps, shift)?,
+            SamplerKind::StepDistill => Schedule::step_distill(steps, shift)?,
         };
         Ok(Self::with_schedule(kind, schedule))
     }
@@ -371,7 +379,7 @@ impl Sampler {
         let k = self.index;
         let sigmas = self.schedule.sigmas();
         Ok(match self.kind {
-            SamplerKind::Euler => {
+            SamplerKind::Euler | SamplerKind::StepDistill => {
                 self.order = 1;
                 let dt = sigmas[k + 1] as f64 - sigmas[k] as f64;
                 vec![Update::new(

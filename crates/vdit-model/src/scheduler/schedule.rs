@@ -68,6 +68,22 @@ impl Schedule {
         Ok(Self::from_f32_sigmas(sigmas))
     }
 
+    /// The schedule the step-distilled Wan models were trained for (lightx2v's
+    /// `WanStepDistillScheduler`): the 1000 training sigmas `1 - j / 1000`, shifted, taken at
+    /// the timesteps `1000 (1 - i / steps)` (for 4 steps: 1000, 750, 500, 250). At shift 5 the
+    /// four sigmas are 1, 0.9375, 0.8333 and 0.625.
+    pub fn step_distill(steps: usize, shift: f64) -> Result<Self> {
+        check(steps, shift)?;
+        let n = NUM_TRAIN_TIMESTEPS;
+        let sigmas: Vec<f32> = (0..steps)
+            .map(|i| {
+                let j = (i * n + steps / 2) / steps;
+                shifted_f32(shift, 1.0 - j as f32 / n as f32)
+            })
+            .collect();
+        Ok(Self::from_f32_sigmas(sigmas))
+    }
+
     /// A schedule from explicit sigmas (descending, in (0, 1]); a final 0 is appended and the
     /// timesteps are `sigma * 1000` in f32.
     pub fn from_sigmas(sigmas: &[f32]) -> Result<Self> {

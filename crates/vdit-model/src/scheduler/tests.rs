@@ -364,3 +364,24 @@ fn misuse_is_an_error() {
     assert!("ddim".parse::<SamplerKind>().is_err());
     assert_eq!(SamplerKind::default().to_string(), "unipc");
 }
+
+#[test]
+fn the_step_distill_schedule_is_lightx2vs_four_timesteps() {
+    // lightx2v's configs: denoising_step_list [1000, 750, 500, 250], sample_shift 5.
+    let sampler = Sampler::new(SamplerKind::StepDistill, 4, 5.0).unwrap();
+    let want = [1.0, 0.9375, 5.0 * 0.5 / 3.0, 0.625, 0.0];
+    for (got, want) in sampler.sigmas().iter().zip(want) {
+        assert!((*got as f64 - want).abs() < 1e-6, "{:?}", sampler.sigmas());
+    }
+    assert_eq!(sampler.timesteps()[0], 1000.0);
+    assert_eq!(sampler.timesteps()[3], 625.0);
+    // The step itself is flow Euler: x += (sigma_next - sigma) v.
+    let mut s = Sampler::new(SamplerKind::StepDistill, 4, 5.0).unwrap();
+    let mut x = vec![1.0f32; 3];
+    s.step_host(&[2.0; 3], &mut x).unwrap();
+    assert!((x[0] - (1.0 + (0.9375 - 1.0) * 2.0)).abs() < 1e-6);
+    assert_eq!(
+        "step-distill".parse::<SamplerKind>().unwrap(),
+        SamplerKind::StepDistill
+    );
+}
