@@ -47,6 +47,9 @@ pub struct DitBenchArgs {
     /// temp folder and merges it: the cost of a merge at full size.
     #[arg(long, value_name = "RANK")]
     pub random_lora: Option<usize>,
+    /// Streams the blocks' weights from host memory (as `generate --offload`).
+    #[arg(long)]
+    pub offload: bool,
     #[arg(long)]
     pub json: Option<PathBuf>,
     #[arg(long)]
@@ -116,6 +119,7 @@ pub fn run(gpu: &Gpu, a: &DitBenchArgs) -> Result<(), Box<dyn std::error::Error>
     let t0 = Instant::now();
     let mut options = LoadOptions {
         loras: a.loras.clone(),
+        offload: a.offload,
     };
     if let Some(rank) = a.random_lora {
         let path = std::env::temp_dir().join(format!("vdit-bench-lora-rank{rank}.safetensors"));
@@ -130,6 +134,20 @@ pub fn run(gpu: &Gpu, a: &DitBenchArgs) -> Result<(), Box<dyn std::error::Error>
     println!(
         "weights: {:.1} s to build and upload",
         t0.elapsed().as_secs_f64()
+    );
+    let (weights_gpu, weights_host) = dit.weight_bytes();
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    println!(
+        "weights: {:.2} GiB on the GPU{}",
+        gib(weights_gpu),
+        if dit.is_offloaded() {
+            format!(
+                ", {:.2} GiB of blocks in host memory (offload)",
+                gib(weights_host)
+            )
+        } else {
+            String::new()
+        }
     );
     let report = dit.load_report.clone();
     if report.lora_tensors > 0 {
@@ -188,7 +206,7 @@ pub fn run(gpu: &Gpu, a: &DitBenchArgs) -> Result<(), Box<dyn std::error::Error>
     rec.submit(Some(&mut profiler))?;
     print!("{}", profiler.table());
     let (in_use, free) = gpu.pool_bytes();
-    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let peak = gpu.pool_peak_bytes();
     println!(
         "tokens {}  attention {} on {} blocks  precision {:?}",
         runner.tokens(),
@@ -209,9 +227,10 @@ pub fn run(gpu: &Gpu, a: &DitBenchArgs) -> Result<(), Box<dyn std::error::Error>
         wall.len()
     );
     println!(
-        "GPU memory held by tensors: {:.2} GiB (+{:.2} GiB pooled free)",
+        "GPU memory held by tensors: {:.2} GiB (+{:.2} GiB pooled free), peak {:.2} GiB",
         gib(in_use),
-        gib(free)
+        gib(free),
+        gib(peak)
     );
     if let Some(path) = &a.json {
         let json = serde_json::json!({
@@ -224,6 +243,8 @@ pub fn run(gpu: &Gpu, a: &DitBenchArgs) -> Result<(), Box<dyn std::error::Error>
             "pipelines_created_when_warm": created_after.pipelines - created_before.pipelines,
             "tensor_bytes": in_use, "kernels": profiler.stats(),
             "lora_tensors": report.lora_tensors, "lora_merge_s": report.lora_merge_seconds,
+            "offload": dit.is_offloaded(), "weights_gpu_bytes": weights_gpu,
+            "weights_host_bytes": weights_host, "pool_peak_bytes": peak,
         });
         std::fs::write(path, serde_json::to_string_pretty(&json)?)
             .map_err(|e| format!("writing {}: {e}", path.display()))?;

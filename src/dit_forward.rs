@@ -40,6 +40,10 @@ pub struct DitForwardArgs {
     /// A LoRA merged into the DiT as it loads, with its strength (default 1); repeatable.
     #[arg(long = "lora", value_name = "FILE[:STRENGTH]", value_parser = crate::generate::parse_lora)]
     pub loras: Vec<vdit_model::lora::LoraSpec>,
+    /// Keep the DiT's blocks in host memory and upload each just ahead of its use (the GPU
+    /// holds two blocks' weights instead of all).
+    #[arg(long)]
+    pub offload: bool,
 }
 
 pub fn precision_arg(gpu: &Gpu, p: Option<&str>) -> Result<Precision, String> {
@@ -60,6 +64,7 @@ pub fn run(gpu: &Gpu, a: &DitForwardArgs) -> Result<(), Box<dyn std::error::Erro
         .transpose()?;
     let options = LoadOptions {
         loras: a.loras.clone(),
+        offload: a.offload,
     };
     let mut dit = WanDit::load_with_options(gpu, &a.model, config, precision, &options)?;
     if let Some(plan) = &a.attention_plan {

@@ -83,6 +83,10 @@ pub struct GenerateArgs {
     /// kohya, diffusers/PEFT and ComfyUI (`diffusion_model.`, with `diff`/`diff_b`) key formats.
     #[arg(long = "lora", value_name = "FILE[:STRENGTH]", value_parser = parse_lora)]
     pub loras: Vec<LoraSpec>,
+    /// Keep the DiT's blocks in host memory and upload each just ahead of its use: the GPU
+    /// holds two blocks' weights instead of all (Wan 14B on a 24 GB card).
+    #[arg(long)]
+    pub offload: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long)]
@@ -241,6 +245,7 @@ pub fn run(gpu: &Gpu, a: &GenerateArgs) -> Result<(), Box<dyn std::error::Error>
         .or(preset.map(Preset::sampler))
         .unwrap_or_default();
     request.loras = a.loras.clone();
+    request.offload = a.offload;
     request.seed = a.seed;
     request.validate()?;
     // Fail on an unwritable output before minutes of work.

@@ -30,6 +30,7 @@ fn velocity(loras: &[(&str, f32)], precision: Precision) -> Vec<f32> {
             .iter()
             .map(|(file, s)| LoraSpec::new(goldens().join("lora").join(file), *s))
             .collect(),
+        ..Default::default()
     };
     let dit = WanDit::load_with_options(
         gpu,

@@ -408,6 +408,17 @@ impl Gpu {
         self.check_health()
     }
 
+    /// Blocks until the submission `index` is done.
+    pub fn wait_for(&self, index: wgpu::SubmissionIndex) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(index),
+                timeout: None,
+            })
+            .map_err(|e| GpuError::DeviceLost(e.to_string()))?;
+        self.check_health()
+    }
+
     /// Releases the pool's free buffers and the cached bind groups that keep them alive.
     pub fn trim_pool(&self) {
         self.pipelines.clear_bind_groups();

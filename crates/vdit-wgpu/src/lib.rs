@@ -36,4 +36,4 @@ pub use gpu::{Capabilities, Gpu, GpuOptions};
 pub use policy::KernelPolicy;
 pub use profiler::{Cost, Profiler};
 pub use recorder::{Dispatch, Recorder};
-pub use tensor::{DType, Tensor};
+pub use tensor::{DType, HostTensor, Tensor};

@@ -24,6 +24,49 @@ pub(crate) enum Op {
         dst: Arc<PooledBuffer>,
         bytes: u64,
     },
+    /// Host bytes written into `dst` between the ops before and the ops after. A queue write
+    /// lands at the start of the next submission, so submitters end a command buffer here
+    /// (see [`segments`]); `encode_ops` never sees one.
+    Upload {
+        dst: Arc<PooledBuffer>,
+        bytes: Arc<[u8]>,
+    },
+}
+
+/// A run of ops that can share a command buffer, or a run of uploads between two of them.
+pub(crate) enum Segment<'a> {
+    Gpu(&'a [Op]),
+    Uploads(&'a [Op]),
+}
+
+/// Splits `ops` at its uploads, in order.
+pub(crate) fn segments(ops: &[Op]) -> Vec<Segment<'_>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < ops.len() {
+        let upload = matches!(ops[start], Op::Upload { .. });
+        let len = ops[start..]
+            .iter()
+            .take_while(|op| matches!(op, Op::Upload { .. }) == upload)
+            .count();
+        let run = &ops[start..start + len];
+        out.push(if upload {
+            Segment::Uploads(run)
+        } else {
+            Segment::Gpu(run)
+        });
+        start += len;
+    }
+    out
+}
+
+/// Queues the writes of a run of uploads (they reach the GPU with the next submission).
+pub(crate) fn write_uploads(gpu: &Gpu, uploads: &[Op]) {
+    for op in uploads {
+        if let Op::Upload { dst, bytes } = op {
+            gpu.queue.write_buffer(&dst.buffer, 0, bytes);
+        }
+    }
 }
 
 /// Per-dispatch timestamp query indices (begin, end), when profiling with timestamps.
@@ -86,6 +129,9 @@ pub(crate) fn encode_ops(
             Op::Copy { src, dst, bytes } => {
                 drop(pass.take());
                 enc.copy_buffer_to_buffer(&src.buffer, 0, &dst.buffer, 0, *bytes);
+            }
+            Op::Upload { .. } => {
+                debug_assert!(false, "uploads are written between submissions, not encoded")
             }
         }
     }

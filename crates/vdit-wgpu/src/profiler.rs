@@ -10,7 +10,7 @@ use serde::Serialize;
 pub use crate::cost::Cost;
 use crate::error::{GpuError, Result};
 use crate::gpu::Gpu;
-use crate::ops::{encode_ops, Op};
+use crate::ops::{encode_ops, segments, write_uploads, Op, Segment};
 use crate::pool::PooledBuffer;
 
 /// One timed launch.
@@ -126,6 +126,21 @@ impl Profiler {
         ops: &[Op],
         params: Option<&PooledBuffer>,
     ) -> Result<()> {
+        // Each part waits for its work, so uploads are written as they come.
+        for segment in segments(ops) {
+            match segment {
+                Segment::Gpu(part) => self.run_part(gpu, part, params)?,
+                Segment::Uploads(part) => write_uploads(gpu, part),
+            }
+        }
+        if matches!(ops.last(), Some(Op::Upload { .. })) {
+            gpu.queue.submit([]);
+        }
+        Ok(())
+    }
+
+    /// [`Profiler::run`] for ops holding no upload.
+    fn run_part(&mut self, gpu: &Gpu, ops: &[Op], params: Option<&PooledBuffer>) -> Result<()> {
         match self.clock {
             Clock::GpuTimestamps => {
                 // Batches of dispatches that fit the query set.

@@ -6,13 +6,13 @@ use std::borrow::Cow;
 
 use crate::error::{GpuError, Result};
 use crate::gpu::Gpu;
-use crate::ops::{encode_ops, Op};
+use crate::ops::{encode_ops, segments, write_uploads, Op, Segment};
 use crate::param_block::ParamBytes;
 use crate::pipeline::PipelineKey;
 use crate::policy::KernelPolicy;
 use crate::profiler::{Cost, Profiler};
 use crate::shader::{Defines, ShaderFile};
-use crate::tensor::Tensor;
+use crate::tensor::{HostTensor, Tensor};
 
 /// One kernel launch, as a launcher describes it.
 pub struct Dispatch<'a> {
@@ -156,8 +156,28 @@ impl<'g> Recorder<'g> {
         Ok(())
     }
 
+    /// Records a write of host bytes into `dst`: the ops recorded before it see the old
+    /// contents, those recorded after see `src`. The recording splits there into separate
+    /// submissions (see [`Recorder::submit`]).
+    pub fn upload(&mut self, src: &HostTensor, dst: &Tensor) -> Result<()> {
+        if src.shape() != dst.shape() || src.dtype() != dst.dtype() {
+            return Err(crate::error::shape_err(
+                "upload",
+                format!("host tensor {src:?} cannot fill {dst:?}"),
+            ));
+        }
+        self.ops.push(Op::Upload {
+            dst: dst.pooled().clone(),
+            bytes: src.padded_bytes().clone(),
+        });
+        Ok(())
+    }
+
     /// Sends everything to the GPU (one command buffer, or one per launch when a profiler
-    /// without timestamps needs host timings). Does not wait.
+    /// without timestamps needs host timings). Does not wait, except where the recording
+    /// holds uploads: it is submitted in parts split at them, and before writing each run of
+    /// uploads the host waits for all but the latest part, so that at most about two parts'
+    /// uploads sit in staging memory while the GPU works on the previous part.
     pub fn submit(self, profiler: Option<&mut Profiler>) -> Result<()> {
         let gpu = self.gpu;
         let params = if self.params.is_empty() {
@@ -174,9 +194,30 @@ impl<'g> Recorder<'g> {
         match profiler {
             Some(p) => p.run(gpu, &self.ops, params.as_deref())?,
             None => {
-                let mut enc = gpu.device.create_command_encoder(&Default::default());
-                encode_ops(gpu, &mut enc, &self.ops, params.as_deref(), None);
-                gpu.queue.submit([enc.finish()]);
+                let mut older: Option<wgpu::SubmissionIndex> = None;
+                let mut latest: Option<wgpu::SubmissionIndex> = None;
+                let mut pending_writes = false;
+                for segment in segments(&self.ops) {
+                    match segment {
+                        Segment::Gpu(ops) => {
+                            let mut enc = gpu.device.create_command_encoder(&Default::default());
+                            encode_ops(gpu, &mut enc, ops, params.as_deref(), None);
+                            older = latest.replace(gpu.queue.submit([enc.finish()]));
+                            pending_writes = false;
+                        }
+                        Segment::Uploads(ops) => {
+                            if let Some(index) = older.take() {
+                                gpu.wait_for(index)?;
+                            }
+                            write_uploads(gpu, ops);
+                            pending_writes = true;
+                        }
+                    }
+                }
+                if pending_writes {
+                    // Queued writes reach the GPU with a submission.
+                    gpu.queue.submit([]);
+                }
             }
         }
         gpu.check_health()

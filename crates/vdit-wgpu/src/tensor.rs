@@ -221,6 +221,52 @@ impl Tensor {
     }
 }
 
+/// A tensor's contents kept in host memory, to be uploaded again into a GPU tensor of the same
+/// shape and type ([`crate::Recorder::upload`]): how offloaded weights wait for their turn.
+/// Cloning shares the bytes.
+#[derive(Clone)]
+pub struct HostTensor {
+    /// The element bytes, zero-padded to a multiple of 4 as queue writes need.
+    bytes: Arc<[u8]>,
+    shape: Vec<usize>,
+    dtype: DType,
+}
+
+impl std::fmt::Debug for HostTensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HostTensor({:?}, {})", self.shape, self.dtype)
+    }
+}
+
+impl HostTensor {
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    /// Host bytes held (with the padding).
+    pub fn bytes(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+    pub(crate) fn padded_bytes(&self) -> &Arc<[u8]> {
+        &self.bytes
+    }
+}
+
+impl Tensor {
+    /// Downloads the contents into host memory (waits for all submitted work).
+    pub fn to_host(&self, gpu: &Gpu) -> Result<HostTensor> {
+        let mut bytes = self.to_bytes(gpu)?;
+        bytes.resize(bytes.len().div_ceil(4) * 4, 0);
+        Ok(HostTensor {
+            bytes: bytes.into(),
+            shape: self.shape.clone(),
+            dtype: self.dtype,
+        })
+    }
+}
+
 /// `queue.write_buffer` wants a multiple of 4 bytes; f16 tensors of odd length are padded.
 fn write_padded(gpu: &Gpu, buffer: &wgpu::Buffer, bytes: &[u8]) {
     if bytes.len() % 4 == 0 {

@@ -98,8 +98,8 @@ impl WanDit {
             .forward(rec, &hidden, &embedded, Epilogue::None)?;
         let mut keys = Vec::with_capacity(self.blocks.len());
         let mut values = Vec::with_capacity(self.blocks.len());
-        for block in &self.blocks {
-            let a = &block.cross_attn;
+        for index in 0..self.blocks.len() {
+            let a = &self.blocks.prepare(rec, index)?.cross_attn;
             let k = Tensor::empty(gpu, &[rows, c.dim], act)?;
             let v = Tensor::empty(gpu, &[rows, c.dim], act)?;
             a.to_k.forward(rec, &embedded, &k, Epilogue::None)?;
@@ -280,9 +280,6 @@ impl DitRunner<'_> {
         dit.time_proj
             .forward(rec, &self.temb_silu, &self.e0, Epilogue::None)?;
         let e0 = self.e0.reshape(&[6, c.dim])?;
-        for (block, m) in dit.blocks.iter().zip(&self.block_mod) {
-            binary(rec, Binary::Add, &block.table, &e0, m)?;
-        }
         let temb = self.temb.reshape(&[c.dim])?;
         binary(rec, Binary::Add, &dit.head_table, &temb, &self.head_mod)?;
 
@@ -291,15 +288,12 @@ impl DitRunner<'_> {
         dit.patch_embedding
             .forward(rec, &self.patches, &self.x, Epilogue::None)?;
 
-        for (i, block) in dit.blocks.iter().enumerate() {
-            self.block(
-                rec,
-                i,
-                block,
-                &self.block_mod[i],
-                context,
-                reborrow(&mut tap),
-            )?;
+        for (i, m) in self.block_mod.iter().enumerate() {
+            let block = dit.blocks.prepare(rec, i)?;
+            // The block's modulation is its table plus e0 (recorded here, where the table is
+            // on the GPU also when blocks are streamed).
+            binary(rec, Binary::Add, &block.table, &e0, m)?;
+            self.block(rec, i, block, m, context, reborrow(&mut tap))?;
         }
 
         // Head: LN(x) * (1 + scale) + shift, Linear, unpatchify.

@@ -8,6 +8,7 @@
 
 mod forward;
 mod layers;
+mod offload;
 pub mod tap;
 mod time;
 
@@ -25,6 +26,7 @@ use crate::error::Result;
 use crate::lora::{LoraSet, LoraSpec};
 use crate::plan::AttentionPlan;
 use crate::weights::{Checkpoint, DitConfig};
+use offload::BlockWeights;
 
 /// Storage precision of weights and activations. The residual stream, norms, modulation and
 /// the time embedding are f32 in both.
@@ -63,6 +65,9 @@ impl Precision {
 pub struct LoadOptions {
     /// Merged in order; see [`crate::lora`].
     pub loras: Vec<LoraSpec>,
+    /// Keep the blocks' weights in host memory and upload each block just ahead of its use
+    /// (two blocks on the GPU instead of all).
+    pub offload: bool,
 }
 
 /// What loading did beyond uploading weights.
@@ -86,7 +91,7 @@ pub struct WanDit {
     pub(crate) time_1: Linear,
     pub(crate) time_2: Linear,
     pub(crate) time_proj: Linear,
-    pub(crate) blocks: Vec<Block>,
+    pub(crate) blocks: BlockWeights,
     /// The head's (shift, scale) table [2, dim], f32.
     pub(crate) head_table: Tensor,
     pub(crate) proj_out: Linear,
@@ -179,7 +184,7 @@ impl WanDit {
         // Every LoRA key is resolved and shape-checked before the first weight is uploaded.
         let loras = LoraSet::open(&options.loras, &config)?;
         let source = WeightSource::Checkpoint(&ckpt);
-        let (dit, used) = Self::build(gpu, source, &loras, config, precision)?;
+        let (dit, used) = Self::build(gpu, source, &loras, config, precision, options.offload)?;
         ckpt.check_all_used(&used)?;
         Ok(dit)
     }
@@ -191,7 +196,7 @@ impl WanDit {
         precision: Precision,
     ) -> Result<Self> {
         let source = WeightSource::Checkpoint(ckpt);
-        let (dit, used) = Self::build(gpu, source, &LoraSet::empty(), config, precision)?;
+        let (dit, used) = Self::build(gpu, source, &LoraSet::empty(), config, precision, false)?;
         ckpt.check_all_used(&used)?;
         Ok(dit)
     }
@@ -213,7 +218,7 @@ impl WanDit {
     ) -> Result<Self> {
         let loras = LoraSet::open(&options.loras, &config)?;
         let source = WeightSource::Random(vdit_wgpu::rng::Rng::new(seed));
-        Ok(Self::build(gpu, source, &loras, config, precision)?.0)
+        Ok(Self::build(gpu, source, &loras, config, precision, options.offload)?.0)
     }
 
     fn build(
@@ -222,6 +227,7 @@ impl WanDit {
         loras: &LoraSet,
         config: DitConfig,
         precision: Precision,
+        offload: bool,
     ) -> Result<(Self, HashSet<String>)> {
         if precision == Precision::F16 && !gpu.caps.shader_f16 {
             return Err(vdit_wgpu::GpuError::MissingFeature(
@@ -292,9 +298,7 @@ impl WanDit {
             c.dim,
             f32,
         )?;
-        let blocks = (0..c.layers)
-            .map(|i| Block::load(&mut ld, c, i))
-            .collect::<Result<Vec<_>>>()?;
+        let blocks = BlockWeights::load(&mut ld, c, offload)?;
         let head_table = ld
             .tensor("scale_shift_table", &[1, 2, c.dim], f32)?
             .reshape(&[2, c.dim])?;
@@ -326,6 +330,31 @@ impl WanDit {
             proj_out,
         };
         Ok((dit, used))
+    }
+
+    /// Whether the blocks' weights are streamed from host memory (`--offload`).
+    pub fn is_offloaded(&self) -> bool {
+        self.blocks.is_streamed()
+    }
+
+    /// GPU bytes of all the weights, and host bytes of the offloaded blocks' copies.
+    pub fn weight_bytes(&self) -> (u64, u64) {
+        let linears = [
+            &self.patch_embedding,
+            &self.text_1,
+            &self.text_2,
+            &self.time_1,
+            &self.time_2,
+            &self.time_proj,
+            &self.proj_out,
+        ];
+        let others: u64 = linears
+            .iter()
+            .map(|l| l.weight.bytes() + l.bias.bytes())
+            .sum::<u64>()
+            + self.head_table.bytes();
+        let (gpu, host) = self.blocks.bytes();
+        (gpu + others, host)
     }
 
     /// Replaces the attention plan (checked against the model's sizes).

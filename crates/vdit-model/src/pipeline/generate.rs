@@ -116,6 +116,7 @@ impl<'g> Pipeline<'g> {
         let in_dit = |e: ModelError| e.in_part(ModelPart::Dit);
         let options = LoadOptions {
             loras: request.loras.clone(),
+            offload: request.offload,
         };
         let mut dit = load_dit(gpu, self.dit.as_ref(), self.precision, &options).map_err(in_dit)?;
         if let Some(plan) = &self.plan {

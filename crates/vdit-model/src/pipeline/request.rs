@@ -82,6 +82,9 @@ pub struct GenerateRequest {
     pub seed: u64,
     /// Merged into the DiT's weights, in order, when it loads.
     pub loras: Vec<LoraSpec>,
+    /// Keep the DiT's blocks in host memory, two on the GPU at a time (see
+    /// [`crate::dit::LoadOptions::offload`]).
+    pub offload: bool,
 }
 
 impl GenerateRequest {
@@ -99,6 +102,7 @@ impl GenerateRequest {
             sampler: SamplerKind::UniPc,
             seed: 0,
             loras: Vec::new(),
+            offload: false,
         }
     }
 
