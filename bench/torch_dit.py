@@ -7,6 +7,10 @@ and one input (latent, timestep, context) under DIR, times diffusers' forward in
 (CUDA events, median) with the peak memory, computes the fp32 (TF32 off) output as the
 reference, then runs `vdit dit-forward` on the saved weights and reports its relative L2 error
 against that reference. Writes DIR/torch_dit.json.
+
+  python3 bench/torch_dit.py --out DIR --config 14b --reference-only
+times the 14B config's bf16 forward and peak memory alone (weights made on the GPU in bf16, no
+fp32 reference, no vdit run): the row beside `vdit bench dit --config wan2.1-t2v-14b`.
 """
 import argparse
 import json
@@ -33,6 +37,42 @@ def median_ms(fn, warmup=1, reps=5):
     return sorted(times)[len(times) // 2]
 
 
+SIZES = {
+    "1.3b": dict(num_attention_heads=12, ffn_dim=8960, num_layers=30),
+    "14b": dict(num_attention_heads=40, ffn_dim=13824, num_layers=40),
+}
+
+
+def reference_only(args):
+    from diffusers import WanTransformer3DModel
+
+    f, h, w = (int(v) for v in args.latent.split("x"))
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = WanTransformer3DModel(
+            patch_size=(1, 2, 2), attention_head_dim=128, in_channels=16, out_channels=16,
+            text_dim=4096, freq_dim=256, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+            eps=1e-6, **SIZES[args.config],
+        ).to(torch.bfloat16).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, p[0].numel() ** -0.5)
+    x = torch.randn(1, 16, f, h, w, device="cuda", dtype=torch.bfloat16)
+    c = torch.randn(1, 512, 4096, device="cuda", dtype=torch.bfloat16) * 0.2
+    t = torch.tensor([args.timestep], device="cuda")
+    result = {"config": args.config, "latent": [16, f, h, w], "tokens": f * (h // 2) * (w // 2),
+              "weights_gb": sum(p.numel() * 2 for p in model.parameters()) / 1e9}
+    torch.cuda.reset_peak_memory_stats()
+    with torch.no_grad():
+        result["bf16_ms"] = median_ms(lambda: model(x, t, c, return_dict=False), warmup=1, reps=3)
+    result["bf16_peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
+    print(json.dumps(result, indent=1))
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "torch_dit.json"), "w") as fh:
+        json.dump(result, fh, indent=1)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -40,7 +80,13 @@ def main():
     ap.add_argument("--vdit", default="target/release/vdit")
     ap.add_argument("--timestep", type=float, default=500.0)
     ap.add_argument("--vdit-precisions", default="f16,f32")
+    ap.add_argument("--config", choices=["1.3b", "14b"], default="1.3b")
+    ap.add_argument("--reference-only", action="store_true",
+                    help="time diffusers bf16 only (the 14B does not need a saved copy)")
     args = ap.parse_args()
+    if args.reference_only:
+        reference_only(args)
+        return
     from diffusers import WanTransformer3DModel
 
     torch.backends.cuda.matmul.allow_tf32 = False

@@ -50,6 +50,10 @@ pub struct DitBenchArgs {
     /// Streams the blocks' weights from host memory (as `generate --offload`).
     #[arg(long)]
     pub offload: bool,
+    /// Skips the profiled forward after the timed ones (no kernel table; saves a forward of
+    /// the large configs).
+    #[arg(long)]
+    pub no_profile: bool,
     #[arg(long)]
     pub json: Option<PathBuf>,
     #[arg(long)]
@@ -201,10 +205,12 @@ pub fn run(gpu: &Gpu, a: &DitBenchArgs) -> Result<(), Box<dyn std::error::Error>
     wall.sort_by(f64::total_cmp);
     let median = wall.get(wall.len() / 2).copied().unwrap_or(f64::NAN);
     let mut profiler = Profiler::new(gpu);
-    let mut rec = Recorder::new(gpu);
-    runner.forward(&mut rec, &latent, 500.0, &cache, &velocity)?;
-    rec.submit(Some(&mut profiler))?;
-    print!("{}", profiler.table());
+    if !a.no_profile {
+        let mut rec = Recorder::new(gpu);
+        runner.forward(&mut rec, &latent, 500.0, &cache, &velocity)?;
+        rec.submit(Some(&mut profiler))?;
+        print!("{}", profiler.table());
+    }
     let (in_use, free) = gpu.pool_bytes();
     let peak = gpu.pool_peak_bytes();
     println!(
@@ -214,10 +220,11 @@ pub fn run(gpu: &Gpu, a: &DitBenchArgs) -> Result<(), Box<dyn std::error::Error>
         a.blocks.unwrap_or(c.layers).min(c.layers),
         precision
     );
+    let kernel_sum = (!a.no_profile).then(|| profiler.total_ms());
     println!(
-        "forward: {median:.1} ms wall (median of {}), kernel sum {:.1} ms",
+        "forward: {median:.1} ms wall (median of {}){}",
         wall.len(),
-        profiler.total_ms()
+        kernel_sum.map_or(String::new(), |ms| format!(", kernel sum {ms:.1} ms"))
     );
     println!(
         "CPU: {record_median:.2} ms to record a forward, {encode_median:.2} ms to encode and submit it; \
@@ -237,7 +244,7 @@ pub fn run(gpu: &Gpu, a: &DitBenchArgs) -> Result<(), Box<dyn std::error::Error>
             "device": gpu.describe(), "config": a.config, "latent": shape, "tokens": runner.tokens(),
             "precision": format!("{precision:?}"), "attention": a.attention,
             "blocks": a.blocks.unwrap_or(c.layers).min(c.layers),
-            "wall_ms": wall, "median_ms": median, "kernel_sum_ms": profiler.total_ms(),
+            "wall_ms": wall, "median_ms": median, "kernel_sum_ms": kernel_sum,
             "record_cpu_ms": record_median, "encode_cpu_ms": encode_median,
             "bind_groups_created_when_warm": created_after.bind_groups - created_before.bind_groups,
             "pipelines_created_when_warm": created_after.pipelines - created_before.pipelines,

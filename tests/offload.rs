@@ -95,7 +95,10 @@ fn streamed_blocks_give_the_resident_velocity() {
         assert!(want[0].iter().all(|v| v.is_finite()));
         assert_ne!(want[0], want[1], "the two prompts must differ");
         for (i, (w, g)) in want.iter().zip(&got).enumerate() {
-            assert_eq!(w, g, "{layers} blocks, forward {i}: streamed differs from resident");
+            assert_eq!(
+                w, g,
+                "{layers} blocks, forward {i}: streamed differs from resident"
+            );
         }
         assert_eq!(want[0], want[2]);
         assert_eq!(want[0], want[3]);
@@ -114,7 +117,11 @@ fn streamed_blocks_hold_two_blocks_on_the_gpu_and_all_in_host_memory() {
     assert_eq!(no_host, 0);
     // Every block has the same size: the GPU keeps the non-block weights and 2 of 6 blocks.
     let block = blocks_host / 6;
-    assert_eq!(all_gpu - slots_gpu, 4 * block, "{all_gpu} {slots_gpu} {blocks_host}");
+    assert_eq!(
+        all_gpu - slots_gpu,
+        4 * block,
+        "{all_gpu} {slots_gpu} {blocks_host}"
+    );
 }
 
 #[test]
@@ -150,5 +157,9 @@ fn loras_are_merged_before_the_blocks_leave_the_gpu() {
     assert!(streamed.is_offloaded());
     let want = velocities(gpu, &resident);
     assert_eq!(want, velocities(gpu, &streamed));
-    assert_ne!(want, velocities(gpu, &plain), "the LoRA must change the velocity");
+    assert_ne!(
+        want,
+        velocities(gpu, &plain),
+        "the LoRA must change the velocity"
+    );
 }

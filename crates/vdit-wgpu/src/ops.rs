@@ -131,7 +131,10 @@ pub(crate) fn encode_ops(
                 enc.copy_buffer_to_buffer(&src.buffer, 0, &dst.buffer, 0, *bytes);
             }
             Op::Upload { .. } => {
-                debug_assert!(false, "uploads are written between submissions, not encoded")
+                debug_assert!(
+                    false,
+                    "uploads are written between submissions, not encoded"
+                )
             }
         }
     }

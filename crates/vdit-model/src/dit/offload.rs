@@ -25,7 +25,7 @@ pub(crate) enum BlockWeights {
 pub(crate) struct StreamedBlocks {
     /// Per block, its tensors in [`Block::tensors`] order.
     host: Vec<Vec<HostTensor>>,
-    slots: [Block; 2],
+    slots: Box<[Block; 2]>,
 }
 
 impl BlockWeights {
@@ -53,7 +53,10 @@ impl BlockWeights {
         let slots = <[Block; 2]>::try_from(slots)
             .map_err(|_| input_err("offload", "two blocks are needed to stream blocks"))?;
         ld.gpu.trim_pool();
-        Ok(Self::Streamed(StreamedBlocks { host, slots }))
+        Ok(Self::Streamed(StreamedBlocks {
+            host,
+            slots: Box::new(slots),
+        }))
     }
 
     pub fn len(&self) -> usize {
@@ -97,7 +100,7 @@ impl BlockWeights {
         match self {
             Self::Resident(blocks) => (gpu(blocks), 0),
             Self::Streamed(s) => (
-                gpu(&s.slots),
+                gpu(&s.slots[..]),
                 s.host.iter().flatten().map(HostTensor::bytes).sum(),
             ),
         }
