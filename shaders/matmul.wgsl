@@ -46,7 +46,7 @@ fn main(
             let wr = col0 + load_r;
             var wv = 0.0;
             if (wr < p.n && kk < p.k) {
-                wv = f32(w[wr * p.k + kk]);
+                wv = w_at(wr * p.k + kk);
             }
             tile_w[(load_k + e) * BN + load_r] = wv;
         }

@@ -21,7 +21,14 @@ struct Params {
 
 @group(1) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f16>>;
+#if W_Q8
+// W in Q8_0 (kernels/q8.rs): int8 values four to a word, one f32 scale per 32 values of a row;
+// dequantised to f16 as each K step is fetched.
+@group(0) @binding(2) var<storage, read> w: array<u32>;
+@group(0) @binding(6) var<storage, read> w_scale: array<f32>;
+#else
 @group(0) @binding(2) var<storage, read> w: array<vec4<f16>>;
+#endif
 #if HAS_BIAS
 @group(0) @binding(3) var<storage, read> bias: array<B_T>;
 #endif
@@ -73,7 +80,19 @@ fn load_x(r: u32, kv: u32) -> vec4<f16> {
 fn load_w(r: u32, kv: u32) -> vec4<f16> {
     let kvs = p.k / 4u;
     if (r < p.n && kv < kvs) {
+#if W_Q8
+        // K is a multiple of 32: the 8 words of a block share its scale.
+        let q = w[r * kvs + kv];
+        let v = vec4<i32>(
+            bitcast<i32>(q << 24u) >> 24u,
+            bitcast<i32>(q << 16u) >> 24u,
+            bitcast<i32>(q << 8u) >> 24u,
+            bitcast<i32>(q) >> 24u,
+        );
+        return vec4<f16>(vec4<f32>(v) * w_scale[(r * kvs + kv) / 8u]);
+#else
         return w[r * kvs + kv];
+#endif
     }
     return vec4<f16>(0.0);
 }

@@ -40,7 +40,7 @@ fn main(
     var acc2 = vec4<f32>(0.0);
     var acc3 = vec4<f32>(0.0);
     for (var kk = 0u; kk < p.k; kk++) {
-        let b = vec4<f32>(f32(w[wr0 + kk]), f32(w[wr1 + kk]), f32(w[wr2 + kk]), f32(w[wr3 + kk]));
+        let b = vec4<f32>(w_at(wr0 + kk), w_at(wr1 + kk), w_at(wr2 + kk), w_at(wr3 + kk));
         acc0 = fma(vec4<f32>(f32(x[xr0 + kk])), b, acc0);
         acc1 = fma(vec4<f32>(f32(x[xr1 + kk])), b, acc1);
         acc2 = fma(vec4<f32>(f32(x[xr2 + kk])), b, acc2);

@@ -65,6 +65,7 @@ pub fn run(gpu: &Gpu, a: &DitForwardArgs) -> Result<(), Box<dyn std::error::Erro
     let options = LoadOptions {
         loras: a.loras.clone(),
         offload: a.offload,
+        ..Default::default()
     };
     let mut dit = WanDit::load_with_options(gpu, &a.model, config, precision, &options)?;
     if let Some(plan) = &a.attention_plan {

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use vdit_model::dit::{Precision, WanDit};
+use vdit_model::dit::{LoadOptions, Precision, WanDit};
 use vdit_model::weights::{DitConfig, WeightFile};
 use vdit_wgpu::testing::{assert_close, test_gpu};
 use vdit_wgpu::{DType, Recorder, Tensor};
@@ -45,12 +45,23 @@ fn check(name: &str, weights: &str, precision: Precision, expected: &str, tol: f
 /// The velocity of the DiT of `config` loaded from `weights` (relative to its golden folder)
 /// on the golden inputs.
 fn velocity(name: &str, weights: &str, precision: Precision) -> Vec<f32> {
+    velocity_with(name, weights, precision, &LoadOptions::default()).0
+}
+
+/// [`velocity`] with load options, and the GPU bytes of the model's weights.
+fn velocity_with(
+    name: &str,
+    weights: &str,
+    precision: Precision,
+    options: &LoadOptions,
+) -> (Vec<f32>, u64) {
     let gpu = test_gpu();
     let dir = golden_dir(name);
     let io = WeightFile::open(dir.join("io.safetensors")).unwrap();
     // A single file of a non-standard size carries no config: take the diffusers one.
     let config = DitConfig::from_json_file(dir.join("diffusers/config.json")).unwrap();
-    let dit = WanDit::load_with_config(gpu, &dir.join(weights), Some(config), precision).unwrap();
+    let dit = WanDit::load_with_options(gpu, &dir.join(weights), Some(config), precision, options)
+        .unwrap();
     let (latent_shape, latent) = read(&io, "latent");
     let (context_shape, context) = read(&io, "context");
     let (_, t) = read(&io, "timestep");
@@ -68,7 +79,7 @@ fn velocity(name: &str, weights: &str, precision: Precision) -> Vec<f32> {
         .forward(&mut rec, &latent, t[0], &cache, &velocity)
         .unwrap();
     rec.run().unwrap();
-    velocity.to_vec_f32(gpu).unwrap()
+    (velocity.to_vec_f32(gpu).unwrap(), dit.weight_bytes().0)
 }
 
 #[test]
@@ -114,6 +125,48 @@ fn dit_from_gguf_equals_the_same_weights_dequantized_by_gguf_py() {
         let copy: Vec<f64> = copy.iter().map(|&v| v as f64).collect();
         assert_close(&format!("DiT from {file}.gguf"), 0, &gguf, &copy, 1e-6);
     }
+}
+
+#[test]
+fn q8_0_weights_kept_on_the_gpu_give_the_expanded_velocity() {
+    // The Q8_0 tensors (tools/make_gguf_goldens.py) stay quantised (1.125 bytes per value) and
+    // are dequantised inside the matmuls: the velocity must be that of the same file expanded
+    // at load (whose values equal gguf-py's dequantisation: dit_from_gguf_... checks that).
+    let file = "../../gguf/dit_tiny_q8_0.gguf";
+    let expand = LoadOptions {
+        expand_quantized: true,
+        ..Default::default()
+    };
+    for (precision, tol) in [(Precision::F32, 1e-6), (Precision::F16, 2e-3)] {
+        if precision == Precision::F16 && !test_gpu().caps.shader_f16 {
+            continue;
+        }
+        let (kept, kept_bytes) = velocity_with("tiny", file, precision, &LoadOptions::default());
+        let (expanded, expanded_bytes) = velocity_with("tiny", file, precision, &expand);
+        assert!(
+            kept_bytes < expanded_bytes,
+            "{precision:?}: no Q8_0 weight stayed quantised ({kept_bytes} >= {expanded_bytes} bytes)"
+        );
+        let expanded: Vec<f64> = expanded.iter().map(|&v| v as f64).collect();
+        assert_close(
+            &format!("Q8_0 kept, {precision:?}"),
+            0,
+            &kept,
+            &expanded,
+            tol,
+        );
+    }
+    // Dense weights quantised at load: close to the f32 model (Q8_0 keeps ~2.5 digits).
+    let quantize = LoadOptions {
+        quantize_q8: true,
+        ..Default::default()
+    };
+    let (dense, dense_bytes) =
+        velocity_with("tiny", "diffusers", Precision::F32, &Default::default());
+    let (q8, q8_bytes) = velocity_with("tiny", "diffusers", Precision::F32, &quantize);
+    assert!(q8_bytes < dense_bytes);
+    let dense: Vec<f64> = dense.iter().map(|&v| v as f64).collect();
+    assert_close("quantised at load", 0, &q8, &dense, 3e-2);
 }
 
 #[test]

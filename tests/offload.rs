@@ -135,6 +135,7 @@ fn loras_are_merged_before_the_blocks_leave_the_gpu() {
         let options = LoadOptions {
             loras: vec![lora.clone()],
             offload,
+            ..Default::default()
         };
         WanDit::load_with_options(
             gpu,

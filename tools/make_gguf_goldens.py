@@ -19,6 +19,9 @@ Writes assets/goldens/gguf/:
       weight with a multiple of 256 values is stored as 256-value rows (the converter's shape fix,
       with `comfy.gguf.orig_shape`), as Q2_K, Q3_K, Q4_K, Q5_K and Q6_K in turn, its blocks random
       bytes with small scales (gguf-py cannot quantise k-quants); vectors F32, the rest F16.
+  dit_tiny_q8_0.gguf
+      The same model with Q8_0 on every 2-D weight whose rows are whole 32-value blocks (what vdit
+      keeps quantised on the GPU), F16 on the other 2-D weights, F32 elsewhere.
   umt5_tiny_f32.gguf, umt5_tiny_q8_0.gguf
       The tiny umT5 golden encoder (t5/text_encoder) under llama.cpp's names
       (`general.architecture = t5encoder`, token_embd, enc.blk.N.attn_q, attn_rel_b, ffn_gate...):
@@ -170,6 +173,23 @@ def legacy_dit(weights):
     return tensors
 
 
+def q8_0_dit(weights):
+    """Q8_0 wherever a row is whole blocks of 32 (the weights vdit keeps quantised on the GPU),
+    F16 for the other 2-D weights, F32 for vectors and tables."""
+    tensors = []
+    for name, w in weights.items():
+        if name == "patch_embedding.weight":
+            tensors.append((name, w.reshape(-1, 64), T.F32, w.shape))
+        elif w.ndim == 2 and w.shape[1] % 32 == 0:
+            tensors.append((name, quants.quantize(w, T.Q8_0), T.Q8_0, None))
+        elif w.ndim == 2:
+            tensors.append((name, quants.quantize(w, T.F16), T.F16, None))
+        else:
+            tensors.append((name, w, T.F32, None))
+    assert sum(t[2] == T.Q8_0 for t in tensors) >= 3, "too few Q8_0 tensors"
+    return tensors
+
+
 def kquant_dit(weights, rng):
     tensors, cycle = [], 0
     for name, w in weights.items():
@@ -254,6 +274,7 @@ def main():
     for name, tensors, prefix in [
         ("legacy", legacy_dit(weights), ""),
         ("kquants", kquant_dit(weights, rng), "model.diffusion_model."),
+        ("q8_0", q8_0_dit(weights), ""),
     ]:
         path = OUT / f"dit_tiny_{name}.gguf"
         write_gguf(path, tensors, prefix)

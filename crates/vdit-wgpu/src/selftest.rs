@@ -24,9 +24,11 @@ use crate::kernels::conv::{
     ConvOutput, ConvReference,
 };
 use crate::kernels::matmul::{
-    coop_fits as matmul_coop_fits, matmul, matmul_reference, Epilogue, ReferenceEpilogue,
+    coop_fits as matmul_coop_fits, matmul_reference, matmul_weight, Epilogue, ReferenceEpilogue,
+    Weight, WeightRef,
 };
 use crate::kernels::norm::{layer_norm, layer_norm_reference, rms_norm, rms_norm_reference};
+use crate::kernels::q8::{dequantize_q8, quantize_q8, Q8Weight, Q8_BLOCK};
 use crate::kernels::rope::{rope_in_place, rope_reference, RopeTable};
 use crate::kernels::Row;
 use crate::policy::{ConvKernel, CoopTiles, FlashKernel, KernelPolicy, MatmulKernel};
@@ -221,15 +223,42 @@ fn matmul_checks(gpu: &Gpu, out: &mut Vec<Check>) {
             Expect::Has(" coop "),
         ));
     }
-    // (m, n, k): odd sizes, one past a 128 tile in each dimension, one K of 8 steps + a rest.
-    let shapes = [(77, 45, 36), (131, 133, 196), (257, 129, 520)];
-    for (xt, wt, yt) in [(F32, F32, F32), (F16, F16, F32), (F16, F16, F16)] {
+    // (m, n, k): odd sizes, one past a 128 tile in each dimension, one K of 8 steps + a rest;
+    // Q8_0 weights need K in whole blocks of 32.
+    let dense_shapes = [(77, 45, 36), (131, 133, 196), (257, 129, 520)];
+    let q8_shapes = [(77, 45, 64), (131, 133, 224), (257, 129, 544)];
+    for (xt, q8, yt) in [
+        (F32, false, F32),
+        (F16, false, F32),
+        (F16, false, F16),
+        (F32, true, F32),
+        (F16, true, F32),
+        (F16, true, F16),
+    ] {
+        // Dense W and the bias in the activations' type; Q8_0 W named as such.
+        let wt = xt;
+        let w_name = if q8 {
+            "q8_0".to_string()
+        } else {
+            wt.to_string()
+        };
         if !f16_ok(gpu, &[xt, wt, yt]) {
             continue;
         }
-        for &(m, n, k) in &shapes {
+        let shapes = if q8 { &q8_shapes } else { &dense_shapes };
+        for &(m, n, k) in shapes {
             let xv = values(&mut rng, m * k, 1.0, xt);
-            let wv = values(&mut rng, n * k, 1.0 / (k as f32).sqrt(), wt);
+            let mut wv = values(&mut rng, n * k, 1.0 / (k as f32).sqrt(), wt);
+            // Q8_0: GGML blocks (f16 scale, 32 int8); the reference multiplies their values.
+            let mut blocks = Vec::new();
+            if q8 {
+                let (quants, scales) = quantize_q8(&wv);
+                for (s, q) in scales.iter().zip(quants.chunks_exact(Q8_BLOCK)) {
+                    blocks.extend(half::f16::from_f32(*s).to_le_bytes());
+                    blocks.extend(q);
+                }
+                wv = dequantize_q8(&quants, &scales);
+            }
             let bv = values(&mut rng, n, 0.5, wt);
             let rv = values(&mut rng, m * n, 1.0, yt);
             let gv = rng.vec_normal(2 * n, 1.0);
@@ -252,18 +281,24 @@ fn matmul_checks(gpu: &Gpu, out: &mut Vec<Check>) {
                     if let MatmulKernel::Cooperative(tiles) = kernel {
                         let probe_x = Tensor::empty(gpu, &[1, k], xt).unwrap();
                         let probe_w = Tensor::empty(gpu, &[1, k], wt).unwrap();
-                        if !matmul_coop_fits(gpu, tiles, &probe_x, &probe_w, k) {
+                        let probe = if q8 {
+                            // Q8 fits wherever f16 operands do.
+                            WeightRef::Dense(&probe_x)
+                        } else {
+                            WeightRef::Dense(&probe_w)
+                        };
+                        if !matmul_coop_fits(gpu, tiles, &probe_x, probe, k) {
                             continue;
                         }
                     }
                     let tol = if xt == F16 || yt == F16 { 2e-3 } else { 1e-5 };
-                    let (xv, wv, bv, rv, gv) = (&xv, &wv, &bv, &rv, &gv);
+                    let (xv, wv, bv, rv, gv, blocks) = (&xv, &wv, &bv, &rv, &gv, &blocks);
                     check(
                         gpu,
                         out,
                         "matmul",
                         name,
-                        format!("{m}x{n}x{k} {xt}/{wt}->{yt} +{epi}"),
+                        format!("{m}x{n}x{k} {xt}/{w_name}->{yt} +{epi}"),
                         KernelPolicy {
                             matmul: kernel,
                             ..Default::default()
@@ -272,7 +307,11 @@ fn matmul_checks(gpu: &Gpu, out: &mut Vec<Check>) {
                         tol,
                         |rec| {
                             let x = Tensor::from_f32(gpu, &[m, k], xv, xt)?;
-                            let w = Tensor::from_f32(gpu, &[n, k], wv, wt)?;
+                            let w = if q8 {
+                                Weight::Q8(Q8Weight::from_ggml_blocks(gpu, n, k, blocks)?)
+                            } else {
+                                Weight::Dense(Tensor::from_f32(gpu, &[n, k], wv, wt)?)
+                            };
                             let b = Tensor::from_f32(gpu, &[n], bv, wt)?;
                             let g = Tensor::from_f32(gpu, &[2, n], gv, F32)?;
                             let y = if epi == "gated residual" {
@@ -287,7 +326,7 @@ fn matmul_checks(gpu: &Gpu, out: &mut Vec<Check>) {
                                 "gelu" => Epilogue::GeluTanh,
                                 _ => Epilogue::ResidualGate(Row::of(&g, 1)),
                             };
-                            matmul(rec, &x, &w, Some(&b), &y, e)?;
+                            matmul_weight(rec, &x, w.as_ref(), Some(&b), &y, e)?;
                             Ok(y)
                         },
                         &want,

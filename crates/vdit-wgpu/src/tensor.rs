@@ -139,7 +139,7 @@ impl Tensor {
                 .take(n)
                 .collect(),
         };
-        gpu.queue.write_buffer(self.buffer(), 0, &bytes);
+        gpu.write_tensor_bytes(self.buffer(), &bytes);
     }
 
     /// Downloads and converts to f32 (waits for all submitted work).
@@ -270,10 +270,10 @@ impl Tensor {
 /// `queue.write_buffer` wants a multiple of 4 bytes; f16 tensors of odd length are padded.
 fn write_padded(gpu: &Gpu, buffer: &wgpu::Buffer, bytes: &[u8]) {
     if bytes.len() % 4 == 0 {
-        gpu.queue.write_buffer(buffer, 0, bytes);
+        gpu.write_tensor_bytes(buffer, bytes);
     } else {
         let mut padded = bytes.to_vec();
         padded.resize(bytes.len().div_ceil(4) * 4, 0);
-        gpu.queue.write_buffer(buffer, 0, &padded);
+        gpu.write_tensor_bytes(buffer, &padded);
     }
 }

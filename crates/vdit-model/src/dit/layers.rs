@@ -1,6 +1,6 @@
 //! The DiT's modules: Linear, attention projections, and the transformer block.
 
-use vdit_wgpu::kernels::matmul::{matmul, Epilogue};
+use vdit_wgpu::kernels::matmul::{matmul_weight, Epilogue, Weight};
 use vdit_wgpu::{DType, Recorder, Tensor};
 
 use super::Loader;
@@ -9,7 +9,7 @@ use crate::weights::DitConfig;
 
 /// PyTorch's Linear: `y = x W^T + b`, W [out, in].
 pub struct Linear {
-    pub weight: Tensor,
+    pub weight: Weight,
     pub bias: Tensor,
 }
 
@@ -22,7 +22,7 @@ impl Linear {
         dtype: DType,
     ) -> Result<Self> {
         Ok(Self {
-            weight: ld.tensor(&format!("{name}.weight"), &[out, inp], dtype)?,
+            weight: ld.matrix(&format!("{name}.weight"), out, inp, dtype)?,
             bias: ld.tensor(&format!("{name}.bias"), &[out], dtype)?,
         })
     }
@@ -34,7 +34,14 @@ impl Linear {
         y: &Tensor,
         epilogue: Epilogue<'_>,
     ) -> Result<()> {
-        Ok(matmul(rec, x, &self.weight, Some(&self.bias), y, epilogue)?)
+        Ok(matmul_weight(
+            rec,
+            x,
+            self.weight.as_ref(),
+            Some(&self.bias),
+            y,
+            epilogue,
+        )?)
     }
 }
 

@@ -15,6 +15,8 @@ mod time;
 use std::collections::HashSet;
 use std::path::Path;
 
+use vdit_wgpu::kernels::matmul::Weight;
+use vdit_wgpu::kernels::q8::{Q8Weight, Q8_BLOCK};
 use vdit_wgpu::{DType, Gpu, Tensor};
 
 pub use forward::{wan_rope_pairs, ContextCache, DitRunner};
@@ -25,7 +27,7 @@ pub use time::timestep_sinusoid;
 use crate::error::Result;
 use crate::lora::{LoraSet, LoraSpec};
 use crate::plan::AttentionPlan;
-use crate::weights::{Checkpoint, DitConfig};
+use crate::weights::{Checkpoint, DitConfig, QuantType, StoredDType, WeightError};
 use offload::BlockWeights;
 
 /// Storage precision of weights and activations. The residual stream, norms, modulation and
@@ -68,6 +70,12 @@ pub struct LoadOptions {
     /// Keep the blocks' weights in host memory and upload each block just ahead of its use
     /// (two blocks on the GPU instead of all).
     pub offload: bool,
+    /// Hold every Linear weight as Q8_0 on the GPU, quantising dense ones as they load (1.125
+    /// bytes per parameter instead of f16's 2; random benchmark weights use this).
+    pub quantize_q8: bool,
+    /// Expand Q8_0 weights of GGUF files to the model's precision at load instead of keeping
+    /// them quantised on the GPU.
+    pub expand_quantized: bool,
 }
 
 /// What loading did beyond uploading weights.
@@ -111,6 +119,9 @@ pub(crate) struct Loader<'a> {
     pub loras: &'a LoraSet,
     pub dtype: DType,
     pub used: HashSet<String>,
+    /// See [`LoadOptions::quantize_q8`] and [`LoadOptions::expand_quantized`].
+    pub quantize_q8: bool,
+    pub keep_q8: bool,
 }
 
 impl Loader<'_> {
@@ -122,22 +133,69 @@ impl Loader<'_> {
         Ok(tensor)
     }
 
+    /// The Linear weight `name` [out, inp]: Q8_0 on the GPU where the file stores it so (or
+    /// `quantize_q8` asks for it), the rows are whole Q8_0 blocks, `dtype` is the model's
+    /// precision and no LoRA changes it (a LoRA is merged into a dense copy); else dense.
+    pub fn matrix(&mut self, name: &str, out: usize, inp: usize, dtype: DType) -> Result<Weight> {
+        let q8_able = inp % Q8_BLOCK == 0 && dtype == self.dtype && !self.loras.patches(name);
+        if q8_able {
+            let gpu = self.gpu;
+            match &mut self.source {
+                WeightSource::Checkpoint(ckpt) if self.keep_q8 || self.quantize_q8 => {
+                    let view = ckpt.get(name)?;
+                    if view.dtype() == StoredDType::Quant(QuantType::Q8_0) && self.keep_q8 {
+                        view.check_shape(&[out, inp])?;
+                        self.used.insert(name.to_string());
+                        let q8 = Q8Weight::from_ggml_blocks(gpu, out, inp, view.bytes()).map_err(
+                            |source| WeightError::Gpu {
+                                path: view.path().to_path_buf(),
+                                tensor: view.name().to_string(),
+                                source,
+                            },
+                        )?;
+                        return Ok(Weight::Q8(q8));
+                    }
+                    if self.quantize_q8 {
+                        view.check_shape(&[out, inp])?;
+                        self.used.insert(name.to_string());
+                        let q8 = Q8Weight::quantize(gpu, out, inp, &view.to_f32()?)?;
+                        return Ok(Weight::Q8(q8));
+                    }
+                }
+                WeightSource::Random(_) if self.quantize_q8 => {
+                    self.used.insert(name.to_string());
+                    let values = self.random_values(name, &[out, inp]);
+                    return Ok(Weight::Q8(Q8Weight::quantize(gpu, out, inp, &values)?));
+                }
+                _ => {}
+            }
+        }
+        Ok(Weight::Dense(self.tensor(name, &[out, inp], dtype)?))
+    }
+
+    fn random_values(&mut self, name: &str, shape: &[usize]) -> Vec<f32> {
+        let WeightSource::Random(rng) = &mut self.source else {
+            return Vec::new();
+        };
+        // Scaled like a trained Linear (std ~ 1/sqrt(fan_in)); gains and tables near 1 and 0.
+        let fan_in = if shape.len() >= 2 {
+            shape[1..].iter().product()
+        } else {
+            1
+        };
+        let n: usize = shape.iter().product();
+        if name.contains("norm") && name.ends_with("weight") {
+            rng.vec_uniform(n, 0.1).iter().map(|v| 1.0 + v).collect()
+        } else {
+            rng.vec_uniform(n, (3.0 / fan_in as f32).sqrt())
+        }
+    }
+
     fn upload(&mut self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
         match &mut self.source {
             WeightSource::Checkpoint(ckpt) => Ok(ckpt.upload(self.gpu, name, shape, dtype)?),
-            WeightSource::Random(rng) => {
-                // Scaled like a trained Linear (std ~ 1/sqrt(fan_in)); gains and tables near 1 and 0.
-                let fan_in = if shape.len() >= 2 {
-                    shape[1..].iter().product()
-                } else {
-                    1
-                };
-                let n: usize = shape.iter().product();
-                let values = if name.contains("norm") && name.ends_with("weight") {
-                    rng.vec_uniform(n, 0.1).iter().map(|v| 1.0 + v).collect()
-                } else {
-                    rng.vec_uniform(n, (3.0 / fan_in as f32).sqrt())
-                };
+            WeightSource::Random(_) => {
+                let values = self.random_values(name, shape);
                 Ok(Tensor::from_f32(self.gpu, shape, &values, dtype)?)
             }
         }
@@ -184,7 +242,7 @@ impl WanDit {
         // Every LoRA key is resolved and shape-checked before the first weight is uploaded.
         let loras = LoraSet::open(&options.loras, &config)?;
         let source = WeightSource::Checkpoint(&ckpt);
-        let (dit, used) = Self::build(gpu, source, &loras, config, precision, options.offload)?;
+        let (dit, used) = Self::build(gpu, source, &loras, config, precision, options)?;
         ckpt.check_all_used(&used)?;
         Ok(dit)
     }
@@ -196,7 +254,8 @@ impl WanDit {
         precision: Precision,
     ) -> Result<Self> {
         let source = WeightSource::Checkpoint(ckpt);
-        let (dit, used) = Self::build(gpu, source, &LoraSet::empty(), config, precision, false)?;
+        let options = LoadOptions::default();
+        let (dit, used) = Self::build(gpu, source, &LoraSet::empty(), config, precision, &options)?;
         ckpt.check_all_used(&used)?;
         Ok(dit)
     }
@@ -218,7 +277,7 @@ impl WanDit {
     ) -> Result<Self> {
         let loras = LoraSet::open(&options.loras, &config)?;
         let source = WeightSource::Random(vdit_wgpu::rng::Rng::new(seed));
-        Ok(Self::build(gpu, source, &loras, config, precision, options.offload)?.0)
+        Ok(Self::build(gpu, source, &loras, config, precision, options)?.0)
     }
 
     fn build(
@@ -227,7 +286,7 @@ impl WanDit {
         loras: &LoraSet,
         config: DitConfig,
         precision: Precision,
-        offload: bool,
+        options: &LoadOptions,
     ) -> Result<(Self, HashSet<String>)> {
         if precision == Precision::F16 && !gpu.caps.shader_f16 {
             return Err(vdit_wgpu::GpuError::MissingFeature(
@@ -249,6 +308,8 @@ impl WanDit {
             loras,
             dtype: precision.dtype(),
             used: HashSet::new(),
+            quantize_q8: options.quantize_q8,
+            keep_q8: !options.expand_quantized,
         };
         let patch_in = c.in_channels * c.patch_volume();
         let wd = precision.dtype();
@@ -258,7 +319,7 @@ impl WanDit {
             wd,
         )?;
         let patch_embedding = Linear {
-            weight: patch_weight.reshape(&[c.dim, patch_in])?,
+            weight: Weight::Dense(patch_weight.reshape(&[c.dim, patch_in])?),
             bias: ld.tensor("patch_embedding.bias", &[c.dim], wd)?,
         };
         let text_1 = Linear::load(
@@ -298,7 +359,7 @@ impl WanDit {
             c.dim,
             f32,
         )?;
-        let blocks = BlockWeights::load(&mut ld, c, offload)?;
+        let blocks = BlockWeights::load(&mut ld, c, options.offload)?;
         let head_table = ld
             .tensor("scale_shift_table", &[1, 2, c.dim], f32)?
             .reshape(&[2, c.dim])?;

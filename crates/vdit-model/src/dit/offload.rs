@@ -118,8 +118,10 @@ impl StreamedBlocks {
 }
 
 impl Linear {
-    fn tensors(&self) -> [&Tensor; 2] {
-        [&self.weight, &self.bias]
+    fn tensors(&self) -> Vec<&Tensor> {
+        let mut t = self.weight.tensors();
+        t.push(&self.bias);
+        t
     }
 }
 

@@ -138,6 +138,11 @@ impl LoraSet {
         self.patches.is_empty()
     }
 
+    /// Whether some LoRA changes the tensor `name` (canonical).
+    pub fn patches(&self, name: &str) -> bool {
+        self.patches.contains_key(name)
+    }
+
     /// The number of DiT tensors the set changes.
     pub fn patched_tensors(&self) -> usize {
         self.patches.len()

@@ -117,6 +117,7 @@ impl<'g> Pipeline<'g> {
         let options = LoadOptions {
             loras: request.loras.clone(),
             offload: request.offload,
+            ..Default::default()
         };
         let mut dit = load_dit(gpu, self.dit.as_ref(), self.precision, &options).map_err(in_dit)?;
         if let Some(plan) = &self.plan {

@@ -4,6 +4,7 @@
 //! portable `matmul.wgsl`. Both are checked against the same float64 reference.
 
 use crate::error::{shape_err, GpuError, Result};
+use crate::kernels::q8::Q8Weight;
 use crate::kernels::{require_distinct, to_u32, Row};
 use crate::param_block::ParamBytes;
 use crate::policy::{CoopTiles, MatmulKernel};
@@ -11,6 +12,72 @@ use crate::profiler::Cost;
 use crate::recorder::{Dispatch, Recorder};
 use crate::shader::{defines, Defines};
 use crate::tensor::{DType, Tensor};
+
+/// A Linear weight matrix [N, K] on the GPU: dense, or Q8_0 dequantised inside the kernels.
+pub enum Weight {
+    Dense(Tensor),
+    Q8(Q8Weight),
+}
+
+/// A borrowed [`Weight`], or any dense tensor used as one.
+#[derive(Clone, Copy, Debug)]
+pub enum WeightRef<'a> {
+    Dense(&'a Tensor),
+    Q8(&'a Q8Weight),
+}
+
+impl Weight {
+    pub fn as_ref(&self) -> WeightRef<'_> {
+        match self {
+            Weight::Dense(t) => WeightRef::Dense(t),
+            Weight::Q8(q) => WeightRef::Q8(q),
+        }
+    }
+    /// GPU bytes.
+    pub fn bytes(&self) -> u64 {
+        match self {
+            Weight::Dense(t) => t.bytes(),
+            Weight::Q8(q) => q.bytes(),
+        }
+    }
+    /// The GPU tensors it is made of.
+    pub fn tensors(&self) -> Vec<&Tensor> {
+        match self {
+            Weight::Dense(t) => vec![t],
+            Weight::Q8(q) => q.tensors().to_vec(),
+        }
+    }
+}
+
+impl WeightRef<'_> {
+    /// The shape as a tensor ([N, K]; a dense one may have any shape, checked by the launcher).
+    fn shape(&self) -> Vec<usize> {
+        match self {
+            WeightRef::Dense(t) => t.shape().to_vec(),
+            WeightRef::Q8(q) => q.shape().to_vec(),
+        }
+    }
+    /// The storage's name in profiler labels.
+    fn type_name(&self) -> String {
+        match self {
+            WeightRef::Dense(t) => t.dtype().to_string(),
+            WeightRef::Q8(_) => "q8_0".into(),
+        }
+    }
+    fn bytes(&self) -> f64 {
+        match self {
+            WeightRef::Dense(t) => t.bytes() as f64,
+            WeightRef::Q8(q) => q.bytes() as f64,
+        }
+    }
+}
+
+/// The storage of W as the kernels' defines see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WeightStorage {
+    Dense(DType),
+    Q8,
+}
 
 /// What happens to each output after the bias.
 #[derive(Clone, Copy, Debug)]
@@ -71,8 +138,18 @@ crate::param_block! {
     }
 }
 
-fn matmul_defines(x: DType, w: DType, b: Option<DType>, y: DType, epi: EpilogueKind) -> Defines {
-    let mut d = defines(&[("X_T", x.wgsl()), ("W_T", w.wgsl()), ("Y_T", y.wgsl())]);
+fn matmul_defines(
+    x: DType,
+    w: WeightStorage,
+    b: Option<DType>,
+    y: DType,
+    epi: EpilogueKind,
+) -> Defines {
+    let mut d = defines(&[("X_T", x.wgsl()), ("Y_T", y.wgsl())]);
+    match w {
+        WeightStorage::Dense(w) => d.insert("W_T".into(), w.wgsl().into()),
+        WeightStorage::Q8 => d.insert("W_Q8".into(), "1".into()),
+    };
     if let Some(b) = b {
         d.insert("HAS_BIAS".into(), "1".into());
         d.insert("B_T".into(), b.wgsl().into());
@@ -160,9 +237,17 @@ pub fn coop_variants() -> Vec<Defines> {
                 EpilogueKind::Residual,
                 EpilogueKind::ResidualGate,
             ] {
-                add(matmul_defines(F16, F16, Some(F16), y, epi));
+                for w in [WeightStorage::Dense(F16), WeightStorage::Q8] {
+                    add(matmul_defines(F16, w, Some(F16), y, epi));
+                }
             }
-            add(matmul_defines(F16, F16, None, y, EpilogueKind::None));
+            add(matmul_defines(
+                F16,
+                WeightStorage::Dense(F16),
+                None,
+                y,
+                EpilogueKind::None,
+            ));
         }
     }
     v
@@ -174,15 +259,19 @@ pub(crate) fn coop_fits(
     gpu: &crate::gpu::Gpu,
     tiles: CoopTiles,
     x: &Tensor,
-    w: &Tensor,
+    w: WeightRef<'_>,
     k: usize,
 ) -> bool {
     let caps = &gpu.caps;
+    let w_fits = match w {
+        WeightRef::Dense(w) => w.dtype() == DType::F16,
+        WeightRef::Q8(_) => true, // K is a multiple of 32 by construction
+    };
     caps.coop_f16_16x16()
         && caps.subgroup_min_size == 32
         && caps.subgroup_max_size == 32
         && x.dtype() == DType::F16
-        && w.dtype() == DType::F16
+        && w_fits
         && k % 4 == 0
         && coop_gemm_fits_limits(gpu, coop_shared_bytes(tiles))
 }
@@ -212,9 +301,17 @@ pub fn variants() -> Vec<Defines> {
             EpilogueKind::Residual,
             EpilogueKind::ResidualGate,
         ] {
-            v.push(matmul_defines(x, w, Some(w), y, epi));
+            v.push(matmul_defines(x, WeightStorage::Dense(w), Some(w), y, epi));
+            // Q8_0 weights with the bias in the activations' type.
+            v.push(matmul_defines(x, WeightStorage::Q8, Some(x), y, epi));
         }
-        v.push(matmul_defines(x, w, None, y, EpilogueKind::None));
+        v.push(matmul_defines(
+            x,
+            WeightStorage::Dense(w),
+            None,
+            y,
+            EpilogueKind::None,
+        ));
     }
     v
 }
@@ -230,19 +327,37 @@ pub fn matmul(
     y: &Tensor,
     epilogue: Epilogue<'_>,
 ) -> Result<()> {
+    matmul_weight(rec, x, WeightRef::Dense(w), bias, y, epilogue)
+}
+
+/// [`matmul`] with W dense or Q8_0.
+pub fn matmul_weight(
+    rec: &mut Recorder,
+    x: &Tensor,
+    w: WeightRef<'_>,
+    bias: Option<&Tensor>,
+    y: &Tensor,
+    epilogue: Epilogue<'_>,
+) -> Result<()> {
     let op = "matmul";
     let (&k, x_rows) = x
         .shape()
         .split_last()
         .ok_or_else(|| shape_err(op, "x is a scalar"))?;
     let m: usize = x_rows.iter().product();
-    if w.shape().len() != 2 || w.shape()[1] != k {
+    let w_shape = w.shape();
+    if w_shape.len() != 2 || w_shape[1] != k {
         return Err(shape_err(
             op,
-            format!("x {:?} needs w [N, {k}], got {:?}", x.shape(), w.shape()),
+            format!("x {:?} needs w [N, {k}], got {w_shape:?}", x.shape()),
         ));
     }
-    let n = w.shape()[0];
+    let n = w_shape[0];
+    // The W tensors as bound: the matrix (binding 2) and, for Q8_0, its scales (binding 6).
+    let (w_main, w_scales, w_storage) = match w {
+        WeightRef::Dense(t) => (t, None, WeightStorage::Dense(t.dtype())),
+        WeightRef::Q8(q) => (&q.quants, Some(&q.scales), WeightStorage::Q8),
+    };
     if y.numel() != m * n || y.shape().last() != Some(&n) {
         return Err(shape_err(
             op,
@@ -261,11 +376,17 @@ pub fn matmul(
         Epilogue::ResidualGate(row) => (Some(row.tensor), row.offset(op, "gate", n)?),
         _ => (None, 0),
     };
-    for input in [x, w].into_iter().chain(bias).chain(gate) {
+    for input in [x, w_main]
+        .into_iter()
+        .chain(w_scales)
+        .chain(bias)
+        .chain(gate)
+    {
         require_distinct(op, input, y)?;
     }
     let gpu = rec.gpu();
-    let any_f16 = [Some(x), Some(w), bias, Some(y)]
+    let dense_w = matches!(w, WeightRef::Dense(_)).then_some(w_main);
+    let any_f16 = [Some(x), dense_w, bias, Some(y)]
         .into_iter()
         .flatten()
         .any(|t| t.dtype() == DType::F16);
@@ -282,13 +403,14 @@ pub fn matmul(
         gate_offset,
     };
     to_u32(op, m * k.max(n))?;
-    let mut tensors: Vec<&Tensor> = vec![x, w];
+    let mut tensors: Vec<&Tensor> = vec![x, w_main];
     tensors.extend(bias);
     tensors.extend(gate);
     tensors.push(y);
+    tensors.extend(w_scales);
     let el = |t: &Tensor| t.dtype().size() as f64;
     let bytes = m as f64 * k as f64 * el(x)
-        + n as f64 * k as f64 * el(w)
+        + w.bytes()
         + m as f64 * n as f64 * el(y) * if epilogue.reads_output() { 2.0 } else { 1.0 };
     let on_cpu = gpu.info.device_type == wgpu::DeviceType::Cpu;
     let (coop, direct) = match rec.policy().matmul {
@@ -320,7 +442,7 @@ pub fn matmul(
     };
     let mut defines = matmul_defines(
         x.dtype(),
-        w.dtype(),
+        w_storage,
         bias.map(|b| b.dtype()),
         y.dtype(),
         EpilogueKind::from(&epilogue),
@@ -336,7 +458,12 @@ pub fn matmul(
         params: ParamBytes::of(&params),
         tensors: &tensors,
         workgroups,
-        label: format!("matmul{}{path} {m}x{n}x{k} {}", epilogue.name(), w.dtype()).into(),
+        label: format!(
+            "matmul{}{path} {m}x{n}x{k} {}",
+            epilogue.name(),
+            w.type_name()
+        )
+        .into(),
         cost: Cost::new(2.0 * m as f64 * n as f64 * k as f64, bytes),
     })
 }
@@ -451,7 +578,7 @@ mod tests {
         let reads_output = matches!(epi, EpilogueKind::Residual | EpilogueKind::ResidualGate);
         // Both kernels where the adapter has cooperative matrices, the portable one elsewhere.
         let mut kernels = vec![MatmulKernel::Portable, MatmulKernel::Direct];
-        if coop_fits(gpu, CoopTiles::TUNED, &x, &w, k) {
+        if coop_fits(gpu, CoopTiles::TUNED, &x, WeightRef::Dense(&w), k) {
             kernels.push(MatmulKernel::Cooperative(CoopTiles::TUNED));
         }
         for kernel in kernels {

@@ -1,0 +1,212 @@
+//! Linear weights kept in GGML's Q8_0 form on the GPU: each run of 32 values along a row shares
+//! one scale and the values are int8, so a weight takes 1.125 bytes per parameter instead of
+//! f16's 2. The matmul kernels dequantise as they load W (`W_Q8` in `matmul_bindings.wgsl` and
+//! `matmul_coop.wgsl`).
+//!
+//! GPU layout: the int8 values of row r, in order, packed four to a little-endian 32-bit word
+//! ([N, K/4] words), and the scales as f32 ([N, K/32]). GGML stores a block as an f16 scale then
+//! 32 int8; the scale is widened exactly, so the dequantised values are GGML's.
+
+use half::f16;
+
+use crate::error::{shape_err, Result};
+use crate::gpu::Gpu;
+use crate::tensor::{DType, Tensor};
+
+/// Values per Q8_0 block.
+pub const Q8_BLOCK: usize = 32;
+/// Bytes of a GGML Q8_0 block: an f16 scale and 32 int8.
+pub const Q8_BLOCK_BYTES: usize = 2 + Q8_BLOCK;
+
+/// A [N, K] weight in Q8_0 on the GPU.
+pub struct Q8Weight {
+    /// The int8 values, four per word. Held in a 4-byte tensor type only for its size: the
+    /// kernels read the buffer as `array<u32>`.
+    pub(crate) quants: Tensor,
+    /// One f32 scale per 32 values: [N, K/32].
+    pub(crate) scales: Tensor,
+    shape: [usize; 2],
+}
+
+impl std::fmt::Debug for Q8Weight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Q8Weight({:?})", self.shape)
+    }
+}
+
+impl Q8Weight {
+    /// Uploads GGML Q8_0 blocks of a row-major [n, k] tensor (k a multiple of 32).
+    pub fn from_ggml_blocks(gpu: &Gpu, n: usize, k: usize, blocks: &[u8]) -> Result<Self> {
+        check_shape(n, k)?;
+        let count = n * k / Q8_BLOCK;
+        if blocks.len() != count * Q8_BLOCK_BYTES {
+            return Err(shape_err(
+                "Q8Weight",
+                format!(
+                    "[{n}, {k}] needs {} bytes of Q8_0 blocks, {} given",
+                    count * Q8_BLOCK_BYTES,
+                    blocks.len()
+                ),
+            ));
+        }
+        let mut quants = Vec::with_capacity(n * k);
+        let mut scales = Vec::with_capacity(count);
+        for block in blocks.chunks_exact(Q8_BLOCK_BYTES) {
+            scales.push(f16::from_le_bytes([block[0], block[1]]).to_f32());
+            quants.extend_from_slice(&block[2..]);
+        }
+        Self::upload(gpu, n, k, &quants, &scales)
+    }
+
+    /// Quantises f32 values of a row-major [n, k] tensor as GGML does (scale = max |x| / 127
+    /// rounded to f16, values rounded to nearest), for random benchmark weights and tests.
+    pub fn quantize(gpu: &Gpu, n: usize, k: usize, values: &[f32]) -> Result<Self> {
+        check_shape(n, k)?;
+        if values.len() != n * k {
+            return Err(shape_err(
+                "Q8Weight::quantize",
+                format!("[{n}, {k}] holds {} values, {} given", n * k, values.len()),
+            ));
+        }
+        let (quants, scales) = quantize_q8(values);
+        Self::upload(gpu, n, k, &quants, &scales)
+    }
+
+    fn upload(gpu: &Gpu, n: usize, k: usize, quants: &[u8], scales: &[f32]) -> Result<Self> {
+        Ok(Self {
+            quants: Tensor::from_bytes(gpu, &[n, k / 4], DType::F32, quants)?,
+            scales: Tensor::from_f32(gpu, &[n, k / Q8_BLOCK], scales, DType::F32)?,
+            shape: [n, k],
+        })
+    }
+
+    /// [N, K].
+    pub fn shape(&self) -> [usize; 2] {
+        self.shape
+    }
+
+    /// GPU bytes of the values and scales.
+    pub fn bytes(&self) -> u64 {
+        self.quants.bytes() + self.scales.bytes()
+    }
+
+    /// The GPU tensors behind it (values, scales), for moving it to and from host memory.
+    pub fn tensors(&self) -> [&Tensor; 2] {
+        [&self.quants, &self.scales]
+    }
+}
+
+fn check_shape(n: usize, k: usize) -> Result<()> {
+    if n == 0 || k == 0 || k % Q8_BLOCK != 0 {
+        return Err(shape_err(
+            "Q8Weight",
+            format!("[{n}, {k}]: rows of a multiple of {Q8_BLOCK} values are needed"),
+        ));
+    }
+    Ok(())
+}
+
+/// GGML's Q8_0 quantisation of whole blocks: the int8 values and one scale per 32.
+pub fn quantize_q8(values: &[f32]) -> (Vec<u8>, Vec<f32>) {
+    let mut quants = Vec::with_capacity(values.len());
+    let mut scales = Vec::with_capacity(values.len() / Q8_BLOCK);
+    for block in values.chunks_exact(Q8_BLOCK) {
+        let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+        quants.extend(block.iter().map(|v| (v * inv).round() as i8 as u8));
+        scales.push(f16::from_f32(d).to_f32());
+    }
+    (quants, scales)
+}
+
+/// The values a Q8_0 weight stands for (the CPU reference's W).
+pub fn dequantize_q8(quants: &[u8], scales: &[f32]) -> Vec<f32> {
+    quants
+        .iter()
+        .enumerate()
+        .map(|(i, &q)| q as i8 as f32 * scales[i / Q8_BLOCK])
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::matmul::{matmul_reference, matmul_weight, Epilogue, ReferenceEpilogue};
+    use crate::policy::{KernelPolicy, MatmulKernel};
+    use crate::recorder::Recorder;
+    use crate::rng::Rng;
+    use crate::testing::{rel_l2, test_gpu};
+
+    #[test]
+    fn quantisation_follows_ggml() {
+        // A block whose largest magnitude is 2.54: d = 0.02, values round to nearest.
+        let mut block = vec![0.0f32; 32];
+        block[0] = 2.54;
+        block[1] = -1.0;
+        block[2] = 0.011;
+        let (q, s) = quantize_q8(&block);
+        assert_eq!(s, vec![f16::from_f32(0.02).to_f32()]);
+        assert_eq!(q[0] as i8, 127);
+        assert_eq!(q[1] as i8, -50);
+        assert_eq!(q[2] as i8, 1);
+        let back = dequantize_q8(&q, &s);
+        assert!((back[1] + 1.0).abs() < 1e-3, "{}", back[1]);
+        // An all-zero block has scale 0 and zero values.
+        let (q, s) = quantize_q8(&[0.0; 32]);
+        assert!(q.iter().all(|&v| v == 0) && s == vec![0.0]);
+    }
+
+    #[test]
+    fn ggml_blocks_of_the_wrong_size_or_shape_are_refused() {
+        let gpu = test_gpu();
+        assert!(Q8Weight::from_ggml_blocks(gpu, 2, 48, &[0; 2 * 34]).is_err());
+        assert!(Q8Weight::from_ggml_blocks(gpu, 2, 32, &[0; 34]).is_err());
+        assert!(Q8Weight::from_ggml_blocks(gpu, 2, 32, &[0; 2 * 34]).is_ok());
+    }
+
+    #[test]
+    fn q8_matmuls_match_the_reference_on_the_dequantised_weights() {
+        let gpu = test_gpu();
+        let mut rng = Rng::new(5);
+        for (kernel, label) in [
+            (MatmulKernel::Portable, ""),
+            (MatmulKernel::Direct, " direct"),
+        ] {
+            for (m, n, k) in [(7, 5, 32), (70, 67, 96), (3, 129, 160)] {
+                let x = rng.vec_normal(m * k, 1.0);
+                let w = rng.vec_normal(n * k, 0.2);
+                let b = rng.vec_normal(n, 0.5);
+                let (quants, scales) = quantize_q8(&w);
+                let mut blocks = Vec::new();
+                for (s, q) in scales.iter().zip(quants.chunks_exact(Q8_BLOCK)) {
+                    blocks.extend(f16::from_f32(*s).to_le_bytes());
+                    blocks.extend(q);
+                }
+                let want = matmul_reference(
+                    &x,
+                    &dequantize_q8(&quants, &scales),
+                    Some(&b),
+                    (m, n, k),
+                    ReferenceEpilogue::GeluTanh,
+                );
+                let xt = Tensor::from_f32(gpu, &[m, k], &x, DType::F32).unwrap();
+                let bt = Tensor::from_f32(gpu, &[n], &b, DType::F32).unwrap();
+                let yt = Tensor::empty(gpu, &[m, n], DType::F32).unwrap();
+                yt.poison(gpu);
+                let q8 = Q8Weight::from_ggml_blocks(gpu, n, k, &blocks).unwrap();
+                let mut rec = Recorder::new(gpu);
+                rec.set_policy(KernelPolicy {
+                    matmul: kernel,
+                    ..Default::default()
+                });
+                let w = crate::kernels::matmul::WeightRef::Q8(&q8);
+                matmul_weight(&mut rec, &xt, w, Some(&bt), &yt, Epilogue::GeluTanh).unwrap();
+                rec.run().unwrap();
+                let got = yt.to_vec_f32(gpu).unwrap();
+                let err = rel_l2(&got, &want);
+                assert!(err < 1e-5, "{kernel:?}{label} {m}x{n}x{k}: rel err {err}");
+            }
+        }
+    }
+}
