@@ -44,6 +44,9 @@ pub struct DitForwardArgs {
     /// holds two blocks' weights instead of all).
     #[arg(long)]
     pub offload: bool,
+    /// Hold the Linear weights as Q8_0 on the GPU, quantising them as they load.
+    #[arg(long, value_name = "q8_0", value_parser = crate::generate::parse_quantize)]
+    pub quantize: Option<bool>,
 }
 
 pub fn precision_arg(gpu: &Gpu, p: Option<&str>) -> Result<Precision, String> {
@@ -65,6 +68,7 @@ pub fn run(gpu: &Gpu, a: &DitForwardArgs) -> Result<(), Box<dyn std::error::Erro
     let options = LoadOptions {
         loras: a.loras.clone(),
         offload: a.offload,
+        quantize_q8: a.quantize.unwrap_or(false),
         ..Default::default()
     };
     let mut dit = WanDit::load_with_options(gpu, &a.model, config, precision, &options)?;

@@ -87,6 +87,10 @@ pub struct GenerateArgs {
     /// holds two blocks' weights instead of all (Wan 14B on a 24 GB card).
     #[arg(long)]
     pub offload: bool,
+    /// Hold the DiT's Linear weights as Q8_0 on the GPU (1.125 bytes per parameter instead
+    /// of f16's 2), quantising them as they load; a Q8_0 GGUF file's stay so without it.
+    #[arg(long, value_name = "q8_0", value_parser = parse_quantize)]
+    pub quantize: Option<bool>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long)]
@@ -170,6 +174,14 @@ impl Progress for Bars {
     }
 }
 
+/// `--quantize`: the one weight type the DiT can be held in on the GPU besides its precision.
+pub fn parse_quantize(arg: &str) -> Result<bool, String> {
+    match arg {
+        "q8_0" => Ok(true),
+        other => Err(format!("'{other}': the DiT can be quantised to q8_0 only")),
+    }
+}
+
 pub fn parse_lora(arg: &str) -> Result<LoraSpec, String> {
     LoraSpec::parse(arg).map_err(|e| e.to_string())
 }
@@ -246,6 +258,7 @@ pub fn run(gpu: &Gpu, a: &GenerateArgs) -> Result<(), Box<dyn std::error::Error>
         .unwrap_or_default();
     request.loras = a.loras.clone();
     request.offload = a.offload;
+    request.quantize_q8 = a.quantize.unwrap_or(false);
     request.seed = a.seed;
     request.validate()?;
     // Fail on an unwritable output before minutes of work.

@@ -68,6 +68,51 @@ fn dit_forward_writes_the_diffusers_velocity() {
 }
 
 #[test]
+fn dit_forward_offloaded_and_quantised_stays_near_the_diffusers_velocity() {
+    let golden = assets().join("goldens/dit/tiny");
+    let dir = scratch("dit-forward-offload");
+    let output = dir.join("velocity.safetensors");
+    let io = golden.join("io.safetensors");
+    let timestep = read_tensor(&io, "timestep").unwrap().data[0];
+    let forward = |extra: &[&str]| {
+        run(vdit()
+            .args(["dit-forward", "--precision", "f32", "--model"])
+            .arg(golden.join("diffusers"))
+            .arg("--latent")
+            .arg(&io)
+            .arg("--context")
+            .arg(&io)
+            .args(["--timestep", &timestep.to_string(), "--output"])
+            .arg(&output)
+            .args(extra))
+    };
+    let (ok, stderr) = forward(&["--offload", "--quantize", "q8_0"]);
+    assert!(ok, "{stderr}");
+    let got = read_tensor(&output, "velocity").unwrap();
+    let want = read_tensor(&io, "velocity").unwrap();
+    let want: Vec<f64> = want.data.iter().map(|&v| v as f64).collect();
+    // Q8_0 keeps about 2.5 significant digits of each weight.
+    assert_close(
+        "dit-forward --offload --quantize q8_0",
+        0,
+        &got.data,
+        &want,
+        3e-2,
+    );
+    std::fs::remove_file(&output).unwrap();
+    let (ok, stderr) = forward(&["--quantize", "q4_k"]);
+    assert!(
+        !ok && stderr.contains("--quantize") && stderr.contains("q8_0"),
+        "{stderr}"
+    );
+    assert!(
+        !output.exists(),
+        "a refused command must not write its output"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn dit_forward_names_the_bad_file() {
     let golden = assets().join("goldens/dit/tiny");
     let dir = scratch("bad-input");

@@ -117,6 +117,7 @@ impl<'g> Pipeline<'g> {
         let options = LoadOptions {
             loras: request.loras.clone(),
             offload: request.offload,
+            quantize_q8: request.quantize_q8,
             ..Default::default()
         };
         let mut dit = load_dit(gpu, self.dit.as_ref(), self.precision, &options).map_err(in_dit)?;

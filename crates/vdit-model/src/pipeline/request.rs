@@ -85,6 +85,9 @@ pub struct GenerateRequest {
     /// Keep the DiT's blocks in host memory, two on the GPU at a time (see
     /// [`crate::dit::LoadOptions::offload`]).
     pub offload: bool,
+    /// Hold the DiT's Linear weights as Q8_0 on the GPU (see
+    /// [`crate::dit::LoadOptions::quantize_q8`]).
+    pub quantize_q8: bool,
 }
 
 impl GenerateRequest {
@@ -103,6 +106,7 @@ impl GenerateRequest {
             seed: 0,
             loras: Vec::new(),
             offload: false,
+            quantize_q8: false,
         }
     }
 
