@@ -1,4 +1,5 @@
-"""Builds bench/RESULTS.md from the files `bench/run_gpu.sh DIR` leaves in DIR.
+"""Builds bench/RESULTS.md from the files `bench/run_gpu.sh DIR` leaves in DIR, with the
+hand-written TARGETS.md and MEMORY.md after the first table and LIMITS.md at the end.
 
 Usage: python3 bench/make_results.py [DIR]   (default: bench/results)
 Every ratio compares two timings taken in the same command on the same GPU.
@@ -96,6 +97,11 @@ def main():
         tgt = "—" if target is None else f"<= {target}{met}"
         out.append(f"| {name} | {fmt(v, 2)} | {ref} | {fmt(r, 2)} | {fmt(ratio)} | {tgt} |")
     out.append("")
+    # Hand-written sections of the latest H200 runs: the issue targets and the memory rows.
+    for notes in ("TARGETS.md", "MEMORY.md"):
+        path = os.path.join(HERE, notes)
+        if os.path.exists(path):
+            out += [open(path).read().strip(), ""]
 
     def gib(doc):
         return doc["peak_bytes"] / 2**30 if doc else None
