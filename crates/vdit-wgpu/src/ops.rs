@@ -21,6 +21,8 @@ pub(crate) enum Op {
     },
     Copy {
         src: Arc<PooledBuffer>,
+        /// Where in `src` the copied bytes start (a multiple of 4).
+        src_offset: u64,
         dst: Arc<PooledBuffer>,
         bytes: u64,
     },
@@ -126,9 +128,14 @@ pub(crate) fn encode_ops(
                 }
                 p.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
             }
-            Op::Copy { src, dst, bytes } => {
+            Op::Copy {
+                src,
+                src_offset,
+                dst,
+                bytes,
+            } => {
                 drop(pass.take());
-                enc.copy_buffer_to_buffer(&src.buffer, 0, &dst.buffer, 0, *bytes);
+                enc.copy_buffer_to_buffer(&src.buffer, *src_offset, &dst.buffer, 0, *bytes);
             }
             Op::Upload { .. } => {
                 debug_assert!(

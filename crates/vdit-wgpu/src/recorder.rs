@@ -150,10 +150,46 @@ impl<'g> Recorder<'g> {
         }
         self.ops.push(Op::Copy {
             src: src.pooled().clone(),
+            src_offset: 0,
             dst: dst.pooled().clone(),
             bytes: src.bytes().div_ceil(4) * 4,
         });
         Ok(())
+    }
+
+    /// Records a copy of `dst.shape()[0]` frames of `src` (frames along the first dimension,
+    /// of `dst`'s frame shape and type), starting at frame `first`, into `dst`. Returns
+    /// `Ok(false)`, recording nothing, when the frames' bytes are not 4-byte aligned (buffer
+    /// copies need that): the caller then copies with a kernel.
+    pub fn copy_frames(&mut self, src: &Tensor, first: usize, dst: &Tensor) -> Result<bool> {
+        let (Some((&count, frame)), Some((&frames, src_frame))) =
+            (dst.shape().split_first(), src.shape().split_first())
+        else {
+            return Err(crate::error::shape_err(
+                "copy_frames",
+                format!("{src:?} and {dst:?} must be frames"),
+            ));
+        };
+        if frame != src_frame || src.dtype() != dst.dtype() || first + count > frames {
+            return Err(crate::error::shape_err(
+                "copy_frames",
+                format!(
+                    "frames {first}..{} of {src:?} cannot fill {dst:?}",
+                    first + count
+                ),
+            ));
+        }
+        let frame_bytes = (frame.iter().product::<usize>() * src.dtype().size()) as u64;
+        if frame_bytes % 4 != 0 {
+            return Ok(false);
+        }
+        self.ops.push(Op::Copy {
+            src: src.pooled().clone(),
+            src_offset: first as u64 * frame_bytes,
+            dst: dst.pooled().clone(),
+            bytes: count as u64 * frame_bytes,
+        });
+        Ok(true)
     }
 
     /// Records a write of host bytes into `dst`: the ops recorded before it see the old
@@ -228,5 +264,35 @@ impl<'g> Recorder<'g> {
         let gpu = self.gpu;
         self.submit(None)?;
         gpu.wait()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::test_gpu;
+    use crate::{DType, Recorder, Tensor};
+
+    #[test]
+    fn copy_frames_copies_the_named_frames_or_declines_unaligned_ones() {
+        let gpu = test_gpu();
+        let values: Vec<f32> = (0..4 * 3 * 2).map(|v| v as f32).collect();
+        let src = Tensor::from_f32(gpu, &[4, 3, 2], &values, DType::F32).unwrap();
+        let dst = Tensor::empty(gpu, &[2, 3, 2], DType::F32).unwrap();
+        let mut rec = Recorder::new(gpu);
+        assert!(rec.copy_frames(&src, 1, &dst).unwrap());
+        rec.run().unwrap();
+        assert_eq!(dst.to_vec_f32(gpu).unwrap(), values[6..18].to_vec());
+        // Past the end, or frames of another shape: errors.
+        let mut rec = Recorder::new(gpu);
+        assert!(rec.copy_frames(&src, 3, &dst).is_err());
+        let other = Tensor::empty(gpu, &[1, 2, 3], DType::F32).unwrap();
+        assert!(rec.copy_frames(&src, 0, &other).is_err());
+        // f16 frames of 3 values are 6 bytes: buffer copies cannot start between them.
+        if gpu.caps.shader_f16 {
+            let half = Tensor::from_f32(gpu, &[4, 3], &values[..12], DType::F16).unwrap();
+            let one = Tensor::empty(gpu, &[1, 3], DType::F16).unwrap();
+            assert!(!rec.copy_frames(&half, 1, &one).unwrap());
+            assert!(rec.is_empty());
+        }
     }
 }

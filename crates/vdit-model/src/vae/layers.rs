@@ -72,8 +72,6 @@ pub(crate) struct Histories {
 
 struct HistorySlot {
     frames: Tensor,
-    /// Where the update writes; swapped with `frames` afterwards.
-    spare: Tensor,
     valid: usize,
 }
 
@@ -198,7 +196,6 @@ impl CausalConv {
             let gpu = st.rec.gpu();
             st.histories.slots[slot] = Some(HistorySlot {
                 frames: Tensor::empty(gpu, &want, x.dtype())?,
-                spare: Tensor::empty(gpu, &want, x.dtype())?,
                 valid: 0,
             });
         }
@@ -210,8 +207,17 @@ impl CausalConv {
             valid: s.valid,
         };
         causal_conv3d(st.rec, x, Some(history), &self.conv(false), out)?;
-        update_history(st.rec, &s.frames, x, &s.spare)?;
-        std::mem::swap(&mut s.frames, &mut s.spare);
+        // The next history, written over this one once the convolution has read it (recorded
+        // ops run in order). One persistent buffer per convolution: with a second to swap in,
+        // the histories took twice their size for the whole decode.
+        let copied = t >= past && st.rec.copy_frames(x, t - past, &s.frames)?;
+        if !copied {
+            // Fewer new frames than the history holds: the old frames shift, through a
+            // buffer that lives only until this stage is submitted.
+            let updated = Tensor::empty(st.rec.gpu(), &want, x.dtype())?;
+            update_history(st.rec, &s.frames, x, &updated)?;
+            st.rec.copy(&updated, &s.frames)?;
+        }
         s.valid = (s.valid + t).min(past);
         Ok(())
     }
