@@ -156,32 +156,10 @@ impl Tensor {
 
     /// Downloads the raw bytes of the storage type (waits for all submitted work).
     pub fn to_bytes(&self, gpu: &Gpu) -> Result<Vec<u8>> {
-        let size = self.bytes();
-        let copy_size = size.div_ceil(4) * 4;
-        let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("download"),
-            size: copy_size.max(4),
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let mut enc = gpu.device.create_command_encoder(&Default::default());
-        enc.copy_buffer_to_buffer(self.buffer(), 0, &staging, 0, copy_size);
-        gpu.queue.submit([enc.finish()]);
-        let (tx, rx) = std::sync::mpsc::channel();
-        staging
-            .slice(..)
-            .map_async(wgpu::MapMode::Read, move |r| drop(tx.send(r)));
-        gpu.wait()?;
-        rx.recv()
-            .map_err(|_| GpuError::DeviceLost("buffer mapping never completed".into()))?
-            .map_err(|e| GpuError::Wgpu(format!("mapping a download buffer: {e}")))?;
-        let data = staging
-            .slice(..)
-            .get_mapped_range()
-            .map_err(|e| GpuError::Wgpu(format!("reading a download buffer: {e}")))?
-            .to_vec();
-        staging.unmap();
-        Ok(data[..size as usize].to_vec())
+        let mut all = download(gpu, &[self])?;
+        let mut bytes = all.pop().unwrap_or_default();
+        bytes.truncate(self.bytes() as usize);
+        Ok(bytes)
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -257,14 +235,86 @@ impl HostTensor {
 impl Tensor {
     /// Downloads the contents into host memory (waits for all submitted work).
     pub fn to_host(&self, gpu: &Gpu) -> Result<HostTensor> {
-        let mut bytes = self.to_bytes(gpu)?;
-        bytes.resize(bytes.len().div_ceil(4) * 4, 0);
-        Ok(HostTensor {
-            bytes: bytes.into(),
-            shape: self.shape.clone(),
-            dtype: self.dtype,
-        })
+        Ok(Self::to_host_all(gpu, &[self])?.remove(0))
     }
+
+    /// Downloads several tensors into host memory through one staging buffer and one wait.
+    pub fn to_host_all(gpu: &Gpu, tensors: &[&Tensor]) -> Result<Vec<HostTensor>> {
+        let downloaded = download(gpu, tensors)?;
+        Ok(tensors
+            .iter()
+            .zip(downloaded)
+            .map(|(t, bytes)| HostTensor {
+                bytes: bytes.into(),
+                shape: t.shape.clone(),
+                dtype: t.dtype,
+            })
+            .collect())
+    }
+}
+
+/// Staging buffers for downloads hold at most this much (or a single larger tensor).
+const DOWNLOAD_BATCH_BYTES: u64 = 256 << 20;
+
+/// The bytes of each tensor, zero-padded to a multiple of 4, copied through as few staging
+/// buffers as fit [`DOWNLOAD_BATCH_BYTES`] (waits for all submitted work).
+fn download(gpu: &Gpu, tensors: &[&Tensor]) -> Result<Vec<Vec<u8>>> {
+    let padded = |t: &Tensor| t.bytes().div_ceil(4) * 4;
+    let mut out = Vec::with_capacity(tensors.len());
+    let mut start = 0;
+    while start < tensors.len() {
+        let mut end = start + 1;
+        let mut total = padded(tensors[start]);
+        while end < tensors.len() && total + padded(tensors[end]) <= DOWNLOAD_BATCH_BYTES {
+            total += padded(tensors[end]);
+            end += 1;
+        }
+        out.extend(download_batch(gpu, &tensors[start..end])?);
+        start = end;
+    }
+    Ok(out)
+}
+
+fn download_batch(gpu: &Gpu, tensors: &[&Tensor]) -> Result<Vec<Vec<u8>>> {
+    let sizes: Vec<u64> = tensors.iter().map(|t| t.bytes().div_ceil(4) * 4).collect();
+    let total: u64 = sizes.iter().sum();
+    let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("download"),
+        size: total.max(4),
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut enc = gpu.device.create_command_encoder(&Default::default());
+    let mut offset = 0;
+    for (t, &size) in tensors.iter().zip(&sizes) {
+        if size > 0 {
+            enc.copy_buffer_to_buffer(t.buffer(), 0, &staging, offset, size);
+        }
+        offset += size;
+    }
+    gpu.queue.submit([enc.finish()]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    staging
+        .slice(..)
+        .map_async(wgpu::MapMode::Read, move |r| drop(tx.send(r)));
+    gpu.wait()?;
+    rx.recv()
+        .map_err(|_| GpuError::DeviceLost("buffer mapping never completed".into()))?
+        .map_err(|e| GpuError::Wgpu(format!("mapping a download buffer: {e}")))?;
+    let mut out = Vec::with_capacity(tensors.len());
+    {
+        let mapped = staging
+            .slice(..)
+            .get_mapped_range()
+            .map_err(|e| GpuError::Wgpu(format!("reading a download buffer: {e}")))?;
+        let mut offset = 0usize;
+        for &size in &sizes {
+            out.push(mapped[offset..offset + size as usize].to_vec());
+            offset += size as usize;
+        }
+    }
+    staging.unmap();
+    Ok(out)
 }
 
 /// `queue.write_buffer` wants a multiple of 4 bytes; f16 tensors of odd length are padded.

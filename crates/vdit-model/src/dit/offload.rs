@@ -41,9 +41,7 @@ impl BlockWeights {
         let mut slots = Vec::with_capacity(2);
         for i in 0..c.layers {
             let block = Block::load(ld, c, i)?;
-            let tensors = block.tensors();
-            let copies = tensors.iter().map(|t| t.to_host(ld.gpu));
-            host.push(copies.collect::<vdit_wgpu::Result<Vec<_>>>()?);
+            host.push(Tensor::to_host_all(ld.gpu, &block.tensors())?);
             // The first two blocks' tensors become the slots; the others go back to the
             // buffer pool, where the next block's tensors find them.
             if i < 2 {
