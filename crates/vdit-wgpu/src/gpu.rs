@@ -351,6 +351,12 @@ impl Gpu {
         }
     }
 
+    /// Every submission carries the queued writes: their staging copies are on their way out.
+    pub(crate) fn writes_submitted(&self) {
+        self.staged_bytes
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Queues a write of `bytes` into `buffer` (a multiple of 4 bytes). A queued write keeps
     /// a staging copy until a submission carries it, and on many discrete GPUs that copy sits
     /// in device memory: a model uploaded without submissions between its tensors needed

@@ -256,6 +256,7 @@ impl<'g> Recorder<'g> {
                 }
             }
         }
+        gpu.writes_submitted();
         gpu.check_health()
     }
 
