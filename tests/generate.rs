@@ -82,6 +82,22 @@ fn same_seed_same_video_and_progress_is_reported() {
     }
 }
 
+#[test]
+fn an_offloaded_dit_generates_the_same_video() {
+    // The request's offload reaches the DiT: its six blocks stream through two GPU slots.
+    let gpu = test_gpu();
+    let pipeline = Pipeline::new(gpu, ModelPaths::embedded_default().unwrap(), Precision::F32);
+    let frames = |offload: bool| {
+        let mut request = tiny_request(3);
+        request.offload = offload;
+        let video = pipeline
+            .generate(&request, &mut Silent, &CancelToken::default())
+            .unwrap();
+        video.frames.to_vec_f32(gpu).unwrap()
+    };
+    assert_eq!(frames(true), frames(false));
+}
+
 /// Keeps the latent of the last preview: the final one.
 #[derive(Default)]
 struct FinalLatent(Vec<f32>);

@@ -12,7 +12,7 @@ use super::parts::{load_dit, load_vae, PartWeights};
 use super::paths::ModelPaths;
 use super::progress::{CancelToken, Progress, Stage};
 use super::request::{GenerateRequest, Prompt};
-use crate::dit::{AttentionTap, LoadOptions, Precision};
+use crate::dit::{AttentionTap, Precision};
 use crate::error::{input_err, ModelError, ModelPart, Result};
 use crate::plan::AttentionPlan;
 use crate::scheduler::needs_uncond;
@@ -114,12 +114,7 @@ impl<'g> Pipeline<'g> {
         }
         let gpu = self.gpu;
         let in_dit = |e: ModelError| e.in_part(ModelPart::Dit);
-        let options = LoadOptions {
-            loras: request.loras.clone(),
-            offload: request.offload,
-            quantize_q8: request.quantize_q8,
-            ..Default::default()
-        };
+        let options = request.dit_load_options();
         let mut dit = load_dit(gpu, self.dit.as_ref(), self.precision, &options).map_err(in_dit)?;
         if let Some(plan) = &self.plan {
             let plan = AttentionPlan::load(gpu, plan, &dit.config, self.precision.dtype())

@@ -1,5 +1,6 @@
 //! What a generation is asked to make, checked before any work starts.
 
+use crate::dit::LoadOptions;
 use crate::error::{input_err, Result};
 use crate::lora::LoraSpec;
 use crate::scheduler::SamplerKind;
@@ -110,6 +111,16 @@ impl GenerateRequest {
         }
     }
 
+    /// How the DiT's weights load for this request: its LoRAs, offload and quantisation.
+    pub fn dit_load_options(&self) -> LoadOptions {
+        LoadOptions {
+            loras: self.loras.clone(),
+            offload: self.offload,
+            quantize_q8: self.quantize_q8,
+            ..Default::default()
+        }
+    }
+
     /// Checks sizes and settings, naming the offending flag.
     pub fn validate(&self) -> Result<()> {
         for (flag, v) in [("--width", self.width), ("--height", self.height)] {
@@ -184,5 +195,19 @@ mod tests {
         let mut r = ok;
         r.guidance = 0.5;
         assert!(r.validate().unwrap_err().to_string().contains("--guidance"));
+    }
+
+    #[test]
+    fn the_request_says_how_the_dit_loads() {
+        let mut r = GenerateRequest::new(Prompt::Text("a fox".into()));
+        let plain = r.dit_load_options();
+        assert!(!plain.offload && !plain.quantize_q8 && plain.loras.is_empty());
+        r.offload = true;
+        r.quantize_q8 = true;
+        r.loras = vec![LoraSpec::new("style.safetensors", 0.5)];
+        let o = r.dit_load_options();
+        assert!(o.offload && o.quantize_q8 && !o.expand_quantized);
+        assert_eq!(o.loras.len(), 1);
+        assert_eq!(o.loras[0].strength, 0.5);
     }
 }
