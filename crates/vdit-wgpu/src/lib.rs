@@ -18,6 +18,7 @@ pub mod error;
 pub mod gpu;
 pub mod kernels;
 mod ops;
+pub mod parallel;
 pub mod param_block;
 pub mod pipeline;
 pub mod policy;

@@ -113,7 +113,12 @@ impl Tensor {
         match self.dtype {
             DType::F32 => write_padded(gpu, self.buffer(), bytemuck::cast_slice(data)),
             DType::F16 => {
-                let h: Vec<f16> = data.iter().map(|&x| f16::from_f32(x)).collect();
+                let mut h = vec![f16::ZERO; data.len()];
+                crate::parallel::par_fill(&mut h, |first, chunk| {
+                    for (j, v) in chunk.iter_mut().enumerate() {
+                        *v = f16::from_f32(data[first + j]);
+                    }
+                });
                 write_padded(gpu, self.buffer(), bytemuck::cast_slice(&h));
             }
         }

@@ -108,15 +108,21 @@ fn check_shape(n: usize, k: usize) -> Result<()> {
 
 /// GGML's Q8_0 quantisation of whole blocks: the int8 values and one scale per 32.
 pub fn quantize_q8(values: &[f32]) -> (Vec<u8>, Vec<f32>) {
-    let mut quants = Vec::with_capacity(values.len());
-    let mut scales = Vec::with_capacity(values.len() / Q8_BLOCK);
-    for block in values.chunks_exact(Q8_BLOCK) {
-        let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
-        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-        quants.extend(block.iter().map(|v| (v * inv).round() as i8 as u8));
-        scales.push(f16::from_f32(d).to_f32());
-    }
+    let mut blocks = vec![(0.0f32, [0u8; Q8_BLOCK]); values.len() / Q8_BLOCK];
+    crate::parallel::par_fill(&mut blocks, |first, chunk| {
+        for (j, (scale, quants)) in chunk.iter_mut().enumerate() {
+            let block = &values[(first + j) * Q8_BLOCK..][..Q8_BLOCK];
+            let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+            for (q, v) in quants.iter_mut().zip(block) {
+                *q = (v * inv).round() as i8 as u8;
+            }
+            *scale = f16::from_f32(d).to_f32();
+        }
+    });
+    let scales = blocks.iter().map(|b| b.0).collect();
+    let quants = blocks.iter().flat_map(|b| b.1).collect();
     (quants, scales)
 }
 
