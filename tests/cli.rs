@@ -42,14 +42,13 @@ fn info_lists_the_chosen_adapter() {
     );
 }
 
-#[test]
-fn dit_forward_writes_the_diffusers_velocity() {
+/// `vdit dit-forward` on the tiny golden DiT and its golden inputs, with `extra` flags, writing
+/// `output`.
+fn tiny_dit_forward(output: &std::path::Path, extra: &[&str]) -> (bool, String) {
     let golden = assets().join("goldens/dit/tiny");
-    let dir = scratch("dit-forward");
-    let output = dir.join("velocity.safetensors");
     let io = golden.join("io.safetensors");
     let timestep = read_tensor(&io, "timestep").unwrap().data[0];
-    let (ok, stderr) = run(vdit()
+    run(vdit()
         .args(["dit-forward", "--precision", "f32", "--model"])
         .arg(golden.join("diffusers"))
         .arg("--latent")
@@ -57,41 +56,42 @@ fn dit_forward_writes_the_diffusers_velocity() {
         .arg("--context")
         .arg(&io)
         .args(["--timestep", &timestep.to_string(), "--output"])
-        .arg(&output));
+        .arg(output)
+        .args(extra))
+}
+
+/// The golden velocity's shape and values.
+fn tiny_dit_velocity() -> (Vec<usize>, Vec<f64>) {
+    let io = assets().join("goldens/dit/tiny/io.safetensors");
+    let want = read_tensor(&io, "velocity").unwrap();
+    let values = want.data.iter().map(|&v| v as f64).collect();
+    (want.shape, values)
+}
+
+#[test]
+fn dit_forward_writes_the_diffusers_velocity() {
+    let dir = scratch("dit-forward");
+    let output = dir.join("velocity.safetensors");
+    let (ok, stderr) = tiny_dit_forward(&output, &[]);
     assert!(ok, "{stderr}");
     let got = read_tensor(&output, "velocity").unwrap();
-    let want = read_tensor(&io, "velocity").unwrap();
-    assert_eq!(got.shape, want.shape);
-    let want: Vec<f64> = want.data.iter().map(|&v| v as f64).collect();
+    let (shape, want) = tiny_dit_velocity();
+    assert_eq!(got.shape, shape);
     assert_close("vdit dit-forward", 0, &got.data, &want, 1e-4);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn dit_forward_offloaded_and_quantised_stays_near_the_diffusers_velocity() {
-    let golden = assets().join("goldens/dit/tiny");
     let dir = scratch("dit-forward-offload");
     let output = dir.join("velocity.safetensors");
-    let io = golden.join("io.safetensors");
-    let timestep = read_tensor(&io, "timestep").unwrap().data[0];
-    let forward = |extra: &[&str]| {
-        run(vdit()
-            .args(["dit-forward", "--precision", "f32", "--model"])
-            .arg(golden.join("diffusers"))
-            .arg("--latent")
-            .arg(&io)
-            .arg("--context")
-            .arg(&io)
-            .args(["--timestep", &timestep.to_string(), "--output"])
-            .arg(&output)
-            .args(extra))
-    };
+    let forward = |extra: &[&str]| tiny_dit_forward(&output, extra);
     let (ok, stderr) = forward(&["--offload", "--quantize", "q8_0"]);
     assert!(ok, "{stderr}");
     let got = read_tensor(&output, "velocity").unwrap();
-    let want = read_tensor(&io, "velocity").unwrap();
-    let want: Vec<f64> = want.data.iter().map(|&v| v as f64).collect();
     // Q8_0 keeps about 2.5 significant digits of each weight.
+    let (shape, want) = tiny_dit_velocity();
+    assert_eq!(got.shape, shape);
     assert_close(
         "dit-forward --offload --quantize q8_0",
         0,
