@@ -47,6 +47,9 @@ pub struct DitForwardArgs {
     /// Hold the Linear weights as Q8_0 on the GPU, quantising them as they load.
     #[arg(long, value_name = "q8_0", value_parser = crate::generate::parse_quantize)]
     pub quantize: Option<bool>,
+    /// Expand a GGUF file's Q8_0 weights to f16 as they load instead of keeping them quantised.
+    #[arg(long, conflicts_with = "quantize")]
+    pub expand_quantized: bool,
 }
 
 pub fn precision_arg(gpu: &Gpu, p: Option<&str>) -> Result<Precision, String> {
@@ -69,6 +72,7 @@ pub fn run(gpu: &Gpu, a: &DitForwardArgs) -> Result<(), Box<dyn std::error::Erro
         loras: a.loras.clone(),
         offload: a.offload,
         quantize_q8: a.quantize.unwrap_or(false),
+        expand_quantized: a.expand_quantized,
         ..Default::default()
     };
     let mut dit = WanDit::load_with_options(gpu, &a.model, config, precision, &options)?;

@@ -91,6 +91,10 @@ pub struct GenerateArgs {
     /// of f16's 2), quantising them as they load; a Q8_0 GGUF file's stay so without it.
     #[arg(long, value_name = "q8_0", value_parser = parse_quantize)]
     pub quantize: Option<bool>,
+    /// Expand a GGUF DiT's Q8_0 weights to f16 as they load instead of keeping them quantised
+    /// on the GPU: about 9% faster forwards on the H200 for 1.8 x the weights' memory.
+    #[arg(long, conflicts_with = "quantize")]
+    pub expand_quantized: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long)]
@@ -259,6 +263,7 @@ pub fn run(gpu: &Gpu, a: &GenerateArgs) -> Result<(), Box<dyn std::error::Error>
     request.loras = a.loras.clone();
     request.offload = a.offload;
     request.quantize_q8 = a.quantize.unwrap_or(false);
+    request.expand_quantized = a.expand_quantized;
     request.seed = a.seed;
     request.validate()?;
     // Fail on an unwritable output before minutes of work.

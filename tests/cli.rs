@@ -82,6 +82,43 @@ fn dit_forward_writes_the_diffusers_velocity() {
 }
 
 #[test]
+fn dit_forward_keeps_or_expands_q8_0_weights_of_a_gguf_file() {
+    let golden = assets().join("goldens/dit/tiny");
+    let io = golden.join("io.safetensors");
+    let timestep = read_tensor(&io, "timestep").unwrap().data[0].to_string();
+    let dir = scratch("dit-forward-q8");
+    let forward = |name: &str, extra: &[&str]| {
+        let output = dir.join(name);
+        let (ok, stderr) = run(vdit()
+            .args(["dit-forward", "--precision", "f32", "--model"])
+            .arg(assets().join("goldens/gguf/dit_tiny_q8_0.gguf"))
+            .arg("--latent")
+            .arg(&io)
+            .arg("--context")
+            .arg(&io)
+            .args(["--timestep", &timestep, "--output"])
+            .arg(&output)
+            .args(extra));
+        (ok, stderr, output)
+    };
+    let (ok, stderr, kept) = forward("kept.safetensors", &[]);
+    assert!(ok, "{stderr}");
+    let (ok, stderr, expanded) = forward("expanded.safetensors", &["--expand-quantized"]);
+    assert!(ok, "{stderr}");
+    let kept = read_tensor(&kept, "velocity").unwrap();
+    let expanded = read_tensor(&expanded, "velocity").unwrap();
+    let expanded: Vec<f64> = expanded.data.iter().map(|&v| v as f64).collect();
+    assert_close("Q8_0 kept against expanded", 0, &kept.data, &expanded, 1e-6);
+    let (ok, stderr, never) = forward(
+        "never.safetensors",
+        &["--expand-quantized", "--quantize", "q8_0"],
+    );
+    assert!(!ok && stderr.contains("--expand-quantized"), "{stderr}");
+    assert!(!never.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn dit_forward_offloaded_and_quantised_stays_near_the_diffusers_velocity() {
     let dir = scratch("dit-forward-offload");
     let output = dir.join("velocity.safetensors");

@@ -89,6 +89,9 @@ pub struct GenerateRequest {
     /// Hold the DiT's Linear weights as Q8_0 on the GPU (see
     /// [`crate::dit::LoadOptions::quantize_q8`]).
     pub quantize_q8: bool,
+    /// Expand a GGUF file's Q8_0 weights to f16 at load (faster matmuls, twice the memory;
+    /// see [`crate::dit::LoadOptions::expand_quantized`]).
+    pub expand_quantized: bool,
 }
 
 impl GenerateRequest {
@@ -108,6 +111,7 @@ impl GenerateRequest {
             loras: Vec::new(),
             offload: false,
             quantize_q8: false,
+            expand_quantized: false,
         }
     }
 
@@ -117,7 +121,7 @@ impl GenerateRequest {
             loras: self.loras.clone(),
             offload: self.offload,
             quantize_q8: self.quantize_q8,
-            ..Default::default()
+            expand_quantized: self.expand_quantized,
         }
     }
 
@@ -207,6 +211,8 @@ mod tests {
         r.loras = vec![LoraSpec::new("style.safetensors", 0.5)];
         let o = r.dit_load_options();
         assert!(o.offload && o.quantize_q8 && !o.expand_quantized);
+        r.expand_quantized = true;
+        assert!(r.dit_load_options().expand_quantized);
         assert_eq!(o.loras.len(), 1);
         assert_eq!(o.loras[0].strength, 0.5);
     }
