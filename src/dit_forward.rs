@@ -73,7 +73,6 @@ pub fn run(gpu: &Gpu, a: &DitForwardArgs) -> Result<(), Box<dyn std::error::Erro
         offload: a.offload,
         quantize_q8: a.quantize.unwrap_or(false),
         expand_quantized: a.expand_quantized,
-        ..Default::default()
     };
     let mut dit = WanDit::load_with_options(gpu, &a.model, config, precision, &options)?;
     if let Some(plan) = &a.attention_plan {
