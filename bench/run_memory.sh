@@ -21,8 +21,10 @@ step() {
   local sampler=$! t=$SECONDS
   $TIME timeout "$limit" "$@" >"$DIR/$name.txt" 2>&1
   echo "exit $? in $((SECONDS - t)) s" >>"$DIR/$name.txt"
-  kill $sampler
-  echo "$name: max GPU memory used $(sort -n "$DIR/$name.mem" | tail -1) MiB ($((SECONDS - t)) s)" >>"$DIR/summary.txt"
+  kill $sampler 2>/dev/null
+  local peak
+  peak=$(sort -n "$DIR/$name.mem" | tail -1)
+  echo "$name: max GPU memory used ${peak:-(no nvidia-smi samples)} MiB ($((SECONDS - t)) s)" >>"$DIR/summary.txt"
   if [ -n "${PACK:-}" ]; then tar czf "$PACK" -C "$DIR" .; fi
 }
 B14=(--config wan2.1-t2v-14b --random-weights --iters 1 --no-profile)

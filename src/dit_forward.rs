@@ -75,6 +75,8 @@ pub fn run(gpu: &Gpu, a: &DitForwardArgs) -> Result<(), Box<dyn std::error::Erro
         expand_quantized: a.expand_quantized,
     };
     let mut dit = WanDit::load_with_options(gpu, &a.model, config, precision, &options)?;
+    let (on_gpu, in_host) = dit.weight_bytes();
+    log::info!("weights: {on_gpu} bytes on the GPU, {in_host} bytes in host memory");
     if let Some(plan) = &a.attention_plan {
         let plan = AttentionPlan::load(gpu, plan, &dit.config, precision.dtype())?;
         dit.set_plan(plan)?;

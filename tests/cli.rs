@@ -49,6 +49,7 @@ fn tiny_dit_forward(output: &std::path::Path, extra: &[&str]) -> (bool, String) 
     let io = golden.join("io.safetensors");
     let timestep = read_tensor(&io, "timestep").unwrap().data[0];
     run(vdit()
+        .env("RUST_LOG", "vdit=info")
         .args(["dit-forward", "--precision", "f32", "--model"])
         .arg(golden.join("diffusers"))
         .arg("--latent")
@@ -58,6 +59,19 @@ fn tiny_dit_forward(output: &std::path::Path, extra: &[&str]) -> (bool, String) 
         .args(["--timestep", &timestep.to_string(), "--output"])
         .arg(output)
         .args(extra))
+}
+
+/// The (GPU, host) weight bytes `vdit dit-forward` logs at info level.
+fn logged_weight_bytes(stderr: &str) -> (u64, u64) {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("weights:") && l.contains("bytes on the GPU"))
+        .unwrap_or_else(|| panic!("no weights line in:\n{stderr}"));
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (numbers[0], numbers[1])
 }
 
 /// The golden velocity's shape and values.
@@ -90,6 +104,7 @@ fn dit_forward_keeps_or_expands_q8_0_weights_of_a_gguf_file() {
     let forward = |name: &str, extra: &[&str]| {
         let output = dir.join(name);
         let (ok, stderr) = run(vdit()
+            .env("RUST_LOG", "vdit=info")
             .args(["dit-forward", "--precision", "f32", "--model"])
             .arg(assets().join("goldens/gguf/dit_tiny_q8_0.gguf"))
             .arg("--latent")
@@ -103,8 +118,13 @@ fn dit_forward_keeps_or_expands_q8_0_weights_of_a_gguf_file() {
     };
     let (ok, stderr, kept) = forward("kept.safetensors", &[]);
     assert!(ok, "{stderr}");
+    let kept_bytes = logged_weight_bytes(&stderr).0;
     let (ok, stderr, expanded) = forward("expanded.safetensors", &["--expand-quantized"]);
     assert!(ok, "{stderr}");
+    assert!(
+        kept_bytes < logged_weight_bytes(&stderr).0,
+        "the Q8_0 weights were not kept"
+    );
     let kept = read_tensor(&kept, "velocity").unwrap();
     let expanded = read_tensor(&expanded, "velocity").unwrap();
     let expanded: Vec<f64> = expanded.data.iter().map(|&v| v as f64).collect();
@@ -123,8 +143,24 @@ fn dit_forward_offloaded_and_quantised_stays_near_the_diffusers_velocity() {
     let dir = scratch("dit-forward-offload");
     let output = dir.join("velocity.safetensors");
     let forward = |extra: &[&str]| tiny_dit_forward(&output, extra);
+    let (ok, stderr) = forward(&[]);
+    assert!(ok, "{stderr}");
+    let (resident_gpu, resident_host) = logged_weight_bytes(&stderr);
     let (ok, stderr) = forward(&["--offload", "--quantize", "q8_0"]);
     assert!(ok, "{stderr}");
+    // The blocks left the GPU (two blocks are the slots) and some matrices are Q8_0.
+    let (gpu, host) = logged_weight_bytes(&stderr);
+    assert_eq!(resident_host, 0);
+    assert!(
+        host > 0 && gpu < resident_gpu,
+        "{gpu} {host} {resident_gpu}"
+    );
+    let (ok, stderr) = forward(&["--quantize", "q8_0"]);
+    assert!(ok, "{stderr}");
+    assert!(
+        logged_weight_bytes(&stderr).0 < resident_gpu,
+        "nothing was quantised"
+    );
     let got = read_tensor(&output, "velocity").unwrap();
     // Q8_0 keeps about 2.5 significant digits of each weight.
     let (shape, want) = tiny_dit_velocity();
