@@ -1,5 +1,6 @@
 // Y = X W^T + b with a fused epilogue, on cooperative matrices (tensor cores): the same contract
-// as matmul.wgsl for f16 X and W (K a multiple of 4), f32 accumulation, any bias / Y storage.
+// as matmul.wgsl for f16 X and W (K a multiple of 4; or W in Q8_0 / Q4_K, dequantised to f16),
+// f32 accumulation, any bias / Y storage.
 //
 // A workgroup of 8 subgroups of 32 computes a 128 x 128 tile of Y; subgroup s owns a 64 x 32
 // block (rows 64 * (s / 4), columns 32 * (s % 4)) as 4 x 2 fragments of 16 x 16. With
@@ -27,7 +28,15 @@ struct Params {
 @group(0) @binding(2) var<storage, read> w: array<u32>;
 @group(0) @binding(6) var<storage, read> w_scale: array<f32>;
 #else
+#if W_Q4K
+// W in Q4_K (kernels/q4k.rs): 4-bit values eight to a word; six words per 256 values: d and dmin
+// (f32 bits), then the 6-bit scale and minimum of each 32 values, two sub-blocks to a word;
+// dequantised in f32, then to f16, as each K step is fetched.
+@group(0) @binding(2) var<storage, read> w: array<u32>;
+@group(0) @binding(6) var<storage, read> w_scale: array<u32>;
+#else
 @group(0) @binding(2) var<storage, read> w: array<vec4<f16>>;
+#endif
 #endif
 #if HAS_BIAS
 @group(0) @binding(3) var<storage, read> bias: array<B_T>;
@@ -91,7 +100,21 @@ fn load_w(r: u32, kv: u32) -> vec4<f16> {
         );
         return vec4<f16>(vec4<f32>(v) * w_scale[(r * kvs + kv) / 8u]);
 #else
+#if W_Q4K
+        // K is a multiple of 256: vector vi holds elements 4 vi .. 4 vi + 3 of W, which share
+        // super-block vi / 64, sub-block (vi / 8) % 8 and half vi % 2 of word vi / 2.
+        let vi = r * kvs + kv;
+        let s = (vi / 64u) * 6u;
+        let j = (vi / 8u) % 8u;
+        let pair = w_scale[s + 2u + j / 2u] >> (16u * (j % 2u));
+        let scale = bitcast<f32>(w_scale[s]) * f32(pair & 63u);
+        let offset = bitcast<f32>(w_scale[s + 1u]) * f32((pair >> 8u) & 63u);
+        let q = w[vi / 2u] >> (16u * (vi % 2u));
+        let v = vec4<u32>(q, q >> 4u, q >> 8u, q >> 12u) & vec4<u32>(15u);
+        return vec4<f16>(scale * vec4<f32>(v) - offset);
+#else
         return w[r * kvs + kv];
+#endif
 #endif
     }
     return vec4<f16>(0.0);

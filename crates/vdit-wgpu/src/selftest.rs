@@ -28,6 +28,7 @@ use crate::kernels::matmul::{
     Weight, WeightRef,
 };
 use crate::kernels::norm::{layer_norm, layer_norm_reference, rms_norm, rms_norm_reference};
+use crate::kernels::q4k::{dequantize_q4k, quantize_q4k, Q4KWeight};
 use crate::kernels::q8::{dequantize_q8, quantize_q8, Q8Weight, Q8_BLOCK};
 use crate::kernels::rope::{rope_in_place, rope_reference, RopeTable};
 use crate::kernels::Row;
@@ -224,40 +225,48 @@ fn matmul_checks(gpu: &Gpu, out: &mut Vec<Check>) {
         ));
     }
     // (m, n, k): odd sizes, one past a 128 tile in each dimension, one K of 8 steps + a rest;
-    // Q8_0 weights need K in whole blocks of 32.
+    // Q8_0 weights need K in whole blocks of 32, Q4_K weights in whole super-blocks of 256.
     let dense_shapes = [(77, 45, 36), (131, 133, 196), (257, 129, 520)];
     let q8_shapes = [(77, 45, 64), (131, 133, 224), (257, 129, 544)];
-    for (xt, q8, yt) in [
-        (F32, false, F32),
-        (F16, false, F32),
-        (F16, false, F16),
-        (F32, true, F32),
-        (F16, true, F32),
-        (F16, true, F16),
+    let q4k_shapes = [(77, 45, 256), (131, 133, 512), (257, 129, 768)];
+    for (xt, quant, yt) in [
+        (F32, None, F32),
+        (F16, None, F32),
+        (F16, None, F16),
+        (F32, Some("q8_0"), F32),
+        (F16, Some("q8_0"), F32),
+        (F16, Some("q8_0"), F16),
+        (F32, Some("q4_k"), F32),
+        (F16, Some("q4_k"), F32),
+        (F16, Some("q4_k"), F16),
     ] {
-        // Dense W and the bias in the activations' type; Q8_0 W named as such.
+        // Dense W and the bias in the activations' type; quantised W named as such.
         let wt = xt;
-        let w_name = if q8 {
-            "q8_0".to_string()
-        } else {
-            wt.to_string()
-        };
+        let w_name = quant.map_or_else(|| wt.to_string(), str::to_string);
         if !f16_ok(gpu, &[xt, wt, yt]) {
             continue;
         }
-        let shapes = if q8 { &q8_shapes } else { &dense_shapes };
+        let shapes = match quant {
+            None => &dense_shapes,
+            Some("q8_0") => &q8_shapes,
+            Some(_) => &q4k_shapes,
+        };
         for &(m, n, k) in shapes {
             let xv = values(&mut rng, m * k, 1.0, xt);
             let mut wv = values(&mut rng, n * k, 1.0 / (k as f32).sqrt(), wt);
-            // Q8_0: GGML blocks (f16 scale, 32 int8); the reference multiplies their values.
+            // GGML blocks (Q8_0: f16 scale, 32 int8; Q4_K: 256-value super-blocks); the
+            // reference multiplies the values they stand for.
             let mut blocks = Vec::new();
-            if q8 {
+            if quant == Some("q8_0") {
                 let (quants, scales) = quantize_q8(&wv);
                 for (s, q) in scales.iter().zip(quants.chunks_exact(Q8_BLOCK)) {
                     blocks.extend(half::f16::from_f32(*s).to_le_bytes());
                     blocks.extend(q);
                 }
                 wv = dequantize_q8(&quants, &scales);
+            } else if quant.is_some() {
+                blocks = quantize_q4k(&wv);
+                wv = dequantize_q4k(&blocks);
             }
             let bv = values(&mut rng, n, 0.5, wt);
             let rv = values(&mut rng, m * n, 1.0, yt);
@@ -281,8 +290,8 @@ fn matmul_checks(gpu: &Gpu, out: &mut Vec<Check>) {
                     if let MatmulKernel::Cooperative(tiles) = kernel {
                         let probe_x = Tensor::empty(gpu, &[1, k], xt).unwrap();
                         let probe_w = Tensor::empty(gpu, &[1, k], wt).unwrap();
-                        let probe = if q8 {
-                            // Q8 fits wherever f16 operands do.
+                        let probe = if quant.is_some() {
+                            // Quantised W fits wherever f16 operands do.
                             WeightRef::Dense(&probe_x)
                         } else {
                             WeightRef::Dense(&probe_w)
@@ -307,10 +316,14 @@ fn matmul_checks(gpu: &Gpu, out: &mut Vec<Check>) {
                         tol,
                         |rec| {
                             let x = Tensor::from_f32(gpu, &[m, k], xv, xt)?;
-                            let w = if q8 {
-                                Weight::Q8(Q8Weight::from_ggml_blocks(gpu, n, k, blocks)?)
-                            } else {
-                                Weight::Dense(Tensor::from_f32(gpu, &[n, k], wv, wt)?)
+                            let w = match quant {
+                                Some("q8_0") => {
+                                    Weight::Q8(Q8Weight::from_ggml_blocks(gpu, n, k, blocks)?)
+                                }
+                                Some(_) => {
+                                    Weight::Q4K(Q4KWeight::from_ggml_blocks(gpu, n, k, blocks)?)
+                                }
+                                None => Weight::Dense(Tensor::from_f32(gpu, &[n, k], wv, wt)?),
                             };
                             let b = Tensor::from_f32(gpu, &[n], bv, wt)?;
                             let g = Tensor::from_f32(gpu, &[2, n], gv, F32)?;

@@ -1,9 +1,11 @@
 //! `Y = X W^T + b` (PyTorch's Linear) with fused epilogues. The launcher picks the variant from
 //! the tensors' storage types; accumulation is always f32. With f16 operands on an adapter that
 //! has 16x16 f16 cooperative matrices it runs `matmul_coop.wgsl` (tensor cores); otherwise the
-//! portable `matmul.wgsl`. Both are checked against the same float64 reference.
+//! portable `matmul.wgsl`. Both are checked against the same float64 reference. W may be dense
+//! or quantised (Q8_0, Q4_K: dequantised by the kernels as they load it).
 
 use crate::error::{shape_err, GpuError, Result};
+use crate::kernels::q4k::Q4KWeight;
 use crate::kernels::q8::Q8Weight;
 use crate::kernels::{require_distinct, to_u32, Row};
 use crate::param_block::ParamBytes;
@@ -13,10 +15,12 @@ use crate::recorder::{Dispatch, Recorder};
 use crate::shader::{defines, Defines};
 use crate::tensor::{DType, Tensor};
 
-/// A Linear weight matrix [N, K] on the GPU: dense, or Q8_0 dequantised inside the kernels.
+/// A Linear weight matrix [N, K] on the GPU: dense, or Q8_0 / Q4_K dequantised inside the
+/// kernels.
 pub enum Weight {
     Dense(Tensor),
     Q8(Q8Weight),
+    Q4K(Q4KWeight),
 }
 
 /// A borrowed [`Weight`], or any dense tensor used as one.
@@ -24,6 +28,7 @@ pub enum Weight {
 pub enum WeightRef<'a> {
     Dense(&'a Tensor),
     Q8(&'a Q8Weight),
+    Q4K(&'a Q4KWeight),
 }
 
 impl Weight {
@@ -31,6 +36,7 @@ impl Weight {
         match self {
             Weight::Dense(t) => WeightRef::Dense(t),
             Weight::Q8(q) => WeightRef::Q8(q),
+            Weight::Q4K(q) => WeightRef::Q4K(q),
         }
     }
     /// GPU bytes.
@@ -38,6 +44,7 @@ impl Weight {
         match self {
             Weight::Dense(t) => t.bytes(),
             Weight::Q8(q) => q.bytes(),
+            Weight::Q4K(q) => q.bytes(),
         }
     }
     /// The GPU tensors it is made of.
@@ -45,6 +52,7 @@ impl Weight {
         match self {
             Weight::Dense(t) => vec![t],
             Weight::Q8(q) => q.tensors().to_vec(),
+            Weight::Q4K(q) => q.tensors().to_vec(),
         }
     }
 }
@@ -55,6 +63,7 @@ impl WeightRef<'_> {
         match self {
             WeightRef::Dense(t) => t.shape().to_vec(),
             WeightRef::Q8(q) => q.shape().to_vec(),
+            WeightRef::Q4K(q) => q.shape().to_vec(),
         }
     }
     /// The storage's name in profiler labels.
@@ -62,12 +71,14 @@ impl WeightRef<'_> {
         match self {
             WeightRef::Dense(t) => t.dtype().to_string(),
             WeightRef::Q8(_) => "q8_0".into(),
+            WeightRef::Q4K(_) => "q4_k".into(),
         }
     }
     fn bytes(&self) -> f64 {
         match self {
             WeightRef::Dense(t) => t.bytes() as f64,
             WeightRef::Q8(q) => q.bytes() as f64,
+            WeightRef::Q4K(q) => q.bytes() as f64,
         }
     }
 }
@@ -77,6 +88,7 @@ impl WeightRef<'_> {
 enum WeightStorage {
     Dense(DType),
     Q8,
+    Q4K,
 }
 
 /// What happens to each output after the bias.
@@ -149,6 +161,7 @@ fn matmul_defines(
     match w {
         WeightStorage::Dense(w) => d.insert("W_T".into(), w.wgsl().into()),
         WeightStorage::Q8 => d.insert("W_Q8".into(), "1".into()),
+        WeightStorage::Q4K => d.insert("W_Q4K".into(), "1".into()),
     };
     if let Some(b) = b {
         d.insert("HAS_BIAS".into(), "1".into());
@@ -237,7 +250,11 @@ pub fn coop_variants() -> Vec<Defines> {
                 EpilogueKind::Residual,
                 EpilogueKind::ResidualGate,
             ] {
-                for w in [WeightStorage::Dense(F16), WeightStorage::Q8] {
+                for w in [
+                    WeightStorage::Dense(F16),
+                    WeightStorage::Q8,
+                    WeightStorage::Q4K,
+                ] {
                     add(matmul_defines(F16, w, Some(F16), y, epi));
                 }
             }
@@ -265,7 +282,8 @@ pub(crate) fn coop_fits(
     let caps = &gpu.caps;
     let w_fits = match w {
         WeightRef::Dense(w) => w.dtype() == DType::F16,
-        WeightRef::Q8(_) => true, // K is a multiple of 32 by construction
+        // K is a multiple of 32 (Q8_0) or 256 (Q4_K) by construction.
+        WeightRef::Q8(_) | WeightRef::Q4K(_) => true,
     };
     caps.coop_f16_16x16()
         && caps.subgroup_min_size == 32
@@ -302,8 +320,9 @@ pub fn variants() -> Vec<Defines> {
             EpilogueKind::ResidualGate,
         ] {
             v.push(matmul_defines(x, WeightStorage::Dense(w), Some(w), y, epi));
-            // Q8_0 weights with the bias in the activations' type.
+            // Quantised weights with the bias in the activations' type.
             v.push(matmul_defines(x, WeightStorage::Q8, Some(x), y, epi));
+            v.push(matmul_defines(x, WeightStorage::Q4K, Some(x), y, epi));
         }
         v.push(matmul_defines(
             x,
@@ -330,7 +349,7 @@ pub fn matmul(
     matmul_weight(rec, x, WeightRef::Dense(w), bias, y, epilogue)
 }
 
-/// [`matmul`] with W dense or Q8_0.
+/// [`matmul`] with W dense or quantised.
 pub fn matmul_weight(
     rec: &mut Recorder,
     x: &Tensor,
@@ -353,10 +372,11 @@ pub fn matmul_weight(
         ));
     }
     let n = w_shape[0];
-    // The W tensors as bound: the matrix (binding 2) and, for Q8_0, its scales (binding 6).
+    // The W tensors as bound: the matrix (binding 2) and, quantised, its scales (binding 6).
     let (w_main, w_scales, w_storage) = match w {
         WeightRef::Dense(t) => (t, None, WeightStorage::Dense(t.dtype())),
         WeightRef::Q8(q) => (&q.quants, Some(&q.scales), WeightStorage::Q8),
+        WeightRef::Q4K(q) => (&q.quants, Some(&q.scales), WeightStorage::Q4K),
     };
     if y.numel() != m * n || y.shape().last() != Some(&n) {
         return Err(shape_err(

@@ -8,6 +8,7 @@ pub mod layout;
 pub mod matmul;
 pub mod norm;
 pub mod patch;
+pub mod q4k;
 pub mod q8;
 pub mod rgba;
 pub mod rope;
