@@ -50,9 +50,10 @@ pub struct DitBenchArgs {
     /// Streams the blocks' weights from host memory (as `generate --offload`).
     #[arg(long)]
     pub offload: bool,
-    /// Holds the Linear weights quantised on the GPU: q8_0 (as a Q8_0 GGUF file's are).
-    #[arg(long, value_name = "TYPE")]
-    pub quantize: Option<String>,
+    /// Holds the Linear weights quantised on the GPU: q8_0 or q4_k (as a GGUF file's Q8_0 and
+    /// Q4_K weights are).
+    #[arg(long, value_name = "q8_0|q4_k", value_parser = crate::generate::parse_quantize)]
+    pub quantize: Option<vdit_model::dit::Quantize>,
     /// Skips the profiled forward after the timed ones (no kernel table; saves a forward of
     /// the large configs).
     #[arg(long)]
@@ -127,11 +128,7 @@ pub fn run(gpu: &Gpu, a: &DitBenchArgs) -> Result<(), Box<dyn std::error::Error>
     let mut options = LoadOptions {
         loras: a.loras.clone(),
         offload: a.offload,
-        quantize_q8: match a.quantize.as_deref() {
-            None => false,
-            Some("q8_0") => true,
-            Some(other) => return Err(format!("--quantize: '{other}' is not q8_0").into()),
-        },
+        quantize: a.quantize,
         ..Default::default()
     };
     if let Some(rank) = a.random_lora {
@@ -259,7 +256,7 @@ pub fn run(gpu: &Gpu, a: &DitBenchArgs) -> Result<(), Box<dyn std::error::Error>
             "pipelines_created_when_warm": created_after.pipelines - created_before.pipelines,
             "tensor_bytes": in_use, "kernels": profiler.stats(),
             "lora_tensors": report.lora_tensors, "lora_merge_s": report.lora_merge_seconds,
-            "offload": dit.is_offloaded(), "quantize": a.quantize, "weights_gpu_bytes": weights_gpu,
+            "offload": dit.is_offloaded(), "quantize": a.quantize.map(vdit_model::dit::Quantize::name), "weights_gpu_bytes": weights_gpu,
             "weights_host_bytes": weights_host, "pool_peak_bytes": peak,
         });
         std::fs::write(path, serde_json::to_string_pretty(&json)?)

@@ -44,10 +44,11 @@ pub struct DitForwardArgs {
     /// holds two blocks' weights instead of all).
     #[arg(long)]
     pub offload: bool,
-    /// Hold the Linear weights as Q8_0 on the GPU, quantising them as they load.
-    #[arg(long, value_name = "q8_0", value_parser = crate::generate::parse_quantize)]
-    pub quantize: Option<bool>,
-    /// Expand a GGUF file's Q8_0 weights to f16 as they load instead of keeping them quantised.
+    /// Hold the Linear weights quantised on the GPU (q8_0 or q4_k), quantising them as they load.
+    #[arg(long, value_name = "q8_0|q4_k", value_parser = crate::generate::parse_quantize)]
+    pub quantize: Option<vdit_model::dit::Quantize>,
+    /// Expand a GGUF file's Q8_0 and Q4_K weights to f16 as they load instead of keeping them
+    /// quantised.
     #[arg(long, conflicts_with = "quantize")]
     pub expand_quantized: bool,
 }
@@ -71,7 +72,7 @@ pub fn run(gpu: &Gpu, a: &DitForwardArgs) -> Result<(), Box<dyn std::error::Erro
     let options = LoadOptions {
         loras: a.loras.clone(),
         offload: a.offload,
-        quantize_q8: a.quantize.unwrap_or(false),
+        quantize: a.quantize,
         expand_quantized: a.expand_quantized,
     };
     let mut dit = WanDit::load_with_options(gpu, &a.model, config, precision, &options)?;

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use vdit_model::dit::Quantize;
 use vdit_model::lora::LoraSpec;
 use vdit_model::pipeline::Preset;
 use vdit_model::pipeline::{
@@ -25,7 +26,8 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Explicit DiT weights (a file or folder), e.g. a ComfyUI checkpoint or a GGUF file
-    /// (F32, F16, BF16, Q4_0 to Q8_0, Q2_K to Q6_K; expanded to f16 or f32 as it is loaded).
+    /// (F32, F16, BF16, Q4_0 to Q8_0, Q2_K to Q6_K; Q8_0 and Q4_K matrices kept quantised on
+    /// the GPU, the rest expanded to f16 or f32 as it is loaded).
     #[arg(long)]
     pub dit: Option<PathBuf>,
     /// Explicit VAE weights (diffusers vae/ folder, wan_2.1_vae.safetensors or Wan2.1_VAE.pth).
@@ -87,12 +89,14 @@ pub struct GenerateArgs {
     /// holds two blocks' weights instead of all (Wan 14B on a 24 GB card).
     #[arg(long)]
     pub offload: bool,
-    /// Hold the DiT's Linear weights as Q8_0 on the GPU (1.125 bytes per parameter instead
-    /// of f16's 2), quantising them as they load; a Q8_0 GGUF file's stay so without it.
-    #[arg(long, value_name = "q8_0", value_parser = parse_quantize)]
-    pub quantize: Option<bool>,
-    /// Expand a GGUF DiT's Q8_0 weights to f16 as they load instead of keeping them quantised
-    /// on the GPU: about 9% faster forwards on the H200 for 1.8 x the weights' memory.
+    /// Hold the DiT's Linear weights quantised on the GPU, quantising them as they load: q8_0
+    /// (1.125 bytes per parameter instead of f16's 2) or q4_k (4.75 bits); a GGUF file's Q8_0
+    /// and Q4_K weights stay so without it.
+    #[arg(long, value_name = "q8_0|q4_k", value_parser = parse_quantize)]
+    pub quantize: Option<Quantize>,
+    /// Expand a GGUF DiT's Q8_0 and Q4_K weights to f16 as they load instead of keeping them
+    /// quantised on the GPU: for Q8_0, about 9% faster forwards on the H200 for 1.8 x the
+    /// weights' memory.
     #[arg(long, conflicts_with = "quantize")]
     pub expand_quantized: bool,
     #[arg(long, default_value_t = 0)]
@@ -178,12 +182,10 @@ impl Progress for Bars {
     }
 }
 
-/// `--quantize`: the one weight type the DiT can be held in on the GPU besides its precision.
-pub fn parse_quantize(arg: &str) -> Result<bool, String> {
-    match arg {
-        "q8_0" => Ok(true),
-        other => Err(format!("'{other}': the DiT can be quantised to q8_0 only")),
-    }
+/// `--quantize`: the weight types the DiT can be held in on the GPU besides its precision.
+pub fn parse_quantize(arg: &str) -> Result<Quantize, String> {
+    Quantize::parse(arg)
+        .ok_or_else(|| format!("'{arg}': the DiT can be quantised to q8_0 or q4_k only"))
 }
 
 pub fn parse_lora(arg: &str) -> Result<LoraSpec, String> {
@@ -262,7 +264,7 @@ pub fn run(gpu: &Gpu, a: &GenerateArgs) -> Result<(), Box<dyn std::error::Error>
         .unwrap_or_default();
     request.loras = a.loras.clone();
     request.offload = a.offload;
-    request.quantize_q8 = a.quantize.unwrap_or(false);
+    request.quantize = a.quantize;
     request.expand_quantized = a.expand_quantized;
     request.seed = a.seed;
     request.validate()?;

@@ -173,9 +173,20 @@ fn dit_forward_offloaded_and_quantised_stays_near_the_diffusers_velocity() {
         3e-2,
     );
     std::fs::remove_file(&output).unwrap();
+    // Q4_K: the tiny model's one Linear whose rows are whole 256-value super-blocks (the time
+    // embedding's first) is quantised.
     let (ok, stderr) = forward(&["--quantize", "q4_k"]);
+    assert!(ok, "{stderr}");
     assert!(
-        !ok && stderr.contains("--quantize") && stderr.contains("q8_0"),
+        logged_weight_bytes(&stderr).0 < resident_gpu,
+        "nothing was quantised to Q4_K"
+    );
+    let got = read_tensor(&output, "velocity").unwrap();
+    assert_close("dit-forward --quantize q4_k", 0, &got.data, &want, 0.1);
+    std::fs::remove_file(&output).unwrap();
+    let (ok, stderr) = forward(&["--quantize", "q5_k"]);
+    assert!(
+        !ok && stderr.contains("--quantize") && stderr.contains("q8_0") && stderr.contains("q4_k"),
         "{stderr}"
     );
     assert!(

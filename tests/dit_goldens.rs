@@ -3,8 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use vdit_model::dit::{LoadOptions, Precision, WanDit};
-use vdit_model::weights::{DitConfig, WeightFile};
+use vdit_model::dit::{LoadOptions, Precision, Quantize, WanDit};
+use vdit_model::weights::{diffusers_to_original, Checkpoint, DitConfig, WeightFile};
+use vdit_wgpu::kernels::matmul::{matmul_weight, Epilogue, WeightRef};
+use vdit_wgpu::kernels::q4k::{dequantize_q4k, quantize_q4k, Q4KWeight, Q4K_BLOCK};
+use vdit_wgpu::rng::Rng;
 use vdit_wgpu::testing::{assert_close, test_gpu};
 use vdit_wgpu::{DType, Recorder, Tensor};
 
@@ -62,12 +65,23 @@ fn velocity_with(
     let config = DitConfig::from_json_file(dir.join("diffusers/config.json")).unwrap();
     let dit = WanDit::load_with_options(gpu, &dir.join(weights), Some(config), precision, options)
         .unwrap();
-    let (latent_shape, latent) = read(&io, "latent");
-    let (context_shape, context) = read(&io, "context");
+    let latent = read(&io, "latent");
+    let context = read(&io, "context");
     let (_, t) = read(&io, "timestep");
-    let latent = Tensor::from_f32(gpu, &latent_shape, &latent, DType::F32).unwrap();
-    let context = Tensor::from_f32(gpu, &context_shape, &context, DType::F32).unwrap();
-    let velocity = Tensor::empty(gpu, &latent_shape, DType::F32).unwrap();
+    (forward(&dit, &latent, &context, t[0]), dit.weight_bytes().0)
+}
+
+/// One forward of `dit` on a latent and a context (each a shape and values): the velocity.
+fn forward(
+    dit: &WanDit,
+    (latent_shape, latent): &(Vec<usize>, Vec<f32>),
+    (context_shape, context): &(Vec<usize>, Vec<f32>),
+    t: f32,
+) -> Vec<f32> {
+    let gpu = test_gpu();
+    let latent = Tensor::from_f32(gpu, latent_shape, latent, DType::F32).unwrap();
+    let context = Tensor::from_f32(gpu, context_shape, context, DType::F32).unwrap();
+    let velocity = Tensor::empty(gpu, latent_shape, DType::F32).unwrap();
     velocity.poison(gpu);
     let shape: [usize; 4] = latent_shape.clone().try_into().unwrap();
     let runner = dit.runner(gpu, shape).unwrap();
@@ -76,10 +90,10 @@ fn velocity_with(
     rec.run().unwrap();
     let mut rec = Recorder::new(gpu);
     runner
-        .forward(&mut rec, &latent, t[0], &cache, &velocity)
+        .forward(&mut rec, &latent, t, &cache, &velocity)
         .unwrap();
     rec.run().unwrap();
-    (velocity.to_vec_f32(gpu).unwrap(), dit.weight_bytes().0)
+    velocity.to_vec_f32(gpu).unwrap()
 }
 
 #[test]
@@ -158,7 +172,7 @@ fn q8_0_weights_kept_on_the_gpu_give_the_expanded_velocity() {
     }
     // Dense weights quantised at load: close to the f32 model (Q8_0 keeps ~2.5 digits).
     let quantize = LoadOptions {
-        quantize_q8: true,
+        quantize: Some(Quantize::Q8_0),
         ..Default::default()
     };
     let (dense, dense_bytes) =
@@ -167,6 +181,239 @@ fn q8_0_weights_kept_on_the_gpu_give_the_expanded_velocity() {
     assert!(q8_bytes < dense_bytes);
     let dense: Vec<f64> = dense.iter().map(|&v| v as f64).collect();
     assert_close("quantised at load", 0, &q8, &dense, 3e-2);
+}
+
+/// Bit-for-bit equality, zeros of either sign alike.
+fn assert_same_bits(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            g.to_bits() == w.to_bits() || (*g == 0.0 && *w == 0.0),
+            "{what}: value {i} is {g}, want {w}"
+        );
+    }
+}
+
+#[test]
+fn q4_k_blocks_dequantise_on_the_gpu_as_gguf_py_does() {
+    // gguf-py's random Q4_K blocks (random bytes, random finite f16 d and dmin: subnormals,
+    // zeros and negative scales; tools/make_gguf_goldens.py) and its dequantisation of them.
+    let blocks = WeightFile::open(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/goldens/gguf/blocks.safetensors"),
+    )
+    .unwrap();
+    let bytes = blocks.get("Q4_K.random.bytes").unwrap().bytes().to_vec();
+    let want = blocks.get("Q4_K.random.values").unwrap().to_f32().unwrap();
+    assert_same_bits("Q4_K on the CPU", &dequantize_q4k(&bytes), &want);
+    // On the GPU as a [n, k] weight: X = I gives Y = W^T, each value a product by 1 plus zeros.
+    let gpu = test_gpu();
+    let k = 2 * Q4K_BLOCK;
+    let n = want.len() / k;
+    let w = Q4KWeight::from_ggml_blocks(gpu, n, k, &bytes).unwrap();
+    let eye: Vec<f32> = (0..k * k)
+        .map(|i| if i / k == i % k { 1.0 } else { 0.0 })
+        .collect();
+    let x = Tensor::from_f32(gpu, &[k, k], &eye, DType::F32).unwrap();
+    let y = Tensor::empty(gpu, &[k, n], DType::F32).unwrap();
+    y.poison(gpu);
+    let mut rec = Recorder::new(gpu);
+    matmul_weight(&mut rec, &x, WeightRef::Q4K(&w), None, &y, Epilogue::None).unwrap();
+    rec.run().unwrap();
+    let got = y.to_vec_f32(gpu).unwrap();
+    let transposed: Vec<f32> = (0..n * k).map(|i| got[(i % k) * n + i / k]).collect();
+    assert_same_bits("Q4_K on the GPU", &transposed, &want);
+}
+
+/// The tiny golden DiT's config widened so that every Linear's rows are whole Q4_K super-blocks
+/// of 256 values (the golden models are narrower).
+fn q4_k_config() -> DitConfig {
+    let mut c =
+        DitConfig::from_json_file(golden_dir("tiny").join("diffusers/config.json")).unwrap();
+    (c.dim, c.heads, c.head_dim, c.ffn_dim) = (256, 2, 128, 512);
+    (c.text_dim, c.freq_dim, c.layers) = (256, 256, 2);
+    c.validate().unwrap();
+    c
+}
+
+/// A Wan GGUF file (original names) of random weights of `config` (the same whatever `quantise`
+/// says): each 2-D weight whose rows are whole super-blocks and whose canonical name `quantise`
+/// accepts stored as Q4_K (`quantize_q4k`), the rest F32. Returns the Q4_K tensors' canonical
+/// names and blocks.
+fn write_q4_k_gguf(
+    path: &Path,
+    config: &DitConfig,
+    quantise: impl Fn(&str) -> bool,
+) -> Vec<(String, Vec<u8>)> {
+    let mut rng = Rng::new(1616);
+    let mut tensors = Vec::new();
+    let mut quantised = Vec::new();
+    for (name, shape) in config.tensor_shapes() {
+        let n: usize = shape.iter().product();
+        let inp = *shape.last().unwrap();
+        let values = if shape.len() == 2 {
+            rng.vec_normal(n, 1.0 / (inp as f32).sqrt())
+        } else if name.contains("norm") && name.ends_with("weight") {
+            rng.vec_uniform(n, 0.1).iter().map(|v| 1.0 + v).collect()
+        } else {
+            rng.vec_normal(n, 0.1)
+        };
+        let (ty, data) = if quantise(&name) && shape.len() == 2 && inp % Q4K_BLOCK == 0 {
+            let blocks = quantize_q4k(&values);
+            quantised.push((name.clone(), blocks.clone()));
+            (12u32, blocks)
+        } else {
+            (0u32, values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        };
+        tensors.push((diffusers_to_original(&name), shape, ty, data));
+    }
+    let string = |s: &str| {
+        let mut b = (s.len() as u64).to_le_bytes().to_vec();
+        b.extend_from_slice(s.as_bytes());
+        b
+    };
+    // GGUF v3: header, one metadata entry, tensor infos (dimensions innermost first, data
+    // offsets aligned to 32 bytes), then the data.
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend((tensors.len() as u64).to_le_bytes());
+    b.extend(1u64.to_le_bytes());
+    b.extend(string("general.architecture"));
+    b.extend(8u32.to_le_bytes());
+    b.extend(string("wan"));
+    let mut offset = 0u64;
+    for (name, shape, ty, data) in &tensors {
+        b.extend(string(name));
+        b.extend((shape.len() as u32).to_le_bytes());
+        for &d in shape.iter().rev() {
+            b.extend((d as u64).to_le_bytes());
+        }
+        b.extend(ty.to_le_bytes());
+        b.extend(offset.to_le_bytes());
+        offset += (data.len() as u64).div_ceil(32) * 32;
+    }
+    for (_, _, _, data) in &tensors {
+        b.resize(b.len().div_ceil(32) * 32, 0);
+        b.extend(data);
+    }
+    std::fs::write(path, b).unwrap();
+    quantised
+}
+
+#[test]
+fn q4_k_weights_kept_on_the_gpu_give_the_expanded_velocity() {
+    let config = q4_k_config();
+    let path = std::env::temp_dir().join(format!("vdit-q4k-{}.gguf", std::process::id()));
+    let quantised = write_q4_k_gguf(&path, &config, |_| true);
+    // Every Linear but the patch embedding (a Conv3d) holds Q4_K blocks, which the GGUF reader
+    // expands to what vdit-wgpu's reference says they stand for.
+    assert_eq!(quantised.len(), 6 + 10 * config.layers);
+    let ckpt = Checkpoint::open(&path).unwrap();
+    for (name, blocks) in &quantised {
+        assert_same_bits(name, &ckpt.read_f32(name).unwrap(), &dequantize_q4k(blocks));
+    }
+    let mut rng = Rng::new(17);
+    let latent = (vec![16, 2, 4, 6], rng.vec_normal(16 * 2 * 4 * 6, 1.0));
+    let context = (vec![7, 256], rng.vec_normal(7 * 256, 1.0));
+    let load = |precision, options: &LoadOptions| {
+        WanDit::load_with_options(test_gpu(), &path, Some(config.clone()), precision, options)
+            .unwrap()
+    };
+    let expand = LoadOptions {
+        expand_quantized: true,
+        ..Default::default()
+    };
+    for (precision, tol) in [(Precision::F32, 1e-6), (Precision::F16, 2e-3)] {
+        if precision == Precision::F16 && !test_gpu().caps.shader_f16 {
+            continue;
+        }
+        let kept = load(precision, &LoadOptions::default());
+        let expanded = load(precision, &expand);
+        // The quantised matrices take 4.75 bits per value instead of 32 or 16: under a third of
+        // the weights' bytes in f32, under two thirds in f16 (whose time embedding stays f32).
+        let (kept_bytes, expanded_bytes) = (kept.weight_bytes().0, expanded.weight_bytes().0);
+        let at_most = if precision == Precision::F32 { 3 } else { 2 };
+        assert!(
+            kept_bytes * 3 < expanded_bytes * at_most,
+            "{precision:?}: Q4_K weights not kept ({kept_bytes} against {expanded_bytes} bytes)"
+        );
+        let want: Vec<f64> = forward(&expanded, &latent, &context, 500.0)
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
+        let got = forward(&kept, &latent, &context, 500.0);
+        assert_close(&format!("Q4_K kept, {precision:?}"), 0, &got, &want, tol);
+        // Asked to quantise to Q8_0 as well, the file's Q4_K weights stay Q4_K.
+        let q8 = LoadOptions {
+            quantize: Some(Quantize::Q8_0),
+            ..Default::default()
+        };
+        assert_eq!(load(precision, &q8).weight_bytes().0, kept_bytes);
+    }
+    // The same weights in f32, quantised at load by the same quantiser: the Q4_K file's model.
+    let dense_path = path.with_extension("f32.gguf");
+    write_q4_k_gguf(&dense_path, &config, |_| false);
+    let from_dense = |options: &LoadOptions| {
+        let dit = WanDit::load_with_options(
+            test_gpu(),
+            &dense_path,
+            Some(config.clone()),
+            Precision::F32,
+            options,
+        )
+        .unwrap();
+        let bytes = dit.weight_bytes().0;
+        (forward(&dit, &latent, &context, 500.0), bytes)
+    };
+    let quantize = LoadOptions {
+        quantize: Some(Quantize::Q4_K),
+        ..Default::default()
+    };
+    let (q4k, q4k_bytes) = from_dense(&quantize);
+    let kept = load(Precision::F32, &LoadOptions::default());
+    assert_eq!(q4k_bytes, kept.weight_bytes().0);
+    let want: Vec<f64> = forward(&kept, &latent, &context, 500.0)
+        .iter()
+        .map(|&v| v as f64)
+        .collect();
+    assert_close("Q4_K quantised at load", 0, &q4k, &want, 1e-6);
+    // And near the f32 model: 4-bit values are off by about 8% of a weight's size (RMS), which
+    // grows to about 16% of this random model's velocity.
+    let (dense, dense_bytes) = from_dense(&LoadOptions::default());
+    assert!(q4k_bytes * 3 < dense_bytes);
+    let dense: Vec<f64> = dense.iter().map(|&v| v as f64).collect();
+    assert_close("Q4_K against f32", 0, &q4k, &dense, 0.25);
+    // Offloaded blocks take turns in two GPU slots, so all must be stored alike: a file that
+    // quantises one block's matrix and not another's is refused, and loads expanded.
+    let mixed_path = path.with_extension("mixed.gguf");
+    write_q4_k_gguf(&mixed_path, &config, |name| {
+        name != "blocks.1.ffn.net.2.weight"
+    });
+    let offload = |expand_quantized| LoadOptions {
+        offload: true,
+        expand_quantized,
+        ..Default::default()
+    };
+    let load_mixed = |options: &LoadOptions| {
+        WanDit::load_with_options(
+            test_gpu(),
+            &mixed_path,
+            Some(config.clone()),
+            Precision::F32,
+            options,
+        )
+    };
+    let message = load_mixed(&offload(false)).err().unwrap().to_string();
+    assert!(
+        message.contains("--offload")
+            && message.contains("block 1")
+            && message.contains("--expand-quantized"),
+        "{message}"
+    );
+    assert!(load_mixed(&offload(true)).unwrap().is_offloaded());
+    for p in [&dense_path, &mixed_path] {
+        std::fs::remove_file(p).unwrap();
+    }
+    std::fs::remove_file(&path).unwrap();
 }
 
 #[test]

@@ -16,6 +16,7 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use vdit_wgpu::kernels::matmul::Weight;
+use vdit_wgpu::kernels::q4k::{Q4KWeight, Q4K_BLOCK};
 use vdit_wgpu::kernels::q8::{Q8Weight, Q8_BLOCK};
 use vdit_wgpu::{DType, Gpu, Tensor};
 
@@ -62,6 +63,69 @@ impl Precision {
     }
 }
 
+/// A quantised form the DiT's Linear weights can be held in on the GPU; the matmuls dequantise
+/// them as they load W.
+#[allow(non_camel_case_types)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Quantize {
+    /// 1.125 bytes per parameter (GGML Q8_0: an int8 per value, a scale per 32).
+    Q8_0,
+    /// 4.75 bits per parameter (GGML Q4_K: 4-bit values, 6-bit scales and minimums per 32,
+    /// f16 super-block scales per 256).
+    Q4_K,
+}
+
+impl Quantize {
+    /// `q8_0` or `q4_k`, as the command line names them.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "q8_0" => Some(Quantize::Q8_0),
+            "q4_k" => Some(Quantize::Q4_K),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Quantize::Q8_0 => "q8_0",
+            Quantize::Q4_K => "q4_k",
+        }
+    }
+
+    /// Whether rows of `inp` values are whole blocks of this type.
+    pub fn fits(self, inp: usize) -> bool {
+        match self {
+            Quantize::Q8_0 => inp % Q8_BLOCK == 0,
+            Quantize::Q4_K => inp % Q4K_BLOCK == 0,
+        }
+    }
+
+    /// The GGUF block type of the same name.
+    fn of_stored(dtype: StoredDType) -> Option<Self> {
+        match dtype {
+            StoredDType::Quant(QuantType::Q8_0) => Some(Quantize::Q8_0),
+            StoredDType::Quant(QuantType::Q4_K) => Some(Quantize::Q4_K),
+            _ => None,
+        }
+    }
+
+    /// A [n, k] weight from GGML blocks of this type.
+    fn upload(self, gpu: &Gpu, n: usize, k: usize, blocks: &[u8]) -> vdit_wgpu::Result<Weight> {
+        Ok(match self {
+            Quantize::Q8_0 => Weight::Q8(Q8Weight::from_ggml_blocks(gpu, n, k, blocks)?),
+            Quantize::Q4_K => Weight::Q4K(Q4KWeight::from_ggml_blocks(gpu, n, k, blocks)?),
+        })
+    }
+
+    /// A [n, k] weight quantised from f32 values.
+    fn quantize(self, gpu: &Gpu, n: usize, k: usize, values: &[f32]) -> vdit_wgpu::Result<Weight> {
+        Ok(match self {
+            Quantize::Q8_0 => Weight::Q8(Q8Weight::quantize(gpu, n, k, values)?),
+            Quantize::Q4_K => Weight::Q4K(Q4KWeight::quantize(gpu, n, k, values)?),
+        })
+    }
+}
+
 /// What is done to a DiT's weights as they load, beyond reading them.
 #[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
@@ -70,11 +134,13 @@ pub struct LoadOptions {
     /// Keep the blocks' weights in host memory and upload each block just ahead of its use
     /// (two blocks on the GPU instead of all).
     pub offload: bool,
-    /// Hold every Linear weight as Q8_0 on the GPU, quantising dense ones as they load (1.125
-    /// bytes per parameter instead of f16's 2; random benchmark weights use this).
-    pub quantize_q8: bool,
-    /// Expand Q8_0 weights of GGUF files to the model's precision at load instead of keeping
-    /// them quantised on the GPU.
+    /// Hold the Linear weights quantised on the GPU, quantising dense ones as they load (Q8_0:
+    /// 1.125 bytes per parameter, Q4_K: 4.75 bits, instead of f16's 2 bytes; random benchmark
+    /// weights use this). Weights a GGUF file stores as Q8_0 or Q4_K stay in their own type.
+    /// Matrices whose rows are not whole blocks of the type stay dense.
+    pub quantize: Option<Quantize>,
+    /// Expand Q8_0 and Q4_K weights of GGUF files to the model's precision at load instead of
+    /// keeping them quantised on the GPU.
     pub expand_quantized: bool,
 }
 
@@ -119,9 +185,9 @@ pub(crate) struct Loader<'a> {
     pub loras: &'a LoraSet,
     pub dtype: DType,
     pub used: HashSet<String>,
-    /// See [`LoadOptions::quantize_q8`] and [`LoadOptions::expand_quantized`].
-    pub quantize_q8: bool,
-    pub keep_q8: bool,
+    /// See [`LoadOptions::quantize`] and [`LoadOptions::expand_quantized`].
+    pub quantize: Option<Quantize>,
+    pub keep_quantized: bool,
 }
 
 impl Loader<'_> {
@@ -133,39 +199,43 @@ impl Loader<'_> {
         Ok(tensor)
     }
 
-    /// The Linear weight `name` [out, inp]: Q8_0 on the GPU where the file stores it so (or
-    /// `quantize_q8` asks for it), the rows are whole Q8_0 blocks, `dtype` is the model's
-    /// precision and no LoRA changes it (a LoRA is merged into a dense copy); else dense.
+    /// The Linear weight `name` [out, inp], quantised on the GPU where `dtype` is the model's
+    /// precision, no LoRA changes it (a LoRA is merged into a dense copy) and either the file
+    /// stores it as Q8_0 or Q4_K (kept so unless `expand_quantized`) or `quantize` asks for it,
+    /// its rows being whole blocks of the type; else dense.
     pub fn matrix(&mut self, name: &str, out: usize, inp: usize, dtype: DType) -> Result<Weight> {
-        let q8_able = inp % Q8_BLOCK == 0 && dtype == self.dtype && !self.loras.patches(name);
-        if q8_able {
+        if dtype == self.dtype && !self.loras.patches(name) {
             let gpu = self.gpu;
+            let quantize = self.quantize.filter(|q| q.fits(inp));
             match &mut self.source {
-                WeightSource::Checkpoint(ckpt) if self.keep_q8 || self.quantize_q8 => {
+                WeightSource::Checkpoint(ckpt) if self.keep_quantized || quantize.is_some() => {
                     let view = ckpt.get(name)?;
-                    if view.dtype() == StoredDType::Quant(QuantType::Q8_0) && self.keep_q8 {
+                    let stored = Quantize::of_stored(view.dtype())
+                        .filter(|q| self.keep_quantized && q.fits(inp));
+                    if let Some(q) = stored {
                         view.check_shape(&[out, inp])?;
                         self.used.insert(name.to_string());
-                        let q8 = Q8Weight::from_ggml_blocks(gpu, out, inp, view.bytes()).map_err(
-                            |source| WeightError::Gpu {
+                        return q.upload(gpu, out, inp, view.bytes()).map_err(|source| {
+                            WeightError::Gpu {
                                 path: view.path().to_path_buf(),
                                 tensor: view.name().to_string(),
                                 source,
-                            },
-                        )?;
-                        return Ok(Weight::Q8(q8));
+                            }
+                            .into()
+                        });
                     }
-                    if self.quantize_q8 {
+                    if let Some(q) = quantize {
                         view.check_shape(&[out, inp])?;
                         self.used.insert(name.to_string());
-                        let q8 = Q8Weight::quantize(gpu, out, inp, &view.to_f32()?)?;
-                        return Ok(Weight::Q8(q8));
+                        return Ok(q.quantize(gpu, out, inp, &view.to_f32()?)?);
                     }
                 }
-                WeightSource::Random(_) if self.quantize_q8 => {
-                    self.used.insert(name.to_string());
-                    let values = self.random_values(name, &[out, inp]);
-                    return Ok(Weight::Q8(Q8Weight::quantize(gpu, out, inp, &values)?));
+                WeightSource::Random(_) => {
+                    if let Some(q) = quantize {
+                        self.used.insert(name.to_string());
+                        let values = self.random_values(name, &[out, inp]);
+                        return Ok(q.quantize(gpu, out, inp, &values)?);
+                    }
                 }
                 _ => {}
             }
@@ -308,8 +378,8 @@ impl WanDit {
             loras,
             dtype: precision.dtype(),
             used: HashSet::new(),
-            quantize_q8: options.quantize_q8,
-            keep_q8: !options.expand_quantized,
+            quantize: options.quantize,
+            keep_quantized: !options.expand_quantized,
         };
         let patch_in = c.in_channels * c.patch_volume();
         let wd = precision.dtype();

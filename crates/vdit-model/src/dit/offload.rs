@@ -39,8 +39,28 @@ impl BlockWeights {
         }
         let mut host = Vec::with_capacity(c.layers);
         let mut slots = Vec::with_capacity(2);
+        // Every block is uploaded into the slots: all must hold the same tensor shapes and types.
+        let layout = |b: &Block| -> Vec<(Vec<usize>, vdit_wgpu::DType)> {
+            b.tensors()
+                .iter()
+                .map(|t| (t.shape().to_vec(), t.dtype()))
+                .collect()
+        };
+        let mut first = Vec::new();
         for i in 0..c.layers {
             let block = Block::load(ld, c, i)?;
+            if i == 0 {
+                first = layout(&block);
+            } else if layout(&block) != first {
+                return Err(input_err(
+                    "--offload",
+                    format!(
+                        "block {i}'s weights are stored in other types than block 0's (a \
+                         file that quantises blocks differently, or a LoRA on some blocks of a \
+                         quantised file): load it without --offload, or with --expand-quantized"
+                    ),
+                ));
+            }
             host.push(Tensor::to_host_all(ld.gpu, &block.tensors())?);
             // The first two blocks' tensors become the slots; the others go back to the
             // buffer pool, where the next block's tensors find them.

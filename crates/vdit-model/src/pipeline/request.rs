@@ -86,10 +86,10 @@ pub struct GenerateRequest {
     /// Keep the DiT's blocks in host memory, two on the GPU at a time (see
     /// [`crate::dit::LoadOptions::offload`]).
     pub offload: bool,
-    /// Hold the DiT's Linear weights as Q8_0 on the GPU (see
-    /// [`crate::dit::LoadOptions::quantize_q8`]).
-    pub quantize_q8: bool,
-    /// Expand a GGUF file's Q8_0 weights to f16 at load (faster matmuls, twice the memory;
+    /// Hold the DiT's Linear weights quantised on the GPU, Q8_0 or Q4_K (see
+    /// [`crate::dit::LoadOptions::quantize`]).
+    pub quantize: Option<crate::dit::Quantize>,
+    /// Expand a GGUF file's Q8_0 and Q4_K weights to f16 at load (faster matmuls, more memory;
     /// see [`crate::dit::LoadOptions::expand_quantized`]).
     pub expand_quantized: bool,
 }
@@ -110,7 +110,7 @@ impl GenerateRequest {
             seed: 0,
             loras: Vec::new(),
             offload: false,
-            quantize_q8: false,
+            quantize: None,
             expand_quantized: false,
         }
     }
@@ -120,7 +120,7 @@ impl GenerateRequest {
         LoadOptions {
             loras: self.loras.clone(),
             offload: self.offload,
-            quantize_q8: self.quantize_q8,
+            quantize: self.quantize,
             expand_quantized: self.expand_quantized,
         }
     }
@@ -205,12 +205,13 @@ mod tests {
     fn the_request_says_how_the_dit_loads() {
         let mut r = GenerateRequest::new(Prompt::Text("a fox".into()));
         let plain = r.dit_load_options();
-        assert!(!plain.offload && !plain.quantize_q8 && plain.loras.is_empty());
+        assert!(!plain.offload && plain.quantize.is_none() && plain.loras.is_empty());
         r.offload = true;
-        r.quantize_q8 = true;
+        r.quantize = Some(crate::dit::Quantize::Q4_K);
         r.loras = vec![LoraSpec::new("style.safetensors", 0.5)];
         let o = r.dit_load_options();
-        assert!(o.offload && o.quantize_q8 && !o.expand_quantized);
+        assert!(o.offload && !o.expand_quantized);
+        assert_eq!(o.quantize, Some(crate::dit::Quantize::Q4_K));
         r.expand_quantized = true;
         assert!(r.dit_load_options().expand_quantized);
         assert_eq!(o.loras.len(), 1);
