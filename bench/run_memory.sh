@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The memory rows of bench/RESULTS.md (offload, LoRA merging, Q8_0 weights, Wan 14B, 720p
+# The memory rows of bench/RESULTS.md (offload, LoRA merging, Q8_0 and Q4_K weights, Wan 14B, 720p
 # decode): each step's output, and the most GPU memory nvidia-smi reported while it ran.
 #
 # Usage (on an NVIDIA GPU machine, from the project root, after `cargo build --release`;
@@ -31,12 +31,14 @@ B14=(--config wan2.1-t2v-14b --random-weights --iters 1 --no-profile)
 step dit14b_resident 230 "$B" bench dit "${B14[@]}" --json "$DIR/dit14b_resident.json"
 step dit14b_offload_lora32 250 "$B" bench dit "${B14[@]}" --offload --random-lora 32 --json "$DIR/dit14b_offload_lora32.json"
 step dit14b_q8 300 "$B" bench dit "${B14[@]}" --quantize q8_0 --json "$DIR/dit14b_q8.json"
+step dit14b_q4k 300 "$B" bench dit "${B14[@]}" --quantize q4_k --json "$DIR/dit14b_q4k.json"
 step torch14b 100 python3 bench/torch_dit.py --out "$DIR/torch14b" --config 14b --reference-only
 B13=(--random-weights --iters 1 --no-profile)
 step dit13b_resident 60 "$B" bench dit "${B13[@]}" --json "$DIR/dit13b_resident.json"
 step dit13b_offload 60 "$B" bench dit "${B13[@]}" --offload --json "$DIR/dit13b_offload.json"
 step dit13b_lora32 60 "$B" bench dit "${B13[@]}" --random-lora 32 --json "$DIR/dit13b_lora32.json"
 step dit13b_q8 80 "$B" bench dit --random-weights --iters 1 --quantize q8_0 --json "$DIR/dit13b_q8.json"
+step dit13b_q4k 80 "$B" bench dit --random-weights --iters 1 --quantize q4_k --json "$DIR/dit13b_q4k.json"
 step generate 90 "$B" bench generate --random-weights --steps 2 --vae-tile 32,8 --json "$DIR/generate.json"
 step vae720 150 python3 bench/torch_vae.py --out "$DIR/torch_vae720" --latent 21x90x160 --vdit "$B"
 step vae720_tiled 120 "$B" bench vae --latent-height 90 --latent-width 160 --vae-tile 32,8 --json "$DIR/vae720_tiled.json"
