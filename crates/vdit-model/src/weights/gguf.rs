@@ -34,7 +34,114 @@ pub enum GgufValue {
     Float(f64),
     Bool(bool),
     String(String),
-    Array(Vec<GgufValue>),
+    Array(GgufArray),
+}
+
+/// A metadata array, kept compact: a tokenizer's 256k scores or token types are the file's
+/// bytes, not one [`GgufValue`] per item, and a string array holds its strings alone.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GgufArray {
+    /// Numbers (or bools, 0 or 1) of one GGUF value type, little-endian as the file stores them.
+    Numbers {
+        ty: u32,
+        bytes: Vec<u8>,
+    },
+    Strings(Vec<String>),
+    Arrays(Vec<GgufArray>),
+}
+
+/// The width in bytes of a numeric (or bool) GGUF value type; None for strings, arrays and
+/// unknown types.
+fn number_width(ty: u32) -> Option<usize> {
+    match ty {
+        0 | 1 | 7 => Some(1),
+        2 | 3 => Some(2),
+        4..=6 => Some(4),
+        10..=12 => Some(8),
+        _ => None,
+    }
+}
+
+/// A numeric value of type `ty` from its `number_width(ty)` little-endian bytes.
+fn number(ty: u32, b: &[u8]) -> GgufValue {
+    let int = b.iter().rev().fold(0u64, |v, &x| v << 8 | x as u64);
+    match ty {
+        0 | 2 | 4 => GgufValue::Int(int as i64),
+        1 => GgufValue::Int(int as u8 as i8 as i64),
+        3 => GgufValue::Int(int as u16 as i16 as i64),
+        5 => GgufValue::Int(int as u32 as i32 as i64),
+        6 => GgufValue::Float(f32::from_bits(int as u32) as f64),
+        7 => GgufValue::Bool(int != 0),
+        10 => i64::try_from(int).map_or(GgufValue::UInt(int), GgufValue::Int),
+        11 => GgufValue::Int(int as i64),
+        _ => GgufValue::Float(f64::from_bits(int)),
+    }
+}
+
+impl GgufArray {
+    pub fn len(&self) -> usize {
+        match self {
+            GgufArray::Numbers { ty, bytes } => bytes.len() / number_width(*ty).unwrap_or(1),
+            GgufArray::Strings(items) => items.len(),
+            GgufArray::Arrays(items) => items.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The numbers as values (None for strings and arrays).
+    pub fn numbers(&self) -> Option<impl Iterator<Item = GgufValue> + '_> {
+        let GgufArray::Numbers { ty, bytes } = self else {
+            return None;
+        };
+        let width = number_width(*ty)?;
+        Some(bytes.chunks_exact(width).map(|b| number(*ty, b)))
+    }
+
+    /// Every item as a non-negative integer; None unless all are.
+    pub fn to_u64s(&self) -> Option<Vec<u64>> {
+        self.numbers()?.map(|v| v.as_u64()).collect()
+    }
+
+    /// Every item as a float (integers converted); None unless all are numbers.
+    pub fn to_f64s(&self) -> Option<Vec<f64>> {
+        self.numbers()?.map(|v| v.as_f64()).collect()
+    }
+
+    /// The bytes of an array of u8 or i8.
+    pub fn as_bytes(&self) -> Option<&[u8]> {
+        match self {
+            GgufArray::Numbers { ty: 0 | 1, bytes } => Some(bytes),
+            _ => None,
+        }
+    }
+
+    pub fn as_strings(&self) -> Option<&[String]> {
+        match self {
+            GgufArray::Strings(items) => Some(items),
+            _ => None,
+        }
+    }
+
+    fn to_text(&self) -> String {
+        // Long arrays (a tokenizer's vocabulary) are summarised, not spelled out.
+        if self.len() > 64 {
+            return format!("[{} items]", self.len());
+        }
+        let inner: Vec<String> = match self {
+            GgufArray::Numbers { .. } => self
+                .numbers()
+                .into_iter()
+                .flatten()
+                .map(|v| v.to_text())
+                .collect(),
+            GgufArray::Strings(items) => items.iter().map(|s| format!("{s:?}")).collect(),
+            GgufArray::Arrays(items) => items.iter().map(GgufArray::to_text).collect(),
+        };
+        format!("[{}]", inner.join(", "))
+    }
 }
 
 impl GgufValue {
@@ -53,6 +160,30 @@ impl GgufValue {
         }
     }
 
+    /// A number as f64 (integers converted).
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            GgufValue::Int(v) => Some(v as f64),
+            GgufValue::UInt(v) => Some(v as f64),
+            GgufValue::Float(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    pub fn as_bool(&self) -> Option<bool> {
+        match *self {
+            GgufValue::Bool(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    pub fn as_array(&self) -> Option<&GgufArray> {
+        match self {
+            GgufValue::Array(a) => Some(a),
+            _ => None,
+        }
+    }
+
     /// The value as metadata text: strings as they are, everything else as JSON-like text.
     fn to_text(&self) -> String {
         match self {
@@ -61,18 +192,7 @@ impl GgufValue {
             GgufValue::Float(v) => v.to_string(),
             GgufValue::Bool(v) => v.to_string(),
             GgufValue::String(s) => s.clone(),
-            // Long arrays (a tokenizer's vocabulary) are summarised, not spelled out.
-            GgufValue::Array(items) if items.len() > 64 => format!("[{} items]", items.len()),
-            GgufValue::Array(items) => {
-                let inner: Vec<String> = items
-                    .iter()
-                    .map(|v| match v {
-                        GgufValue::String(s) => format!("{s:?}"),
-                        other => other.to_text(),
-                    })
-                    .collect();
-                format!("[{}]", inner.join(", "))
-            }
+            GgufValue::Array(a) => a.to_text(),
         }
     }
 }
@@ -126,49 +246,71 @@ impl<'a> Cursor<'a> {
         String::from_utf8(bytes.to_vec()).map_err(|_| format!("{what} is not UTF-8"))
     }
 
-    /// A value of GGUF value type `ty`; `depth` bounds arrays of arrays.
-    fn value(&mut self, ty: u32, what: &str, depth: u32) -> Result<GgufValue, String> {
-        let int = |b: &[u8]| b.iter().rev().fold(0u64, |v, &x| v << 8 | x as u64);
-        Ok(match ty {
-            0 => GgufValue::Int(self.take(1, what)?[0] as i64),
-            1 => GgufValue::Int(self.take(1, what)?[0] as i8 as i64),
-            2 => GgufValue::Int(int(self.take(2, what)?) as i64),
-            3 => GgufValue::Int(int(self.take(2, what)?) as u16 as i16 as i64),
-            4 => GgufValue::Int(self.u32(what)? as i64),
-            5 => GgufValue::Int(self.u32(what)? as i32 as i64),
-            6 => GgufValue::Float(f32::from_bits(self.u32(what)?) as f64),
-            7 => match self.take(1, what)?[0] {
-                0 => GgufValue::Bool(false),
-                1 => GgufValue::Bool(true),
-                b => return Err(format!("{what} is a bool of value {b}")),
-            },
-            8 => GgufValue::String(self.string(what)?),
-            9 => {
-                if depth > 2 {
-                    return Err(format!("{what} nests arrays more than 2 deep"));
-                }
-                let item = self.u32(what)?;
-                let count = self.u64(what)?;
-                // Every item takes at least one byte: a larger count is a lie.
-                if count > self.left() as u64 {
-                    return Err(format!(
-                        "{what} claims {count} items with {} bytes left in the file",
-                        self.left()
-                    ));
-                }
-                let mut items = Vec::with_capacity((count as usize).min(1 << 16));
+    /// A value of GGUF value type `ty`.
+    fn value(&mut self, ty: u32, what: &str) -> Result<GgufValue, String> {
+        if let Some(width) = number_width(ty) {
+            let b = self.take(width, what)?;
+            if ty == 7 && b[0] > 1 {
+                return Err(format!("{what} is a bool of value {}", b[0]));
+            }
+            return Ok(number(ty, b));
+        }
+        match ty {
+            8 => Ok(GgufValue::String(self.string(what)?)),
+            9 => Ok(GgufValue::Array(self.array(what, 0)?)),
+            other => Err(format!("{what} has the unknown value type {other}")),
+        }
+    }
+
+    /// An array (item type, count, items); `depth` bounds arrays of arrays. Every count is
+    /// checked against the bytes left before anything is reserved for it.
+    fn array(&mut self, what: &str, depth: u32) -> Result<GgufArray, String> {
+        if depth > 2 {
+            return Err(format!("{what} nests arrays more than 2 deep"));
+        }
+        let item = self.u32(what)?;
+        let count = self.u64(what)?;
+        // The fewest bytes an item takes: a number its width, a string its length, an array
+        // its item type and count.
+        let least = match item {
+            8 => 8,
+            9 => 12,
+            ty => number_width(ty)
+                .ok_or_else(|| format!("{what} holds items of the unknown value type {ty}"))?
+                as u64,
+        };
+        if count.saturating_mul(least) > self.left() as u64 {
+            return Err(format!(
+                "{what} claims {count} items with {} bytes left in the file",
+                self.left()
+            ));
+        }
+        let count = count as usize;
+        Ok(match item {
+            8 => {
+                let mut items = Vec::with_capacity(count);
                 for _ in 0..count {
-                    items.push(self.value(item, what, depth + 1)?);
+                    items.push(self.string(what)?);
                 }
-                GgufValue::Array(items)
+                GgufArray::Strings(items)
             }
-            10 => {
-                let v = self.u64(what)?;
-                i64::try_from(v).map_or(GgufValue::UInt(v), GgufValue::Int)
+            9 => {
+                let mut items = Vec::with_capacity(count);
+                for _ in 0..count {
+                    items.push(self.array(what, depth + 1)?);
+                }
+                GgufArray::Arrays(items)
             }
-            11 => GgufValue::Int(self.u64(what)? as i64),
-            12 => GgufValue::Float(f64::from_bits(self.u64(what)?)),
-            other => return Err(format!("{what} has the unknown value type {other}")),
+            ty => {
+                let bytes = self.take(count * least as usize, what)?;
+                if ty == 7 && bytes.iter().any(|&b| b > 1) {
+                    return Err(format!("{what} holds a bool that is neither 0 nor 1"));
+                }
+                GgufArray::Numbers {
+                    ty,
+                    bytes: bytes.to_vec(),
+                }
+            }
         })
     }
 }
@@ -232,7 +374,7 @@ pub(crate) fn parse_gguf(file: &[u8], path: &Path) -> Result<GgufHeader> {
             .map_err(malformed)?;
         let what = format!("metadata '{key}'");
         let ty = c.u32(&what).map_err(malformed)?;
-        let value = c.value(ty, &what, 0).map_err(malformed)?;
+        let value = c.value(ty, &what).map_err(malformed)?;
         if values.insert(key.clone(), value).is_some() {
             return Err(malformed(format!("metadata '{key}' appears twice")));
         }
@@ -340,10 +482,7 @@ pub(crate) fn parse_gguf(file: &[u8], path: &Path) -> Result<GgufHeader> {
         let numel = e.dims.iter().product::<u64>();
         let mut shape: Vec<usize> = e.dims.iter().rev().map(|&d| d as usize).collect();
         if let Some(original) = values.get(&format!("{ORIGINAL_SHAPE_PREFIX}{}", e.name)) {
-            let dims = match original {
-                GgufValue::Array(items) => items.iter().map(GgufValue::as_u64).collect(),
-                _ => None,
-            };
+            let dims = original.as_array().and_then(GgufArray::to_u64s);
             let dims: Vec<u64> = dims.filter(|d: &Vec<u64>| !d.is_empty()).ok_or_else(|| {
                 bad(format!(
                     "its {ORIGINAL_SHAPE_PREFIX} entry is not a list of sizes"

@@ -39,7 +39,7 @@ pub(crate) use convert::{to_f32_values, to_storage_bytes};
 pub use dtype::StoredDType;
 pub use error::{Result, WeightError};
 pub use file::{FileFormat, WeightFile};
-pub use gguf::GgufValue;
+pub use gguf::{GgufArray, GgufValue};
 pub use header::TensorInfo;
 pub use layout::{diffusers_to_original, original_to_diffusers, KeyLayout, Naming, COMFYUI_PREFIX};
 pub use quant::QuantType;

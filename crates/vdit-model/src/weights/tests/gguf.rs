@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use super::*;
 use crate::weights::quant::dequantize_blocks;
-use crate::weights::{Checkpoint, FileFormat, QuantType, StoredDType, WeightFile};
+use crate::weights::{
+    Checkpoint, FileFormat, GgufArray, GgufValue, QuantType, StoredDType, WeightFile,
+};
 
 fn goldens() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets/goldens/gguf")
@@ -326,4 +328,80 @@ fn a_gguf_of_another_model_is_not_taken_for_a_dit() {
         message.contains("llama.gguf") && message.contains("'llama' model"),
         "{message}"
     );
+}
+
+/// An array entry: item type, count, items.
+fn array(item: u32, count: u64, items: &[u8]) -> Vec<u8> {
+    let mut b = item.to_le_bytes().to_vec();
+    b.extend(count.to_le_bytes());
+    b.extend(items);
+    b
+}
+
+#[test]
+fn metadata_arrays_keep_their_values_compactly() {
+    let mut g = Gguf::new().f32("a", &[2], 0);
+    let scores: Vec<u8> = [-1.5f32, 0.25, -10000.0]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let strings: Vec<u8> = ["<pad>", "", "\u{2581}fox"]
+        .iter()
+        .flat_map(|s| string(s))
+        .collect();
+    let mut nested = array(4, 2, &[1, 0, 0, 0, 2, 0, 0, 0]);
+    nested.extend(array(4, 1, &[3, 0, 0, 0]));
+    for (key, value) in [
+        ("bytes", array(0, 4, &[0, 1, 0xfe, 0xff])),
+        ("scores", array(6, 3, &scores)),
+        ("types", array(5, 2, &[1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff])),
+        ("flags", array(7, 2, &[1, 0])),
+        ("tokens", array(8, 3, &strings)),
+        ("nested", array(9, 2, &nested)),
+    ] {
+        g.metadata.push((key.into(), 9, value));
+    }
+    let dir = TempDir::new("gguf-arrays");
+    let path = dir.join("arrays.gguf");
+    std::fs::write(&path, g.bytes()).unwrap();
+    let file = WeightFile::open(&path).unwrap();
+    let get = |k: &str| file.gguf_value(k).unwrap().as_array().unwrap();
+    assert_eq!(get("bytes").as_bytes(), Some(&[0, 1, 0xfe, 0xff][..]));
+    assert_eq!(get("bytes").len(), 4);
+    assert_eq!(get("scores").to_f64s(), Some(vec![-1.5, 0.25, -10000.0]));
+    assert_eq!(get("scores").to_u64s(), None);
+    let types: Vec<GgufValue> = get("types").numbers().unwrap().collect();
+    assert_eq!(types, [GgufValue::Int(1), GgufValue::Int(-1)]);
+    assert_eq!(get("types").to_u64s(), None, "-1 is no size");
+    let flags: Vec<GgufValue> = get("flags").numbers().unwrap().collect();
+    assert_eq!(flags, [GgufValue::Bool(true), GgufValue::Bool(false)]);
+    assert_eq!(
+        get("tokens").as_strings().unwrap(),
+        ["<pad>", "", "\u{2581}fox"]
+    );
+    match get("nested") {
+        GgufArray::Arrays(items) => {
+            assert_eq!(items[0].to_u64s(), Some(vec![1, 2]));
+            assert_eq!(items[1].to_u64s(), Some(vec![3]));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(file.metadata()["scores"], "[-1.5, 0.25, -10000]");
+    assert_eq!(
+        file.metadata()["tokens"],
+        "[\"<pad>\", \"\", \"\u{2581}fox\"]"
+    );
+
+    // A bool neither 0 nor 1, an unknown item type, and counts beyond the bytes of each kind.
+    for (label, value, want) in [
+        ("bool", array(7, 2, &[1, 2]), "neither 0 nor 1"),
+        ("item", array(13, 1, &[0]), "unknown value type 13"),
+        ("floats", array(6, 1 << 40, &[0; 16]), "claims"),
+        ("strings", array(8, 1 << 40, &string("x")), "claims"),
+        ("arrays", array(9, 1 << 20, &[0; 64]), "claims"),
+    ] {
+        let mut g = Gguf::new().f32("a", &[2], 0);
+        g.metadata.push(("k".into(), 9, value));
+        gguf_error(label, &g.bytes(), &["'k'", want]);
+    }
 }
