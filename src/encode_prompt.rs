@@ -13,10 +13,12 @@ use vdit_wgpu::Gpu;
 pub struct EncodePromptArgs {
     /// A checkpoint root (text_encoder/ + tokenizer/, or models_t5_umt5-xxl-enc-bf16.pth +
     /// google/umt5-xxl/), a text_encoder/ folder, a safetensors file or index (fp8 and scaled
-    /// fp8 too), a .pth file, or a GGUF file with llama.cpp's names (pass --tokenizer).
+    /// fp8 too), a .pth file, or a GGUF file with llama.cpp's names (its tokenizer read from
+    /// its metadata).
     #[arg(long)]
     pub model: PathBuf,
-    /// tokenizer.json (or its folder), when it is not found beside the weights.
+    /// tokenizer.json (or its folder, or a GGUF file carrying one); by default the one in a GGUF
+    /// text encoder's metadata, else one found beside the weights.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
     /// The prompt.

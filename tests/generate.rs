@@ -316,23 +316,23 @@ fn the_command_writes_a_playable_mp4() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-#[test]
-fn the_command_runs_from_gguf_files() {
-    // A k-quant DiT and a Q8_0 umT5 under llama.cpp's names (tools/make_gguf_goldens.py), with
-    // the tiny golden tokenizer and VAE.
+/// `vdit generate` from a k-quant DiT and a Q8_0 umT5 under llama.cpp's names
+/// (tools/make_gguf_goldens.py) with the tiny golden VAE, and `extra` arguments; a 32 x 48 GIF.
+fn generate_from_gguf_files(name: &str, extra: &[&str]) {
     let goldens = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/goldens");
     let arg = |rel: &str| goldens.join(rel).to_str().unwrap().to_string();
-    let dir = scratch("gguf");
+    let dir = scratch(name);
     let path = dir.join("fox.gif");
-    let (ok, stderr) = vdit_generate(&[
-        "--dit",
-        &arg("gguf/dit_tiny_kquants.gguf"),
-        "--text-encoder",
-        &arg("gguf/umt5_tiny_q8_0.gguf"),
-        "--tokenizer",
-        &arg("t5/tokenizer/tokenizer.json"),
-        "--vae",
-        &arg("vae/tiny/diffusers"),
+    let mut args = vec![
+        "--dit".to_string(),
+        arg("gguf/dit_tiny_kquants.gguf"),
+        "--text-encoder".into(),
+        arg("gguf/umt5_tiny_q8_0.gguf"),
+        "--vae".into(),
+        arg("vae/tiny/diffusers"),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    for a in [
         "--prompt",
         "a red fox",
         "--width",
@@ -345,14 +345,31 @@ fn the_command_runs_from_gguf_files() {
         "1",
         "--quiet",
         "--output",
-        path.to_str().unwrap(),
-    ]);
+    ] {
+        args.push(a.into());
+    }
+    args.push(path.to_str().unwrap().into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, stderr) = vdit_generate(&args);
     assert!(ok, "{stderr}");
     let bytes = std::fs::read(&path).unwrap();
     assert!(bytes.starts_with(b"GIF89a"), "not a GIF");
     // The logical screen size of the GIF: 32 x 48.
     assert_eq!((bytes[6], bytes[8]), (32, 48));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_command_runs_from_gguf_files() {
+    let tokenizer = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("assets/goldens/t5/tokenizer/tokenizer.json");
+    generate_from_gguf_files("gguf", &["--tokenizer", tokenizer.to_str().unwrap()]);
+}
+
+#[test]
+fn the_command_runs_from_gguf_files_with_the_text_encoders_own_tokenizer() {
+    // No --tokenizer: the umT5 GGUF file's metadata carries it.
+    generate_from_gguf_files("gguf-own-tokenizer", &[]);
 }
 
 #[test]

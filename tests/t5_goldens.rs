@@ -322,3 +322,175 @@ fn a_truncated_checkpoint_is_an_error() {
     let err = PthFile::open(pth("truncated.pth")).unwrap_err().to_string();
     assert!(err.contains("truncated.pth"), "{err}");
 }
+
+// --- the tokenizer in a GGUF file's metadata -----------------------------------------------------
+
+/// Strings of every kind the tokenizer meets: accents precomposed and combining, digits plain and
+/// fullwidth, runs of spaces, emoji, ligatures, other scripts, markup, long text.
+fn tokenizer_strings() -> Vec<String> {
+    let mut strings: Vec<String> = [
+        "",
+        "a red fox running through snow",
+        "café naïve résumé Ångström, crème brûlée",
+        "cafe\u{301} nai\u{308}ve",
+        "digits 0123456789, 3.14159 and ０１２３ (fullwidth), ²³ ½",
+        "  spaces   between\twords \n and  lines  ",
+        "emoji 🦊🔥✨ and 👩‍👩‍👧 and ✓",
+        "ﬁne ﬂower ﬀ, Ⅻ ① ㎏",
+        "狐狸在雪地里奔跑 Лиса бежит по снегу",
+        "&lt;b&gt;bold&lt;/b&gt; <i>markup</i>",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    strings.push("a fox in the snow, ".repeat(120));
+    strings
+}
+
+fn gguf_tokenizer(rel: &str) -> PromptTokenizer {
+    let file = WeightFile::open(goldens().join(rel)).unwrap();
+    PromptTokenizer::from_gguf(&file).unwrap()
+}
+
+#[test]
+fn a_gguf_files_tokenizer_gives_the_ids_of_its_tokenizer_json() {
+    let json = PromptTokenizer::from_file(goldens().join("t5/tokenizer")).unwrap();
+    for rel in ["gguf/umt5_tiny_f32.gguf", "gguf/umt5_tiny_q8_0.gguf"] {
+        let gguf = gguf_tokenizer(rel);
+        assert_eq!(gguf.eos_id(), json.eos_id(), "{rel}");
+        // The vocabulary without the converter's padding up to the embedding's 408 rows.
+        assert_eq!(gguf.vocab_size(), json.vocab_size(), "{rel}");
+        for s in tokenizer_strings() {
+            let want = json.encode(&s).unwrap();
+            assert_eq!(gguf.encode(&s).unwrap(), want, "{rel}: {s:?}");
+        }
+        for p in prompts() {
+            assert_eq!(
+                gguf.encode(&p.prompt).unwrap(),
+                p.ids,
+                "{rel}: '{}'",
+                p.name
+            );
+        }
+        // --tokenizer takes a GGUF file as well.
+        let again = PromptTokenizer::from_file(goldens().join(rel)).unwrap();
+        assert_eq!(
+            again.encode("a red fox").unwrap(),
+            json.encode("a red fox").unwrap()
+        );
+    }
+}
+
+#[test]
+fn a_gguf_encoder_encodes_prompts_with_the_tokenizer_in_its_metadata() {
+    let gpu = test_gpu();
+    // No tokenizer.json lies beside the GGUF goldens: the file's own tokenizer is used.
+    let enc = UmT5Encoder::load(
+        gpu,
+        &goldens().join("gguf/umt5_tiny_f32.gguf"),
+        Precision::F32,
+        Residency::Resident,
+    )
+    .unwrap();
+    assert!(enc
+        .tokenizer()
+        .unwrap()
+        .path()
+        .ends_with("umt5_tiny_f32.gguf"));
+    let all = prompts();
+    let texts: Vec<&str> = all.iter().map(|p| p.prompt.as_str()).collect();
+    let contexts = enc.encode_batch(gpu, &texts).unwrap();
+    let d = enc.config().d_model;
+    for (p, ctx) in all.iter().zip(&contexts) {
+        assert_eq!(enc.tokenize(&p.prompt).unwrap(), p.ids, "'{}'", p.name);
+        let got = ctx.to_vec_f32(gpu).unwrap();
+        let want: Vec<f64> = golden_hidden(&p.name).iter().map(|&x| x as f64).collect();
+        let err = rel_l2(&got[..p.ids.len() * d], &want);
+        assert!(
+            err <= 1e-4,
+            "'{}' from text through GGUF: {err:.2e}",
+            p.name
+        );
+    }
+    enc.free(gpu);
+}
+
+/// Bytes written a number of bytes after the first occurrence of a key.
+type Edit<'a> = (&'a str, usize, &'a [u8]);
+
+/// A copy of the F32 GGUF golden with, per edit (key, skip, bytes), `bytes` written `skip` bytes
+/// after the first occurrence of `key`.
+fn patched_gguf(name: &str, edits: &[Edit<'_>]) -> PathBuf {
+    let mut bytes = std::fs::read(goldens().join("gguf/umt5_tiny_f32.gguf")).unwrap();
+    for (key, skip, new) in edits {
+        let at = bytes
+            .windows(key.len())
+            .position(|w| w == key.as_bytes())
+            .unwrap_or_else(|| panic!("{key}"))
+            + key.len()
+            + skip;
+        bytes[at..at + new.len()].copy_from_slice(new);
+    }
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("t5-gguf-tokenizer");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn gguf_tokenizer_metadata_absent_or_malformed_is_an_error_naming_the_file() {
+    let gpu = test_gpu();
+    // After a key: its value type (4 bytes), then a string's length (8) or an array's item
+    // type (4) and count (8).
+    let cases: [(&str, Vec<Edit<'_>>, &str); 4] = [
+        // Both keys renamed: "tokenizer.ggml.modeX", "tokenizer.ggml.tokenX".
+        (
+            "no_tokenizer.gguf",
+            vec![
+                ("tokenizer.ggml.mode", 0, b"X"),
+                ("tokenizer.ggml.token", 0, b"X"),
+            ],
+            "carries no tokenizer",
+        ),
+        (
+            "bpe_tokenizer.gguf",
+            vec![("tokenizer.ggml.model", 12, b"t6")],
+            "'t6'",
+        ),
+        // The trie's root (after the map's 4-byte trie size) sends every lookup to unit 2^21,
+        // far outside the map.
+        (
+            "bad_charsmap.gguf",
+            vec![(
+                "tokenizer.ggml.precompiled_charsmap",
+                20,
+                &[0x00, 0xfc, 0xff, 0x7f],
+            )],
+            "a lookup reaches unit",
+        ),
+        (
+            "bad_eos.gguf",
+            vec![("tokenizer.ggml.eos_token_id", 4, &[0xff, 0xff, 0, 0])],
+            "not a token id below",
+        ),
+    ];
+    for (name, edits, want) in cases {
+        let path = patched_gguf(name, &edits);
+        let file = WeightFile::open(&path).unwrap();
+        let err = PromptTokenizer::from_gguf(&file).unwrap_err().to_string();
+        assert!(err.contains(name) && err.contains(want), "{name}: {err}");
+        // The encoder loads (its weights are fine) and says so at the first prompt, unless it
+        // is given a tokenizer.
+        let mut enc = UmT5Encoder::load(gpu, &path, Precision::F32, Residency::Streamed).unwrap();
+        let err = enc.encode(gpu, "a fox").unwrap_err().to_string();
+        assert!(err.contains(name) && err.contains(want), "{name}: {err}");
+        enc.set_tokenizer(PromptTokenizer::from_file(goldens().join("t5/tokenizer")).unwrap());
+        assert_eq!(
+            enc.tokenize("a fox").unwrap(),
+            gguf_tokenizer("gguf/umt5_tiny_f32.gguf")
+                .encode("a fox")
+                .unwrap()
+        );
+    }
+}

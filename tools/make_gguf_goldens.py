@@ -27,7 +27,13 @@ Writes assets/goldens/gguf/:
       (`general.architecture = t5encoder`, token_embd, enc.blk.N.attn_q, attn_rel_b, ffn_gate...):
       all F32 (it must match transformers' hidden states), and with every weight whose rows fill
       32-value blocks quantised to Q8_0 (the others F16), beside umt5_tiny_q8_0.dequantized.safetensors
-      (transformers' names, gguf-py's dequantisation).
+      (transformers' names, gguf-py's dequantisation). Both carry the tiny golden tokenizer
+      (t5/tokenizer) in their metadata as llama.cpp's converter writes a umT5 tokenizer from its
+      SentencePiece model: `tokenizer.ggml.model = t5`, the pieces, scores and token types (the
+      vocabulary padded to the embedding's rows with unused "[PAD<i>]" pieces), add_space_prefix,
+      remove_extra_whitespaces, the precompiled character map and the special token ids. The
+      SentencePiece model is built here from tokenizer.json's pieces, with SentencePiece's own
+      NFKC rule (the golden tokenizer's normalizer) compiled to its character map.
   config.json
       The tiny DiT's config (Wan's original format), which vdit reads beside a DiT file.
   dit_tiny_<name>.dequantized.safetensors
@@ -38,6 +44,7 @@ Run from the repository root:  python tools/make_gguf_goldens.py
 """
 
 import importlib.metadata
+import io
 import json
 import os
 import shutil
@@ -48,6 +55,8 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 from gguf import quants
 from safetensors.numpy import load_file, save_file
+import sentencepiece
+from sentencepiece import sentencepiece_model_pb2 as spm_model
 
 # golden_utils is not imported: it needs torch, and nothing here does.
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -232,14 +241,99 @@ def llama_t5_name(name):
     return f"enc.blk.{block}.{T5_BLOCK_NAMES[rest.removesuffix('.weight')]}.weight"
 
 
+T5_TOKENIZER = GOLDENS / "t5" / "tokenizer" / "tokenizer.json"
+
+
+def nfkc_normalizer_spec():
+    """SentencePiece's builtin NFKC rule, compiled to its precompiled character map by training a
+    throwaway model with it (the trainer is what compiles a rule)."""
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(["ab ba abba"] * 8),
+        model_writer=model,
+        vocab_size=8,
+        hard_vocab_limit=False,
+        normalization_rule_name="nfkc",
+        minloglevel=3,
+    )
+    proto = spm_model.ModelProto()
+    proto.ParseFromString(model.getvalue())
+    assert proto.normalizer_spec.precompiled_charsmap, "no character map compiled"
+    return proto.normalizer_spec
+
+
+def golden_sentencepiece_model():
+    """The tiny golden tokenizer (tokenizer.json: Unigram pieces and scores, NFKC, Metaspace) as
+    the SentencePiece model llama.cpp's converter reads: <pad> and </s> control pieces, <unk> the
+    unknown piece, NFKC as SentencePiece's compiled rule."""
+    tok = json.loads(T5_TOKENIZER.read_text())
+    assert tok["model"]["type"] == "Unigram" and tok["model"]["unk_id"] == 2
+    Piece = spm_model.ModelProto.SentencePiece
+    proto = spm_model.ModelProto()
+    for i, (piece, score) in enumerate(tok["model"]["vocab"]):
+        kind = {0: Piece.CONTROL, 1: Piece.CONTROL, 2: Piece.UNKNOWN}.get(i, Piece.NORMAL)
+        proto.pieces.add(piece=piece, score=score, type=kind)
+    proto.trainer_spec.model_type = spm_model.TrainerSpec.UNIGRAM
+    proto.trainer_spec.vocab_size = len(proto.pieces)
+    proto.trainer_spec.pad_id, proto.trainer_spec.eos_id, proto.trainer_spec.unk_id = 0, 1, 2
+    proto.trainer_spec.bos_id = -1
+    proto.normalizer_spec.CopyFrom(nfkc_normalizer_spec())
+    # It must tokenize the golden prompts (cleaned as the reference does) as tokenizer.json did.
+    sp = sentencepiece.SentencePieceProcessor()
+    sp.LoadFromSerializedProto(proto.SerializeToString())
+    for p in json.loads((GOLDENS / "t5" / "prompts.json").read_text()):
+        ids = sp.EncodeAsIds(p["cleaned"])[:511] + [1]
+        assert ids == p["ids"], f"the SentencePiece model tokenizes '{p['name']}' differently"
+    return proto
+
+
+def add_tokenizer(writer, proto, vocab_size):
+    """Writes the tokenizer metadata the way llama.cpp's convert_hf_to_gguf.py does for a T5
+    encoder (its T5EncoderModel.set_vocab): every piece with its score and type, then unused
+    "[PAD<i>]" pieces up to the model's vocab_size, and the special ids of its config."""
+    sp = sentencepiece.SentencePieceProcessor()
+    sp.LoadFromSerializedProto(proto.SerializeToString())
+    tokens = [f"[PAD{i}]".encode() for i in range(vocab_size)]
+    scores = [-10000.0] * vocab_size
+    types = [gguf.TokenType.UNUSED] * vocab_size
+    for i in range(sp.vocab_size()):
+        tokens[i] = sp.IdToPiece(i).encode()
+        scores[i] = sp.GetScore(i)
+        if sp.IsUnknown(i):
+            types[i] = gguf.TokenType.UNKNOWN
+        elif sp.IsControl(i):
+            types[i] = gguf.TokenType.CONTROL
+        elif sp.IsUnused(i):
+            types[i] = gguf.TokenType.UNUSED
+        elif sp.IsByte(i):
+            types[i] = gguf.TokenType.BYTE
+        else:
+            types[i] = gguf.TokenType.NORMAL
+    writer.add_tokenizer_model("t5")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_add_space_prefix(proto.normalizer_spec.add_dummy_prefix)
+    writer.add_remove_extra_whitespaces(proto.normalizer_spec.remove_extra_whitespaces)
+    writer.add_precompiled_charsmap(proto.normalizer_spec.precompiled_charsmap)
+    # gguf.SpecialVocab's ids for a T5 checkpoint: eos, unknown and padding (no bos).
+    writer.add_eos_token_id(1)
+    writer.add_unk_token_id(2)
+    writer.add_pad_token_id(0)
+
+
 def umt5_goldens():
     weights = {}
     for shard in sorted(T5.glob("*.safetensors")):
         weights.update(load_file(str(shard)))
+    config = json.loads((T5 / "config.json").read_text())
+    proto = golden_sentencepiece_model()
     for quantised in [False, True]:
         name = "umt5_tiny_q8_0" if quantised else "umt5_tiny_f32"
         path = OUT / f"{name}.gguf"
         writer = gguf.GGUFWriter(str(path), arch="t5encoder")
+        add_tokenizer(writer, proto, config["vocab_size"])
         copy = {}
         for hf_name, w in sorted(weights.items()):
             w = w.astype(np.float32)
@@ -270,7 +364,11 @@ def main():
     block_goldens(rng)
     umt5_goldens()
     weights = {k: v.astype(np.float32) for k, v in sorted(load_file(str(TINY)).items())}
-    summary = {"gguf": importlib.metadata.version("gguf"), "numpy": np.__version__}
+    summary = {
+        "gguf": importlib.metadata.version("gguf"),
+        "numpy": np.__version__,
+        "sentencepiece": importlib.metadata.version("sentencepiece"),
+    }
     for name, tensors, prefix in [
         ("legacy", legacy_dit(weights), ""),
         ("kquants", kquant_dit(weights, rng), "model.diffusion_model."),

@@ -1,6 +1,7 @@
-//! Every file reader fed mutated copies of the goldens: safetensors (header and tensors), the
-//! shards index, PyTorch zip checkpoints (the archive, and the pickle inside it), tokenizer.json,
-//! attention plans and model configs. Harness and budgets: `fuzz/mod.rs`.
+//! Every file reader fed mutated copies of the goldens: safetensors (header and tensors), GGUF
+//! (and the tokenizer in a text encoder's metadata), the shards index, PyTorch zip checkpoints
+//! (the archive, and the pickle inside it), tokenizer.json, attention plans and model configs.
+//! Harness and budgets: `fuzz/mod.rs`.
 
 // A seed's hot bytes are a list of ranges, often of one.
 #![allow(clippy::single_range_in_vec_init)]
@@ -136,34 +137,99 @@ fn gguf_field_lie(data: &mut [u8], rng: &mut Rng) {
     data[at..at + 8].copy_from_slice(&lie.to_le_bytes());
 }
 
+/// Where the precompiled character map of a GGUF file's tokenizer starts.
+fn charsmap_at(bytes: &[u8]) -> usize {
+    find(bytes, b"tokenizer.ggml.precompiled_charsmap").expect("a character map")
+}
+
 #[test]
 fn fuzz_gguf() {
     let path = scratch("gguf").join("input.gguf");
+    let mut seeds: Vec<Seed> = [
+        "goldens/gguf/dit_tiny_legacy.gguf",
+        "goldens/gguf/dit_tiny_kquants.gguf",
+    ]
+    .into_iter()
+    .map(|rel| {
+        let bytes = read(rel);
+        Seed {
+            name: rel.into(),
+            // The metadata and tensor directory; the data follows.
+            hot: vec![0..bytes.len().min(6144)],
+            bytes,
+        }
+    })
+    .collect();
+    // A text encoder with its tokenizer: the vocabulary, scores and types (arrays of strings
+    // and numbers) before the character map, and the tensor directory after it.
+    let rel = "goldens/gguf/umt5_tiny_q8_0.gguf";
+    let bytes = read(rel);
+    let directory = find(&bytes, b"token_embd.weight").unwrap_or(bytes.len());
+    seeds.push(Seed {
+        name: rel.into(),
+        hot: vec![
+            0..charsmap_at(&bytes) + 64,
+            directory..bytes.len().min(directory + 4096),
+        ],
+        bytes,
+    });
     let report = fuzz::run(Target {
         name: "gguf",
-        seeds: [
-            "goldens/gguf/dit_tiny_legacy.gguf",
-            "goldens/gguf/dit_tiny_kquants.gguf",
-        ]
-        .into_iter()
-        .map(|rel| {
-            let bytes = read(rel);
-            Seed {
-                name: rel.into(),
-                // The metadata and tensor directory; the data follows.
-                hot: vec![0..bytes.len().min(6144)],
-                bytes,
-            }
-        })
-        .collect(),
+        seeds,
         lie: Some(gguf_field_lie),
         alloc_base: BASE,
-        // Reading every tensor as f32 expands Q2_K's 84 bytes to 1 KiB (12x); a metadata array of
-        // bytes holds one 32-byte value per byte. This allows a little more than the larger.
-        alloc_per_byte: 40,
+        // Reading every tensor as f32 expands Q2_K's 84 bytes to 1 KiB (12x). Metadata arrays
+        // of numbers keep the file's bytes, and a string array 24 bytes per string beside its
+        // text (a string takes at least 8 bytes of the file).
+        alloc_per_byte: 16,
         feed: Box::new(move |input| {
             std::fs::write(&path, input).unwrap();
             read_every_tensor(&path)
+        }),
+    });
+    assert!(report.accepted > 0, "no seed was read: {report:?}");
+}
+
+/// The tokenizer in a GGUF text encoder's metadata, built and run.
+#[test]
+fn fuzz_gguf_tokenizer() {
+    let path = scratch("gguf-tokenizer").join("input.gguf");
+    let rel = "goldens/gguf/umt5_tiny_q8_0.gguf";
+    let bytes = read(rel);
+    let map = charsmap_at(&bytes);
+    // The special ids follow the character map.
+    let ids = find(&bytes, b"tokenizer.ggml.eos_token_id").unwrap();
+    let seed = Seed {
+        name: rel.into(),
+        // The tokenizer's metadata, the character map's size and first trie units, the end of
+        // its normalized strings and the special ids.
+        hot: vec![
+            find(&bytes, b"tokenizer.ggml.model").unwrap()..map + 4096,
+            ids - 4096..ids + 160,
+        ],
+        bytes,
+    };
+    let report = fuzz::run(Target {
+        name: "gguf-tokenizer",
+        seeds: vec![seed],
+        lie: Some(gguf_field_lie),
+        alloc_base: BASE,
+        // The character map is read three times over (checked, copied by the `tokenizers`
+        // crate, its units widened to usize), and each byte of a piece may become a node of the
+        // unigram model's trie (a hash map of its children).
+        alloc_per_byte: 64,
+        feed: Box::new(move |input| {
+            std::fs::write(&path, input).unwrap();
+            let file = WeightFile::open(&path).map_err(|e| e.to_string())?;
+            let tokenizer = PromptTokenizer::from_gguf(&file).map_err(|e| e.to_string())?;
+            for prompt in [
+                "a red fox running through snow",
+                "",
+                "ünïcode ✓ 狐狸 ０１ \u{0}",
+            ] {
+                tokenizer.encode(prompt).map_err(|e| e.to_string())?;
+            }
+            Ok(())
         }),
     });
     assert!(report.accepted > 0, "no seed was read: {report:?}");

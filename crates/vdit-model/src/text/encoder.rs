@@ -14,6 +14,7 @@
 //! converted layer. [`Residency::Resident`] uploads all layers once, for many encodes.
 
 use std::path::Path;
+use std::sync::OnceLock;
 
 use vdit_wgpu::kernels::elementwise::{binary_in_place, Binary};
 use vdit_wgpu::kernels::matmul::{matmul, Epilogue};
@@ -21,6 +22,7 @@ use vdit_wgpu::kernels::norm::rms_norm;
 use vdit_wgpu::kernels::t5_attention::{pad_rows, relative_bias_attention, RelativeBias};
 use vdit_wgpu::{DType, Gpu, Recorder, Tensor};
 
+use super::gguf_tokenizer;
 use super::tokenizer::{PromptTokenizer, TEXT_LEN};
 use super::weights::{Param, T5Config, TextWeights};
 use crate::dit::Precision;
@@ -48,13 +50,22 @@ struct Layer {
     wo: Tensor,
 }
 
+/// Where the encoder's tokenizer comes from.
+enum TokenizerChoice {
+    /// A tokenizer.json found beside the weights, or one set by the caller.
+    Ready(PromptTokenizer),
+    /// The GGUF file's metadata, read at the first prompt (never, if another is set first).
+    Gguf(OnceLock<PromptTokenizer>),
+    None,
+}
+
 /// The umT5 encoder: weights (mapped, and on the GPU when resident) and its tokenizer.
 pub struct UmT5Encoder {
     config: T5Config,
     dtype: DType,
     residency: Residency,
     weights: TextWeights,
-    tokenizer: Option<PromptTokenizer>,
+    tokenizer: TokenizerChoice,
     layers: Vec<Layer>,
     final_norm: Tensor,
 }
@@ -91,9 +102,10 @@ pub fn relative_position_bucket(relative: i64, buckets: usize, max_distance: usi
 impl UmT5Encoder {
     /// Loads the encoder from a checkpoint root (diffusers: `text_encoder/` + `tokenizer/`;
     /// Wan2.1: `models_t5_umt5-xxl-enc-bf16.pth` + `google/umt5-xxl/`), a `text_encoder/`
-    /// folder, a safetensors file or index (HF or ComfyUI) or an original `.pth`. The tokenizer
-    /// is looked for beside the weights ([`PromptTokenizer::find`]); without one, only
-    /// [`UmT5Encoder::encode_ids`] works until [`UmT5Encoder::set_tokenizer`].
+    /// folder, a safetensors file or index (HF or ComfyUI), an original `.pth` or a GGUF file.
+    /// The tokenizer is the one in a GGUF file's metadata, else a tokenizer.json beside the
+    /// weights ([`PromptTokenizer::find`]); [`UmT5Encoder::set_tokenizer`] replaces it. Without
+    /// one, only [`UmT5Encoder::encode_ids`] works.
     pub fn load(
         gpu: &Gpu,
         path: &Path,
@@ -102,11 +114,23 @@ impl UmT5Encoder {
     ) -> Result<Self> {
         let weights = TextWeights::open(path)?;
         let config = weights.config()?;
-        let tokenizer = PromptTokenizer::find(path)
-            .or_else(|_| PromptTokenizer::find(weights.path()))
-            .ok()
-            .map(PromptTokenizer::from_file)
-            .transpose()?;
+        let beside = || {
+            PromptTokenizer::find(path)
+                .or_else(|_| PromptTokenizer::find(weights.path()))
+                .ok()
+        };
+        // A GGUF file's own tokenizer comes first; one that carries none gives its error when a
+        // prompt comes, unless a tokenizer.json lies beside it.
+        let tokenizer = match weights.gguf_file() {
+            Some(file) if gguf_tokenizer::has_tokenizer(file) => {
+                TokenizerChoice::Gguf(OnceLock::new())
+            }
+            gguf => match beside() {
+                Some(json) => TokenizerChoice::Ready(PromptTokenizer::from_file(json)?),
+                None if gguf.is_some() => TokenizerChoice::Gguf(OnceLock::new()),
+                None => TokenizerChoice::None,
+            },
+        };
         let dtype = precision.dtype();
         let final_norm = weights.upload(gpu, Param::FinalNorm, &[config.d_model], DType::F32)?;
         let mut encoder = Self {
@@ -141,22 +165,40 @@ impl UmT5Encoder {
     pub fn weights_path(&self) -> &Path {
         self.weights.path()
     }
-    pub fn tokenizer(&self) -> Option<&PromptTokenizer> {
-        self.tokenizer.as_ref()
+    /// The tokenizer (read from a GGUF file's metadata at the first call); an error naming the
+    /// weights when there is none.
+    pub fn tokenizer(&self) -> Result<&PromptTokenizer> {
+        match &self.tokenizer {
+            TokenizerChoice::Ready(t) => Ok(t),
+            TokenizerChoice::Gguf(cell) => {
+                if let Some(t) = cell.get() {
+                    return Ok(t);
+                }
+                let file = self
+                    .weights
+                    .gguf_file()
+                    .ok_or_else(|| self.no_tokenizer())?;
+                let t = PromptTokenizer::from_gguf(file)?;
+                Ok(cell.get_or_init(|| t))
+            }
+            TokenizerChoice::None => Err(self.no_tokenizer()),
+        }
     }
+
+    fn no_tokenizer(&self) -> crate::error::ModelError {
+        input_err(
+            self.weights.path().display().to_string(),
+            "no tokenizer.json was found for this text encoder",
+        )
+    }
+
     pub fn set_tokenizer(&mut self, tokenizer: PromptTokenizer) {
-        self.tokenizer = Some(tokenizer);
+        self.tokenizer = TokenizerChoice::Ready(tokenizer);
     }
 
     /// The token ids of a prompt (clean-up, EOS, at most 512).
     pub fn tokenize(&self, prompt: &str) -> Result<Vec<u32>> {
-        let tok = self.tokenizer.as_ref().ok_or_else(|| {
-            input_err(
-                self.weights.path().display().to_string(),
-                "no tokenizer.json was found for this text encoder",
-            )
-        })?;
-        tok.encode(prompt)
+        self.tokenizer()?.encode(prompt)
     }
 
     /// The context of one prompt: [512, d_model] f32 on the GPU, the prompt's rows followed by

@@ -9,6 +9,7 @@
 mod charsmap;
 mod clean;
 mod encoder;
+mod gguf_tokenizer;
 mod tokenizer;
 mod weights;
 

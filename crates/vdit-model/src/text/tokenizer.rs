@@ -1,11 +1,14 @@
-//! The umT5 tokenizer: a `tokenizer.json` (SentencePiece Unigram, as google/umt5-xxl ships it)
-//! read by the pure-Rust `tokenizers` crate, after the reference's clean-up ([`clean_prompt`]).
+//! The umT5 tokenizer: a `tokenizer.json` (SentencePiece Unigram, as google/umt5-xxl ships it),
+//! or the same tokenizer in a GGUF text encoder's metadata (`gguf_tokenizer`), run by the pure-Rust
+//! `tokenizers` crate after the reference's clean-up ([`clean_prompt`]).
 
 use std::path::{Path, PathBuf};
 
 use super::charsmap::check_normalizer;
 use super::clean::clean_prompt;
+use super::gguf_tokenizer::tokenizer_from_gguf;
 use crate::error::{input_err, Result};
+use crate::weights::{FileFormat, WeightFile};
 
 /// Tokens per prompt, EOS included: longer prompts are truncated, as in the reference.
 pub const TEXT_LEN: usize = 512;
@@ -24,13 +27,21 @@ impl std::fmt::Debug for PromptTokenizer {
 }
 
 impl PromptTokenizer {
-    /// Reads a `tokenizer.json`, or the one in a folder.
+    /// Reads a `tokenizer.json`, or the one in a folder, or the tokenizer in a GGUF file's
+    /// metadata.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let mut path = path.as_ref().to_path_buf();
         if path.is_dir() {
             path = path.join("tokenizer.json");
         }
         let what = path.display().to_string();
+        let is_gguf = std::fs::File::open(&path).is_ok_and(|mut f| {
+            let mut magic = [0u8; 4];
+            std::io::Read::read_exact(&mut f, &mut magic).is_ok() && &magic == b"GGUF"
+        });
+        if is_gguf {
+            return Self::from_gguf(&WeightFile::open(&path)?);
+        }
         let text = std::fs::read_to_string(&path)
             .map_err(|e| input_err(&what, format!("cannot read the tokenizer: {e}")))?;
         check_normalizer_of(&text).map_err(|e| input_err(&what, e))?;
@@ -41,6 +52,22 @@ impl PromptTokenizer {
             .token_to_id("</s>")
             .ok_or_else(|| input_err(&what, "the tokenizer has no '</s>' token"))?;
         Ok(Self { inner, eos, path })
+    }
+
+    /// The tokenizer in the metadata of a GGUF text encoder (see `gguf_tokenizer`); an error
+    /// naming the file when it carries none or a malformed one.
+    pub fn from_gguf(file: &WeightFile) -> Result<Self> {
+        let what = file.path().display().to_string();
+        if file.format() != FileFormat::Gguf {
+            return Err(input_err(&what, "not a GGUF file: it carries no tokenizer"));
+        }
+        let (inner, eos) = tokenizer_from_gguf(file)
+            .map_err(|e| input_err(&what, format!("the tokenizer in its metadata: {e}")))?;
+        Ok(Self {
+            inner,
+            eos,
+            path: file.path().to_path_buf(),
+        })
     }
 
     /// Finds the tokenizer of a model given as the path of its weights: `tokenizer.json` beside

@@ -8,7 +8,7 @@ use vdit_wgpu::{DType, Gpu, Tensor};
 
 use crate::error::{input_err, Result};
 use crate::pth::{to_f32_values, PthFile};
-use crate::weights::{StoredDType, WeightSet};
+use crate::weights::{FileFormat, StoredDType, WeightFile, WeightSet};
 
 /// The file name of the encoder in a Wan2.1 checkpoint folder.
 pub const ORIGINAL_FILE: &str = "models_t5_umt5-xxl-enc-bf16.pth";
@@ -125,6 +125,17 @@ impl TextWeights {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The GGUF file the weights are, if they are one.
+    pub fn gguf_file(&self) -> Option<&WeightFile> {
+        match &self.source {
+            Source::Safetensors(set) => match set.files() {
+                [file] if file.format() == FileFormat::Gguf => Some(file),
+                _ => None,
+            },
+            Source::Pth(_) => None,
+        }
     }
 
     pub fn name(&self, p: Param) -> String {
