@@ -33,10 +33,11 @@ pub struct GenerateArgs {
     /// Explicit VAE weights (diffusers vae/ folder, wan_2.1_vae.safetensors or Wan2.1_VAE.pth).
     #[arg(long)]
     pub vae: Option<PathBuf>,
-    /// Explicit text encoder weights (text_encoder/ folder, umt5 safetensors or .pth).
+    /// Explicit text encoder weights (text_encoder/ folder, umt5 safetensors, .pth or GGUF).
     #[arg(long)]
     pub text_encoder: Option<PathBuf>,
-    /// The tokenizer (tokenizer.json or its folder).
+    /// The tokenizer (tokenizer.json or its folder, or a GGUF file carrying one); by default the
+    /// one in a GGUF text encoder's metadata, else one found beside the text encoder.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
     #[arg(
