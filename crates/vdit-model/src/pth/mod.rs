@@ -120,6 +120,17 @@ impl PthTensor {
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
+    /// The bytes of the elements in the file when they lie row-major and adjacent (else the
+    /// start of the storage and the length the elements take once gathered).
+    pub(crate) fn byte_range(&self) -> Range<usize> {
+        let es = self.dtype.size();
+        let start = match self.is_contiguous() {
+            true => self.storage.start + self.offset * es,
+            false => self.storage.start,
+        };
+        start..start + self.numel() * es
+    }
+
     /// Whether the elements lie row-major and adjacent in the storage.
     pub fn is_contiguous(&self) -> bool {
         let mut expected = 1usize;

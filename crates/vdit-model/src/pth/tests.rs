@@ -323,3 +323,60 @@ fn end_records_whose_entry_counts_disagree_are_refused() {
     assert!(err.contains("disagree"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_checkpoint_reads_through_the_one_weight_loader() {
+    use crate::weights::{FileFormat, StoredDType, WeightFile, WeightSet};
+    let dir = temp_dir("weight-set");
+    let path = dir.join("sample.pth");
+    write_archive(&path, &sample_pickle(), &sample_storages());
+    let pth = PthFile::open(&path).unwrap();
+    let set = WeightSet::open(&path).unwrap();
+    assert_eq!(set.files()[0].format(), FileFormat::Pth);
+    assert_eq!(set.names().collect::<Vec<_>>(), ["b", "s", "t", "w"]);
+    for name in ["b", "s", "t", "w"] {
+        let view = set.get(name).unwrap();
+        assert_eq!(view.shape(), pth.get(name).unwrap().shape(), "{name}");
+        assert_eq!(
+            view.to_f32().unwrap(),
+            pth.get(name).unwrap().to_f32(),
+            "{name}"
+        );
+        assert_eq!(
+            view.numel() * if name == "b" { 2 } else { 4 },
+            view.bytes().len()
+        );
+    }
+    assert_eq!(set.info("b").unwrap().dtype(), StoredDType::BF16);
+    // A contiguous view is borrowed from the mapping; a strided one is gathered once and kept.
+    let w = set.get("w").unwrap();
+    assert_eq!(
+        w.bytes(),
+        f32_bytes(&(0..12).map(|i| i as f32).collect::<Vec<_>>())
+    );
+    let t1 = set.get("t").unwrap().bytes().as_ptr();
+    let t2 = set.get("t").unwrap().bytes().as_ptr();
+    assert_eq!(t1, t2);
+    let halves = set.read_storage("b", DType::F16).unwrap();
+    assert_eq!(halves.len(), 8);
+    let err = set.get("nope").unwrap_err().to_string();
+    assert!(
+        err.contains("sample.pth") && err.contains("'nope'"),
+        "{err}"
+    );
+    // Told by its first bytes whatever its name, and its refusals name the file.
+    let renamed = dir.join("sample.bin");
+    std::fs::copy(&path, &renamed).unwrap();
+    assert_eq!(
+        WeightFile::open(&renamed).unwrap().format(),
+        FileFormat::Pth
+    );
+    let legacy = dir.join("legacy.pth");
+    std::fs::write(&legacy, [0x80, 0x02, 0x8a, 0x0a, 0x6c]).unwrap();
+    let err = WeightSet::open(&legacy).unwrap_err().to_string();
+    assert!(
+        err.contains("legacy.pth") && err.contains("legacy"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

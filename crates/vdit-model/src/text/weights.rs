@@ -1,13 +1,13 @@
-//! Where the umT5 encoder's tensors come from: safetensors (the HF / diffusers `text_encoder/`
-//! folder, sharded or not, or ComfyUI's single file) or the Wan2.1 repository's original `.pth`
-//! (through the restricted unpickler), under either naming, with an optional name prefix.
+//! Where the umT5 encoder's tensors come from: one [`WeightSet`] over safetensors (the HF /
+//! diffusers `text_encoder/` folder, sharded or not, or ComfyUI's single file), GGUF or the Wan2.1
+//! repository's original `.pth` (through the restricted unpickler), under transformers', Wan2.1's
+//! or llama.cpp's naming, with an optional name prefix.
 
 use std::path::{Path, PathBuf};
 
 use vdit_wgpu::{DType, Gpu, Tensor};
 
 use crate::error::{input_err, Result};
-use crate::pth::{to_f32_values, PthFile};
 use crate::weights::{FileFormat, StoredDType, WeightFile, WeightSet};
 
 /// The file name of the encoder in a Wan2.1 checkpoint folder.
@@ -81,14 +81,9 @@ enum Naming {
 /// The `general.architecture` values of a umT5 encoder in GGUF.
 const GGUF_ARCHITECTURES: [&str; 2] = ["t5encoder", "t5"];
 
-enum Source {
-    Safetensors(WeightSet),
-    Pth(PthFile),
-}
-
 /// The encoder's tensors, memory-mapped; nothing is read before it is asked for.
 pub(crate) struct TextWeights {
-    source: Source,
+    set: WeightSet,
     naming: Naming,
     path: PathBuf,
 }
@@ -98,26 +93,13 @@ impl TextWeights {
     /// `.pth`, a safetensors file or index, or a `.pth` file.
     pub fn open(path: &Path) -> Result<Self> {
         let chosen = choose(path)?;
-        let is_pth = chosen.is_file()
-            && !chosen
-                .extension()
-                .is_some_and(|e| e == "safetensors" || e == "json" || e == "gguf");
-        let source = if is_pth {
-            Source::Pth(PthFile::open(&chosen)?)
-        } else {
-            Source::Safetensors(WeightSet::open(&chosen)?)
-        };
-        if let Source::Safetensors(set) = &source {
-            check_gguf_architecture(set)?;
-        }
-        let names: Vec<String> = match &source {
-            Source::Safetensors(s) => s.names().map(String::from).collect(),
-            Source::Pth(p) => p.names().map(String::from).collect(),
-        };
+        let set = WeightSet::open(&chosen)?;
+        check_gguf_architecture(&set)?;
+        let names: Vec<String> = set.names().map(String::from).collect();
         let naming =
             detect_naming(&names).map_err(|m| input_err(chosen.display().to_string(), m))?;
         Ok(Self {
-            source,
+            set,
             naming,
             path: chosen,
         })
@@ -129,12 +111,9 @@ impl TextWeights {
 
     /// The GGUF file the weights are, if they are one.
     pub fn gguf_file(&self) -> Option<&WeightFile> {
-        match &self.source {
-            Source::Safetensors(set) => match set.files() {
-                [file] if file.format() == FileFormat::Gguf => Some(file),
-                _ => None,
-            },
-            Source::Pth(_) => None,
+        match self.set.files() {
+            [file] if file.format() == FileFormat::Gguf => Some(file),
+            _ => None,
         }
     }
 
@@ -204,28 +183,17 @@ impl TextWeights {
 
     pub fn shape(&self, p: Param) -> Result<Vec<usize>> {
         let name = self.name(p);
-        let shape = match &self.source {
-            Source::Safetensors(s) => s.info(&name).map(|i| i.shape().to_vec()),
-            Source::Pth(f) => f.info(&name).map(|i| i.shape().to_vec()),
-        };
+        let shape = self.set.info(&name).map(|i| i.shape().to_vec());
         shape.ok_or_else(|| self.missing(&name))
     }
 
     pub fn contains(&self, p: Param) -> bool {
-        let name = self.name(p);
-        match &self.source {
-            Source::Safetensors(s) => s.contains(&name),
-            Source::Pth(f) => f.contains(&name),
-        }
+        self.set.contains(&self.name(p))
     }
 
     /// Uploads a tensor in `dtype` after checking its shape.
     pub fn upload(&self, gpu: &Gpu, p: Param, shape: &[usize], dtype: DType) -> Result<Tensor> {
-        let name = self.name(p);
-        Ok(match &self.source {
-            Source::Safetensors(s) => s.upload(gpu, &name, shape, dtype)?,
-            Source::Pth(f) => f.get(&name)?.upload(gpu, shape, dtype)?,
-        })
+        Ok(self.set.upload(gpu, &self.name(p), shape, dtype)?)
     }
 
     /// Rows `ids` of the embedding table [vocab, d] as f32, read without converting the table.
@@ -233,48 +201,30 @@ impl TextWeights {
         let name = self.name(Param::Embedding);
         let d = config.d_model;
         // One row's bytes and its expansion to f32 (GGUF rows may be quantised blocks).
-        type Expand<'a> = Box<dyn Fn(&[u8]) -> Vec<f32> + 'a>;
-        let (bytes, row_bytes, expand): (std::borrow::Cow<'_, [u8]>, usize, Expand<'_>) =
-            match &self.source {
-                Source::Safetensors(s) => {
-                    let view = s.get(&name)?;
-                    let stored = view.dtype();
-                    let row_bytes = match stored {
-                        StoredDType::Quant(q) if q.is_readable() && d % q.elements() == 0 => {
-                            d / q.elements() * q.bytes()
-                        }
-                        other if other.is_readable_float() && other.bits() > 0 => {
-                            d * other.bits() / 8
-                        }
-                        other => {
-                            return Err(input_err(
-                                self.path.display().to_string(),
-                                format!("tensor '{name}' is stored as {other}, not a float type"),
-                            ))
-                        }
-                    };
-                    // A scaled fp8 table's rows are multiplied by its scale.
-                    let scale = view.scale();
-                    let expand = move |row: &[u8]| {
-                        let mut v = crate::weights::to_f32_values(row, stored).unwrap_or_default();
-                        if let Some(s) = scale {
-                            v.iter_mut().for_each(|x| *x *= s);
-                        }
-                        v
-                    };
-                    (
-                        std::borrow::Cow::Borrowed(view.bytes()),
-                        row_bytes,
-                        Box::new(expand),
-                    )
-                }
-                Source::Pth(f) => {
-                    let view = f.get(&name)?;
-                    let dtype = view.dtype();
-                    let expand = move |row: &[u8]| to_f32_values(row, dtype);
-                    (view.bytes(), d * dtype.size(), Box::new(expand))
-                }
-            };
+        let view = self.set.get(&name)?;
+        let stored = view.dtype();
+        let row_bytes = match stored {
+            StoredDType::Quant(q) if q.is_readable() && d % q.elements() == 0 => {
+                d / q.elements() * q.bytes()
+            }
+            other if other.is_readable_float() && other.bits() > 0 => d * other.bits() / 8,
+            other => {
+                return Err(input_err(
+                    self.path.display().to_string(),
+                    format!("tensor '{name}' is stored as {other}, not a float type"),
+                ))
+            }
+        };
+        // A scaled fp8 table's rows are multiplied by its scale.
+        let scale = view.scale();
+        let expand = |row: &[u8]| {
+            let mut v = crate::weights::to_f32_values(row, stored).unwrap_or_default();
+            if let Some(s) = scale {
+                v.iter_mut().for_each(|x| *x *= s);
+            }
+            v
+        };
+        let bytes = view.bytes();
         let mut out = Vec::with_capacity(ids.len() * d);
         for &id in ids {
             let id = id as usize;

@@ -1,7 +1,7 @@
 //! The Wan2.1 VAE decoder: latents [16, F, H, W] to video [3, 4(F-1)+1, 8H, 8W] in [-1, 1].
 //!
-//! - [`WanVae`]: the decoder's weights on the GPU, from diffusers' `vae/` folder, a safetensors
-//!   file in either naming, or any [`TensorSource`].
+//! - [`WanVae`]: the decoder's weights on the GPU, from diffusers' `vae/` folder, a safetensors,
+//!   GGUF or `.pth` file in either naming (one [`WeightSet`]), or any [`TensorSource`].
 //! - [`WanVae::decode`]: one latent frame at a time, each causal convolution keeping its last two
 //!   input frames for the next; the activations of one latent frame exist at a time.
 //! - [`WanVae::decode_with`]: the same with [`DecodeOptions`]: spatial tiles ([`VaeTiling`],
@@ -30,7 +30,6 @@ pub use tiling::VaeTiling;
 
 use crate::dit::Precision;
 use crate::error::Result;
-use crate::pth::PthFile;
 use crate::weights::{WeightError, WeightSet};
 use layers::{ChannelRmsNorm, Loader, Values};
 
@@ -57,19 +56,15 @@ impl WanVae {
     pub fn load(gpu: &Gpu, path: &Path, precision: Precision) -> Result<Self> {
         let sub = path.join("vae");
         let path = if sub.is_dir() { sub.as_path() } else { path };
-        let source: Box<dyn TensorSource> = if path.extension().is_some_and(|e| e == "pth") {
-            Box::new(PthFile::open(path)?)
-        } else {
-            Box::new(WeightSet::open(path)?)
-        };
+        let source = WeightSet::open(path)?;
         let origin = source.origin();
         let config_path = origin.parent().unwrap_or(Path::new("")).join("config.json");
         let config = if config_path.is_file() {
             VaeConfig::from_json_file(&config_path)?
         } else {
-            infer_config(source.as_ref())?
+            infer_config(&source)?
         };
-        Self::from_source(gpu, source.as_ref(), config, precision)
+        Self::from_source(gpu, &source, config, precision)
     }
 
     /// Loads the decoder from any named tensors (either naming, any prefix).

@@ -1,14 +1,13 @@
 //! Where the decoder's tensors come from, and the two namings they are published under.
 //!
 //! The decoder asks for diffusers names (`decoder.up_blocks.1.resnets.0.conv1.weight`). A
-//! [`TensorSource`] is anything that yields named f32 tensors: a safetensors file or folder
-//! ([`WeightSet`]), or any other reader (a PyTorch checkpoint) that implements the trait.
+//! [`TensorSource`] is anything that yields named f32 tensors: the files of a [`WeightSet`]
+//! (safetensors, GGUF or the original `.pth`), or tensors held in memory ([`MemorySource`]).
 //! [`VaeTensors`] finds the naming and any prefix once and translates every request.
 
 use std::path::PathBuf;
 
 use crate::error::{ModelError, Result};
-use crate::pth::PthFile;
 use crate::weights::{WeightError, WeightSet};
 
 /// Named f32 tensors.
@@ -31,21 +30,6 @@ impl TensorSource for WeightSet {
     fn read(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
         let view = self.get(name)?;
         Ok((view.shape().to_vec(), view.to_f32()?))
-    }
-}
-
-impl TensorSource for PthFile {
-    fn origin(&self) -> PathBuf {
-        self.path().to_path_buf()
-    }
-    fn tensor_names(&self) -> Vec<String> {
-        self.names().map(str::to_string).collect()
-    }
-    fn read(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
-        let view = self
-            .get(name)
-            .map_err(|_| missing(self.path().to_path_buf(), name))?;
-        Ok((view.shape().to_vec(), view.to_f32()))
     }
 }
 

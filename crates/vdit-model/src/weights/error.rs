@@ -64,6 +64,9 @@ pub enum WeightError {
     Layout { path: PathBuf, reason: String },
     #[error("{}: model config: {reason}", .path.display())]
     Config { path: PathBuf, reason: String },
+    /// A PyTorch checkpoint that cannot be read (its error names the file).
+    #[error(transparent)]
+    Pth(#[from] crate::pth::PthError),
     #[error("{}: uploading tensor '{tensor}': {source}", .path.display())]
     Gpu {
         path: PathBuf,

@@ -1,8 +1,11 @@
-//! One safetensors or GGUF file, memory-mapped, its header validated before any tensor is touched.
+//! One safetensors, GGUF or PyTorch file, memory-mapped, its header validated before any tensor is
+//! touched.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use memmap2::Mmap;
 
@@ -10,18 +13,36 @@ use super::error::{Result, WeightError};
 use super::gguf::{parse_gguf, GgufValue, MAGIC};
 use super::header::{parse_header, TensorInfo};
 use super::view::TensorView;
+use crate::pth::PthFile;
 
-/// The container format of a weight file, told by its first bytes.
+/// The container format of a weight file, told by its first bytes (or its extension).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileFormat {
     Safetensors,
     Gguf,
+    /// A PyTorch checkpoint (`torch.save`'s zip format), read through `crate::pth`.
+    Pth,
 }
 
-/// A memory-mapped safetensors or GGUF file.
+/// The first bytes of a zip archive, which torch.save writes.
+const ZIP_MAGIC: &[u8; 4] = b"PK\x03\x04";
+
+/// Where a file's tensor bytes come from.
+enum Backing {
+    /// safetensors and GGUF: every tensor is a range of the mapping.
+    Mapped(Mmap),
+    /// A PyTorch checkpoint: tensors are views into its storages. A view whose elements are not
+    /// adjacent (a transposed tensor) is gathered at its first read and kept with the file.
+    Pth {
+        file: PthFile,
+        gathered: Vec<OnceLock<Vec<u8>>>,
+    },
+}
+
+/// A memory-mapped safetensors, GGUF or PyTorch file.
 pub struct WeightFile {
     path: PathBuf,
-    map: Mmap,
+    backing: Backing,
     format: FileFormat,
     /// GGUF's typed metadata (empty for safetensors).
     gguf_values: BTreeMap<String, GgufValue>,
@@ -53,7 +74,13 @@ impl WeightFile {
         };
         let file = File::open(&path).map_err(|e| io("cannot open", e))?;
         let len = file.metadata().map_err(|e| io("cannot stat", e))?.len();
-        let named_gguf = path.extension().is_some_and(|e| e == "gguf");
+        let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        let named_gguf = extension == "gguf";
+        let mut magic = [0u8; 4];
+        let read_magic = std::io::Read::read_exact(&mut &file, &mut magic).is_ok();
+        if (read_magic && &magic == ZIP_MAGIC) || matches!(extension, "pth" | "pt") {
+            return Ok(Self::from_pth(PthFile::open(&path)?));
+        }
         if named_gguf && len < 4 {
             return Err(WeightError::Gguf {
                 path,
@@ -80,21 +107,63 @@ impl WeightFile {
                 BTreeMap::new(),
             )
         };
-        let position = header
-            .tensors
+        Ok(Self::new(
+            path,
+            Backing::Mapped(map),
+            format,
+            header.tensors,
+            header.metadata,
+            gguf_values,
+        ))
+    }
+
+    /// A PyTorch checkpoint seen as a weight file: the same tensors, read through its views.
+    pub fn from_pth(file: PthFile) -> Self {
+        let tensors: Vec<TensorInfo> = file
+            .names()
+            .filter_map(|name| file.info(name))
+            .map(|t| {
+                TensorInfo::new(
+                    t.name().to_string(),
+                    t.dtype().stored(),
+                    t.shape().to_vec(),
+                    t.byte_range(),
+                )
+            })
+            .collect();
+        let gathered = tensors.iter().map(|_| OnceLock::new()).collect();
+        Self::new(
+            file.path().to_path_buf(),
+            Backing::Pth { file, gathered },
+            FileFormat::Pth,
+            tensors,
+            BTreeMap::new(),
+            BTreeMap::new(),
+        )
+    }
+
+    fn new(
+        path: PathBuf,
+        backing: Backing,
+        format: FileFormat,
+        tensors: Vec<TensorInfo>,
+        metadata: BTreeMap<String, String>,
+        gguf_values: BTreeMap<String, GgufValue>,
+    ) -> Self {
+        let position = tensors
             .iter()
             .enumerate()
             .map(|(i, t)| (t.name().to_string(), i))
             .collect();
-        Ok(Self {
+        Self {
             path,
-            map,
+            backing,
             format,
             gguf_values,
-            tensors: header.tensors,
+            tensors,
             position,
-            metadata: header.metadata,
-        })
+            metadata,
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -129,28 +198,39 @@ impl WeightFile {
         self.gguf_values.get(key)
     }
 
-    /// The header's `__metadata__` strings; for GGUF, the metadata as text.
+    /// The header's `__metadata__` strings; for GGUF, the metadata as text; none for `.pth`.
     pub fn metadata(&self) -> &BTreeMap<String, String> {
         &self.metadata
     }
 
     /// The tensor called `name`.
     pub fn get(&self, name: &str) -> Result<TensorView<'_>> {
-        let info = self.info(name).ok_or_else(|| WeightError::Missing {
+        let missing = || WeightError::Missing {
             path: self.path.clone(),
             tensor: name.to_string(),
             hint: String::new(),
-        })?;
-        // The header parser bounded every range by the file size; `get` keeps that a checked
-        // fact rather than an assumption.
-        let bytes = self
-            .map
-            .get(info.byte_range())
-            .ok_or_else(|| WeightError::BadTensor {
-                path: self.path.clone(),
-                tensor: name.to_string(),
-                reason: "its bytes lie outside the file".into(),
-            })?;
+        };
+        let &at = self.position.get(name).ok_or_else(missing)?;
+        let info = &self.tensors[at];
+        let bytes = match &self.backing {
+            // The header parser bounded every range by the file size; `get` keeps that a
+            // checked fact rather than an assumption.
+            Backing::Mapped(map) => {
+                map.get(info.byte_range())
+                    .ok_or_else(|| WeightError::BadTensor {
+                        path: self.path.clone(),
+                        tensor: name.to_string(),
+                        reason: "its bytes lie outside the file".into(),
+                    })?
+            }
+            Backing::Pth { file, gathered } => match gathered[at].get() {
+                Some(bytes) => bytes.as_slice(),
+                None => match file.get(name)?.bytes() {
+                    Cow::Borrowed(bytes) => bytes,
+                    Cow::Owned(bytes) => gathered[at].get_or_init(|| bytes).as_slice(),
+                },
+            },
+        };
         Ok(TensorView::new(info, bytes, &self.path))
     }
 }

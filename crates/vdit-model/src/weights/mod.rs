@@ -1,8 +1,10 @@
-//! Loading weights from safetensors and GGUF files.
+//! Loading weights from safetensors, GGUF and PyTorch files: the one loader of the DiT, the
+//! VAE, the text encoder, LoRAs and attention-plan weights.
 //!
-//! - [`WeightFile`]: one memory-mapped safetensors or GGUF file whose header is validated
-//!   against the file size before any tensor is read; nothing is ever read outside the mapping.
-//!   GGUF's block-quantised types ([`QuantType`]) are expanded to f32 or f16 as they are read.
+//! - [`WeightFile`]: one memory-mapped safetensors, GGUF or PyTorch (`.pth`, through
+//!   `crate::pth`'s restricted unpickler) file whose header is validated against the file size
+//!   before any tensor is read; nothing is ever read outside the mapping. GGUF's block-quantised
+//!   types ([`QuantType`]) are expanded to f32 or f16 as they are read.
 //! - [`WeightSet`]: tensors by name across a single file, a sharded checkpoint
 //!   (`*.safetensors.index.json`) or a folder holding either.
 //! - [`TensorView`]: one tensor's bytes, converted from f64/f32/f16/bf16 to f32 values or to the
