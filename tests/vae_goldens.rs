@@ -1,12 +1,12 @@
 //! The Wan-VAE decoder against diffusers' AutoencoderKLWan on a tiny random-weight config
 //! (goldens made by tools/make_vae_goldens.py), through both key layouts, whole and in tiles.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use vdit_model::dit::Precision;
 use vdit_model::vae::{
-    diffusers_to_original, DecodeOptions, LatentScale, MemorySource, TensorSource, VaeConfig,
-    VaeNaming, VaeTiling, WanVae,
+    diffusers_to_original, DecodeOptions, LatentScale, VaeConfig, VaeNaming, VaeTiling, WanVae,
 };
 use vdit_model::weights::{WeightFile, WeightSet};
 use vdit_wgpu::testing::{assert_close, test_gpu};
@@ -173,24 +173,26 @@ fn decoder_reads_the_original_pth() {
     );
 }
 
-/// The diffusers tensors renamed to the original layout under ComfyUI-like prefix, in memory.
-fn renamed_source(prefix: &str) -> MemorySource {
+/// The diffusers tensors renamed to the original layout under a ComfyUI-like prefix, in memory.
+fn renamed_tensors(prefix: &str) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
     let set = WeightSet::open(golden_dir().join("diffusers")).unwrap();
-    let mut source = MemorySource {
-        origin: "renamed".into(),
-        ..Default::default()
-    };
-    for name in set.tensor_names() {
-        let original = format!("{prefix}{}", diffusers_to_original(&name, 2));
-        source.tensors.insert(original, set.read(&name).unwrap());
-    }
-    source
+    set.names()
+        .map(|name| {
+            let view = set.get(name).unwrap();
+            let original = format!("{prefix}{}", diffusers_to_original(name, 2));
+            (original, (view.shape().to_vec(), view.to_f32().unwrap()))
+        })
+        .collect()
+}
+
+fn in_memory(tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>) -> WeightSet {
+    WeightSet::from_f32("renamed", tensors).unwrap()
 }
 
 #[test]
 fn decoder_reads_original_names_under_a_prefix() {
     let gpu = test_gpu();
-    let source = renamed_source("first_stage_model.");
+    let source = in_memory(renamed_tensors("first_stage_model."));
     let vae = WanVae::from_source(gpu, &source, config(), Precision::F32).unwrap();
     assert_eq!(vae.naming, VaeNaming::Original);
     check(
@@ -214,11 +216,9 @@ fn bad_inputs_have_clear_errors() {
         .to_string();
     assert!(err.contains("must be [16, F, H, W]"), "{err}");
 
-    let mut source = renamed_source("");
-    source
-        .tensors
-        .remove("decoder.upsamples.3.time_conv.weight");
-    let err = WanVae::from_source(gpu, &source, config(), Precision::F32)
+    let mut tensors = renamed_tensors("");
+    tensors.remove("decoder.upsamples.3.time_conv.weight");
+    let err = WanVae::from_source(gpu, &in_memory(tensors), config(), Precision::F32)
         .err()
         .unwrap()
         .to_string();
@@ -228,11 +228,9 @@ fn bad_inputs_have_clear_errors() {
         "{err}"
     );
 
-    let mut source = renamed_source("");
-    source
-        .tensors
-        .insert("decoder.head.2.bias".into(), (vec![4], vec![0.0; 4]));
-    let err = WanVae::from_source(gpu, &source, config(), Precision::F32)
+    let mut tensors = renamed_tensors("");
+    tensors.insert("decoder.head.2.bias".into(), (vec![4], vec![0.0; 4]));
+    let err = WanVae::from_source(gpu, &in_memory(tensors), config(), Precision::F32)
         .err()
         .unwrap()
         .to_string();
@@ -241,10 +239,20 @@ fn bad_inputs_have_clear_errors() {
         "{err}"
     );
 
-    let empty = MemorySource::default();
+    let empty = in_memory(BTreeMap::new());
     let err = WanVae::from_source(gpu, &empty, config(), Precision::F32)
         .err()
         .unwrap()
         .to_string();
     assert!(err.contains("not a Wan VAE"), "{err}");
+    // Values that do not fill their shape are refused when the set is made.
+    let mut tensors = BTreeMap::new();
+    tensors.insert("decoder.conv1.bias".to_string(), (vec![3, 2], vec![0.0; 5]));
+    let err = WeightSet::from_f32("renamed", tensors)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("renamed") && err.contains("decoder.conv1.bias") && err.contains("[3, 2]"),
+        "{err}"
+    );
 }

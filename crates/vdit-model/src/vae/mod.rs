@@ -1,7 +1,7 @@
 //! The Wan2.1 VAE decoder: latents [16, F, H, W] to video [3, 4(F-1)+1, 8H, 8W] in [-1, 1].
 //!
-//! - [`WanVae`]: the decoder's weights on the GPU, from diffusers' `vae/` folder, a safetensors,
-//!   GGUF or `.pth` file in either naming (one [`WeightSet`]), or any [`TensorSource`].
+//! - [`WanVae`]: the decoder's weights on the GPU, from diffusers' `vae/` folder or a safetensors,
+//!   GGUF or `.pth` file in either naming, or any [`WeightSet`] (tensors in memory too).
 //! - [`WanVae::decode`]: one latent frame at a time, each causal convolution keeping its last two
 //!   input frames for the next; the activations of one latent frame exist at a time.
 //! - [`WanVae::decode_with`]: the same with [`DecodeOptions`]: spatial tiles ([`VaeTiling`],
@@ -25,7 +25,7 @@ use vdit_wgpu::Gpu;
 pub use config::VaeConfig;
 pub use decode::{DecodeOptions, FrameSink, LatentScale};
 pub use layers::{AttentionBlock, CausalConv, ResidualBlock, UpStage, Upsampler};
-pub use source::{diffusers_to_original, MemorySource, TensorSource, VaeNaming, VaeTensors};
+pub use source::{diffusers_to_original, VaeNaming, VaeTensors};
 pub use tiling::VaeTiling;
 
 use crate::dit::Precision;
@@ -57,8 +57,7 @@ impl WanVae {
         let sub = path.join("vae");
         let path = if sub.is_dir() { sub.as_path() } else { path };
         let source = WeightSet::open(path)?;
-        let origin = source.origin();
-        let config_path = origin.parent().unwrap_or(Path::new("")).join("config.json");
+        let config_path = source.folder().join("config.json");
         let config = if config_path.is_file() {
             VaeConfig::from_json_file(&config_path)?
         } else {
@@ -67,15 +66,14 @@ impl WanVae {
         Self::from_source(gpu, &source, config, precision)
     }
 
-    /// Loads the decoder from any named tensors (either naming, any prefix).
+    /// Loads the decoder from any weight set (either naming, any prefix).
     pub fn from_source(
         gpu: &Gpu,
-        source: &dyn TensorSource,
+        source: &WeightSet,
         config: VaeConfig,
         precision: Precision,
     ) -> Result<Self> {
-        let origin = source.origin();
-        check_config(&config, &origin)?;
+        check_config(&config, source.source())?;
         let tensors = VaeTensors::new(source, config.num_res_blocks)?;
         let naming = tensors.naming();
         Self::build(gpu, Values::Checkpoint(&tensors), naming, config, precision)
@@ -170,15 +168,18 @@ fn check_config(config: &VaeConfig, origin: &Path) -> Result<()> {
 
 /// The Wan2.1 config with base_dim and z_dim read from the decoder's first and last convolutions
 /// (files without a config.json: the original `.pth`, ComfyUI's file).
-fn infer_config(source: &dyn TensorSource) -> Result<VaeConfig> {
+fn infer_config(source: &WeightSet) -> Result<VaeConfig> {
     let mut config = VaeConfig::wan21();
     let tensors = VaeTensors::new(source, config.num_res_blocks)?;
-    let (conv_in, _) = source.read(&tensors.stored_name("decoder.conv_in.weight"))?;
-    let (conv_out, _) = source.read(&tensors.stored_name("decoder.conv_out.weight"))?;
+    let shape = |name: &str| -> Result<Vec<usize>> {
+        Ok(source.get(&tensors.stored_name(name))?.shape().to_vec())
+    };
+    let conv_in = shape("decoder.conv_in.weight")?;
+    let conv_out = shape("decoder.conv_out.weight")?;
     if let (Some(&z), Some(&base)) = (conv_in.get(1), conv_out.get(1)) {
         if z != config.latents_mean.len() {
             return Err(WeightError::Config {
-                path: source.origin(),
+                path: source.source().to_path_buf(),
                 reason: format!(
                     "{z} latent channels and no config.json to give their mean and std"
                 ),

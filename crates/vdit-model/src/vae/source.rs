@@ -1,46 +1,12 @@
-//! Where the decoder's tensors come from, and the two namings they are published under.
+//! The decoder's tensors and the two namings they are published under.
 //!
-//! The decoder asks for diffusers names (`decoder.up_blocks.1.resnets.0.conv1.weight`). A
-//! [`TensorSource`] is anything that yields named f32 tensors: the files of a [`WeightSet`]
-//! (safetensors, GGUF or the original `.pth`), or tensors held in memory ([`MemorySource`]).
-//! [`VaeTensors`] finds the naming and any prefix once and translates every request.
+//! The decoder asks for diffusers names (`decoder.up_blocks.1.resnets.0.conv1.weight`) of a
+//! [`WeightSet`] (safetensors, GGUF, the original `.pth`, or tensors held in memory through
+//! [`WeightSet::from_f32`]). [`VaeTensors`] finds the naming and any prefix once and translates
+//! every request.
 
-use std::path::PathBuf;
-
-use crate::error::{ModelError, Result};
+use crate::error::Result;
 use crate::weights::{WeightError, WeightSet};
-
-/// Named f32 tensors.
-pub trait TensorSource {
-    /// What the tensors come from (a path), for error messages.
-    fn origin(&self) -> PathBuf;
-    /// Every tensor name.
-    fn tensor_names(&self) -> Vec<String>;
-    /// The shape and f32 values of `name`; `WeightError::Missing` if there is none.
-    fn read(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)>;
-}
-
-impl TensorSource for WeightSet {
-    fn origin(&self) -> PathBuf {
-        self.source().to_path_buf()
-    }
-    fn tensor_names(&self) -> Vec<String> {
-        self.names().map(str::to_string).collect()
-    }
-    fn read(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
-        let view = self.get(name)?;
-        Ok((view.shape().to_vec(), view.to_f32()?))
-    }
-}
-
-fn missing(path: PathBuf, tensor: &str) -> ModelError {
-    WeightError::Missing {
-        path,
-        tensor: tensor.to_string(),
-        hint: String::new(),
-    }
-    .into()
-}
 
 /// The naming of a VAE checkpoint once its prefix is removed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,9 +17,9 @@ pub enum VaeNaming {
     Original,
 }
 
-/// A source seen through diffusers names.
+/// A weight set seen through diffusers names.
 pub struct VaeTensors<'a> {
-    source: &'a dyn TensorSource,
+    source: &'a WeightSet,
     naming: VaeNaming,
     prefix: String,
     num_res_blocks: usize,
@@ -61,13 +27,12 @@ pub struct VaeTensors<'a> {
 
 impl<'a> VaeTensors<'a> {
     /// Detects the naming from the decoder's first convolution, under any prefix.
-    pub fn new(source: &'a dyn TensorSource, num_res_blocks: usize) -> Result<Self> {
-        let names = source.tensor_names();
+    pub fn new(source: &'a WeightSet, num_res_blocks: usize) -> Result<Self> {
         for (naming, marker) in [
             (VaeNaming::Diffusers, "decoder.conv_in.weight"),
             (VaeNaming::Original, "decoder.conv1.weight"),
         ] {
-            if let Some(name) = names.iter().find(|n| n.ends_with(marker)) {
+            if let Some(name) = source.names().find(|n| n.ends_with(marker)) {
                 return Ok(Self {
                     source,
                     naming,
@@ -77,7 +42,7 @@ impl<'a> VaeTensors<'a> {
             }
         }
         Err(WeightError::Layout {
-            path: source.origin(),
+            path: source.source().to_path_buf(),
             reason: "not a Wan VAE: no decoder.conv_in.weight (diffusers) or \
                      decoder.conv1.weight (original) tensor"
                 .into(),
@@ -102,17 +67,15 @@ impl<'a> VaeTensors<'a> {
     /// (trailing ones ignored: PyTorch keeps [C, 1, 1, 1] gammas and [N, C, 1, 1] 1x1 convs).
     pub fn read(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let stored = self.stored_name(name);
-        let (found, data) = self.source.read(&stored).map_err(|e| match e {
-            ModelError::Weights(WeightError::Missing { path, tensor, .. }) if stored != name => {
-                WeightError::Missing {
-                    path,
-                    tensor,
-                    hint: format!(" (the decoder's '{name}')"),
-                }
-                .into()
-            }
+        let view = self.source.get(&stored).map_err(|e| match e {
+            WeightError::Missing { path, tensor, .. } if stored != name => WeightError::Missing {
+                path,
+                tensor,
+                hint: format!(" (the decoder's '{name}')"),
+            },
             other => other,
         })?;
+        let found = view.shape().to_vec();
         let trim = |s: &[usize]| -> Vec<usize> {
             let mut v = s.to_vec();
             while v.len() > 1 && v.last() == Some(&1) {
@@ -122,14 +85,14 @@ impl<'a> VaeTensors<'a> {
         };
         if trim(&found) != trim(shape) {
             return Err(WeightError::Shape {
-                path: self.source.origin(),
+                path: view.path().to_path_buf(),
                 tensor: stored,
                 expected: shape.to_vec(),
                 found,
             }
             .into());
         }
-        Ok(data)
+        Ok(view.to_f32()?)
     }
 }
 
@@ -241,28 +204,5 @@ mod tests {
         for (d, o) in cases {
             assert_eq!(diffusers_to_original(d, 2), o, "{d}");
         }
-    }
-}
-
-/// Tensors held in memory, by name: what a checkpoint reader that is not a safetensors file
-/// (or a test) hands to the decoder.
-#[derive(Clone, Debug, Default)]
-pub struct MemorySource {
-    pub origin: PathBuf,
-    pub tensors: std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)>,
-}
-
-impl TensorSource for MemorySource {
-    fn origin(&self) -> PathBuf {
-        self.origin.clone()
-    }
-    fn tensor_names(&self) -> Vec<String> {
-        self.tensors.keys().cloned().collect()
-    }
-    fn read(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
-        self.tensors
-            .get(name)
-            .cloned()
-            .ok_or_else(|| missing(self.origin.clone(), name))
     }
 }

@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 
 use memmap2::Mmap;
 
+use super::dtype::StoredDType;
 use super::error::{Result, WeightError};
 use super::gguf::{parse_gguf, GgufValue, MAGIC};
 use super::header::{parse_header, TensorInfo};
@@ -22,6 +23,8 @@ pub enum FileFormat {
     Gguf,
     /// A PyTorch checkpoint (`torch.save`'s zip format), read through `crate::pth`.
     Pth,
+    /// f32 tensors held in memory ([`WeightFile::from_f32`]).
+    Memory,
 }
 
 /// The first bytes of a zip archive, which torch.save writes.
@@ -31,6 +34,8 @@ const ZIP_MAGIC: &[u8; 4] = b"PK\x03\x04";
 enum Backing {
     /// safetensors and GGUF: every tensor is a range of the mapping.
     Mapped(Mmap),
+    /// Tensors held in memory ([`WeightFile::from_f32`]), each a range of one buffer.
+    Owned(Vec<u8>),
     /// A PyTorch checkpoint: tensors are views into its storages. A view whose elements are not
     /// adjacent (a transposed tensor) is gathered at its first read and kept with the file.
     Pth {
@@ -142,6 +147,43 @@ impl WeightFile {
         )
     }
 
+    /// f32 tensors held in memory (renamed or computed tensors, tests), seen as a file called
+    /// `origin`; an error naming a tensor whose values do not fill its shape.
+    pub fn from_f32(
+        origin: impl Into<PathBuf>,
+        tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    ) -> Result<Self> {
+        let path = origin.into();
+        let mut buffer = Vec::new();
+        let mut infos = Vec::with_capacity(tensors.len());
+        for (name, (shape, values)) in tensors {
+            let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+            if numel != Some(values.len()) {
+                return Err(WeightError::BadTensor {
+                    path,
+                    tensor: name,
+                    reason: format!("{} values do not fill the shape {shape:?}", values.len()),
+                });
+            }
+            let start = buffer.len();
+            buffer.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+            infos.push(TensorInfo::new(
+                name,
+                StoredDType::F32,
+                shape,
+                start..buffer.len(),
+            ));
+        }
+        Ok(Self::new(
+            path,
+            Backing::Owned(buffer),
+            FileFormat::Memory,
+            infos,
+            BTreeMap::new(),
+            BTreeMap::new(),
+        ))
+    }
+
     fn new(
         path: PathBuf,
         backing: Backing,
@@ -215,14 +257,8 @@ impl WeightFile {
         let bytes = match &self.backing {
             // The header parser bounded every range by the file size; `get` keeps that a
             // checked fact rather than an assumption.
-            Backing::Mapped(map) => {
-                map.get(info.byte_range())
-                    .ok_or_else(|| WeightError::BadTensor {
-                        path: self.path.clone(),
-                        tensor: name.to_string(),
-                        reason: "its bytes lie outside the file".into(),
-                    })?
-            }
+            Backing::Mapped(map) => Self::slice(map, info, &self.path)?,
+            Backing::Owned(buffer) => Self::slice(buffer, info, &self.path)?,
             Backing::Pth { file, gathered } => match gathered[at].get() {
                 Some(bytes) => bytes.as_slice(),
                 None => match file.get(name)?.bytes() {
@@ -232,5 +268,14 @@ impl WeightFile {
             },
         };
         Ok(TensorView::new(info, bytes, &self.path))
+    }
+
+    fn slice<'a>(all: &'a [u8], info: &TensorInfo, path: &Path) -> Result<&'a [u8]> {
+        all.get(info.byte_range())
+            .ok_or_else(|| WeightError::BadTensor {
+                path: path.to_path_buf(),
+                tensor: info.name().to_string(),
+                reason: "its bytes lie outside the file".into(),
+            })
     }
 }

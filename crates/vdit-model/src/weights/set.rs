@@ -67,6 +67,14 @@ impl WeightSet {
         }
     }
 
+    /// f32 tensors held in memory, seen as a set called `origin` (see [`WeightFile::from_f32`]).
+    pub fn from_f32(
+        origin: impl Into<PathBuf>,
+        tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    ) -> Result<Self> {
+        Ok(Self::from_file(WeightFile::from_f32(origin, tensors)?))
+    }
+
     /// Opens every shard the index's `weight_map` names (paths relative to the index) and
     /// checks that each tensor is where the index says.
     fn open_index(index_path: &Path) -> Result<Self> {
