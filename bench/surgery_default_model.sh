@@ -31,7 +31,11 @@ head -n 8 held_out.txt > compare.txt
 "$vdit" distill --prompts train.txt --held-out 4 --steps "$steps" --lr "$lr" --frames "$frames" \
     "${maps[@]}" --output run
 for budget in $budgets; do
+    # The default objective (each option's measured effect on the held-out latents) and the
+    # summed attention-output errors, for comparison.
     "$vdit" plan --errors run/errors.json --budget "$budget" --output "plan$budget.json"
+    "$vdit" plan --errors run/errors.json --budget "$budget" --objective attention \
+        --output "attention$budget.json"
     # The uniform plan: the one mode on every block with the largest cost within the budget.
     python3 - "$budget" > "uniform$budget.json" <<'PY'
 import json, sys
@@ -50,11 +54,11 @@ if table.get("powers"):
     plan["powers"] = table["powers"]
 print(json.dumps(plan))
 PY
-    for p in "plan$budget" "uniform$budget"; do
+    for p in "plan$budget" "attention$budget" "uniform$budget"; do
         "$vdit" compare --attention-plan "$p.json" --prompts compare.txt --seeds "$seeds" --frames "$frames" \
             --json "$p.compare.json"
     done
 done
 plans=()
-for budget in $budgets; do plans+=("plan$budget.json" "uniform$budget.json"); done
+for budget in $budgets; do plans+=("plan$budget.json" "attention$budget.json" "uniform$budget.json"); done
 python3 "$here/surgery_judge.py" "$vdit" "$frames" "$seeds" compare.txt . judge.json softmax "${plans[@]}"

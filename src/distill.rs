@@ -7,13 +7,16 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use vdit_model::dit::Precision;
 use vdit_model::pipeline::{CancelToken, Pipeline};
+use vdit_model::plan::AttentionPlan;
 use vdit_model::plan::LayerAttention;
 use vdit_model::surgery::distill::{CaptureSteps, DistillProgress, Pair};
-use vdit_model::surgery::phi::{gpu_trainer, FeatureDims};
-use vdit_model::surgery::run::{run_distill, DistillJob};
+use vdit_model::surgery::phi::{gpu_trainer, gpu_trainer_from, host_map, spec_of, FeatureDims};
+use vdit_model::surgery::run::{run_distill, DistillJob, PLAN_FILE};
 use vdit_model::weights::Checkpoint;
 use vdit_wgpu::attention::attention_flops;
 use vdit_wgpu::attention::reference::FeatureSpec;
+use vdit_wgpu::attention::reference::HostFeatureMap;
+use vdit_wgpu::distill::PhiInit;
 use vdit_wgpu::Gpu;
 
 use crate::sampling_args::{read_prompts, SamplingArgs};
@@ -31,6 +34,12 @@ pub struct DistillArgs {
     /// The modes to distil for every block, comma-separated.
     #[arg(long, default_value = "hybrid:2,hybrid:4,rehyat:3:1,linear")]
     pub modes: String,
+    /// Go on training the maps of this plan (as `vdit plan` writes it) on the plan's own
+    /// sampling: each converted block learns softmax's output on the q, k, v that the converted
+    /// blocks before it produce. Replaces --modes and the feature-map flags (the plan's maps are
+    /// the start); writes plan.json with the trained maps into --output.
+    #[arg(long)]
+    pub student: Option<PathBuf>,
     #[command(flatten)]
     pub features: FeatureArgs,
     /// Optimiser steps per (block, mode) pair, spread over the captures (2000 at learning rate
@@ -47,6 +56,11 @@ pub struct DistillArgs {
     /// AdamW learning rate.
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f32,
+    /// Skip measuring each pair's effect on the held-out denoised latents (errors.json's
+    /// output_error, which `vdit plan` sums by default): one sampling per pair and held-out
+    /// prompt.
+    #[arg(long)]
+    pub no_output_errors: bool,
     /// The output folder (created; a checkpoint in it is resumed).
     #[arg(long)]
     pub output: PathBuf,
@@ -224,7 +238,14 @@ pub fn run(gpu: &Gpu, a: &DistillArgs) -> Result<(), Box<dyn std::error::Error>>
     let held = a.sampling.requests(&paths, &held_out)?;
     let dit_path = paths.dit.clone().ok_or("the model has no DiT")?;
     let c = Checkpoint::open(&dit_path)?.config()?;
-    let feature = a.features.spec(c.head_dim)?;
+    let student = match &a.student {
+        Some(plan) => Some(student_maps(gpu, plan, &c, precision)?),
+        None => None,
+    };
+    let feature = match &student {
+        Some(s) => s.feature,
+        None => a.features.spec(c.head_dim)?,
+    };
     let df = feature.df(c.head_dim);
     // Every sample has the first request's size: tokens and tokens per frame.
     let shape = train[0].latent_shape(c.in_channels);
@@ -245,16 +266,41 @@ pub fn run(gpu: &Gpu, a: &DistillArgs) -> Result<(), Box<dyn std::error::Error>>
         .map_err(|e| format!("--output {}: {e}", a.output.display()))?;
 
     let mut pairs = Vec::new();
-    for block in 0..c.layers {
-        for (i, &mode) in modes.iter().enumerate() {
-            pairs.push(Pair {
-                block,
-                mode,
-                trainer: gpu_trainer(gpu, &dims, mode, (block * 131 + i) as u64)?,
-                loss: f32::NAN,
-            });
+    match &student {
+        Some(s) => {
+            for (block, (&mode, maps)) in s.layers.iter().zip(&s.maps).enumerate() {
+                let Some((phi_q, phi_k)) = maps else {
+                    continue;
+                };
+                let init = PhiInit::Host {
+                    phi_q: Box::new(phi_q.clone()),
+                    phi_k: Box::new(phi_k.clone()),
+                };
+                pairs.push(Pair {
+                    block,
+                    mode,
+                    trainer: gpu_trainer_from(gpu, &dims, mode, init)?,
+                    loss: f32::NAN,
+                });
+            }
+        }
+        None => {
+            for block in 0..c.layers {
+                for (i, &mode) in modes.iter().enumerate() {
+                    pairs.push(Pair {
+                        block,
+                        mode,
+                        trainer: gpu_trainer(gpu, &dims, mode, (block * 131 + i) as u64)?,
+                        loss: f32::NAN,
+                    });
+                }
+            }
         }
     }
+    let modes: Vec<LayerAttention> = match &student {
+        Some(s) => s.layers.clone(),
+        None => modes,
+    };
     let fm_flops = feature.flops(c.head_dim);
     let cost = |mode: LayerAttention| {
         let (df, fm) = if mode.needs_features() {
@@ -279,6 +325,9 @@ pub fn run(gpu: &Gpu, a: &DistillArgs) -> Result<(), Box<dyn std::error::Error>>
     {
         settings[k] = v.clone();
     }
+    if let Some(plan) = &a.student {
+        settings["student"] = plan.display().to_string().into();
+    }
     let pipeline = Pipeline::new(gpu, paths, precision);
     let job = DistillJob {
         pipeline: &pipeline,
@@ -292,25 +341,28 @@ pub fn run(gpu: &Gpu, a: &DistillArgs) -> Result<(), Box<dyn std::error::Error>>
         settings,
         feature,
         cost: &cost,
+        output_errors: !a.no_output_errors,
+        student: student.as_ref().map(|s| s.layers.clone()),
     };
     let mut bar = Bar(None, a.quiet);
     let table = run_distill(gpu, &job, &mut pairs, &mut bar, &CancelToken::default())?;
     bar.stage("done", 0);
     println!(
-        "{:>5}  {:<12} {:>10} {:>10} {:>10} {:>9}",
-        "layer", "mode", "error", "initial", "elu1", "/softmax"
+        "{:>5}  {:<12} {:>10} {:>10} {:>10} {:>10} {:>9}",
+        "layer", "mode", "error", "initial", "elu1", "output", "/softmax"
     );
     for l in &table.layers {
         let soft = l.options[0].cost;
         for o in &l.options[1..] {
             let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4e}"));
             println!(
-                "{:>5}  {:<12} {:>10.4e} {:>10} {:>10} {:>9.3}",
+                "{:>5}  {:<12} {:>10.4e} {:>10} {:>10} {:>10} {:>9.3}",
                 l.layer,
                 o.mode,
                 o.error,
                 f(o.initial_error),
                 f(o.elu1_error),
+                f(o.output_error),
                 o.cost / soft
             );
         }
@@ -320,5 +372,63 @@ pub fn run(gpu: &Gpu, a: &DistillArgs) -> Result<(), Box<dyn std::error::Error>>
         a.output.join("features.safetensors").display(),
         a.output.join("errors.json").display()
     );
+    if student.is_some() {
+        println!(
+            "wrote {} (the plan with the maps trained here)",
+            a.output.join(PLAN_FILE).display()
+        );
+    }
     Ok(())
+}
+
+/// A student run's start: the plan's modes, and its maps on the host.
+struct Student {
+    layers: Vec<LayerAttention>,
+    /// Per layer, (phi_q, phi_k) where the layer has a feature map.
+    maps: Vec<Option<(HostFeatureMap, HostFeatureMap)>>,
+    feature: FeatureSpec,
+}
+
+/// Reads `--student PLAN`: its layers and trained maps (all of one kind and size).
+fn student_maps(
+    gpu: &Gpu,
+    path: &std::path::Path,
+    config: &vdit_model::weights::DitConfig,
+    precision: Precision,
+) -> Result<Student, Box<dyn std::error::Error>> {
+    let named = |m: String| format!("--student {}: {m}", path.display());
+    let plan = AttentionPlan::load(gpu, path, config, precision.dtype())?;
+    let layers = plan.layers().to_vec();
+    let mut maps = Vec::new();
+    let mut feature: Option<FeatureSpec> = None;
+    for (i, l) in layers.iter().enumerate() {
+        let Some(w) = plan.features(i) else {
+            maps.push(None);
+            continue;
+        };
+        let (q, k) = (host_map(gpu, &w.phi_q)?, host_map(gpu, &w.phi_k)?);
+        let spec = spec_of(&q)
+            .filter(|s| Some(*s) == spec_of(&k))
+            .ok_or_else(|| {
+                named(format!(
+                    "layer {i} ({l}) has no trained hedgehog or poly maps to start from (plan \
+                 from the errors.json of a vdit distill run)"
+                ))
+            })?;
+        if feature.is_some_and(|f| f != spec) {
+            return Err(named(format!(
+                "layer {i}'s maps are {spec:?}, an earlier layer's {feature:?}: one kind \
+                 and size"
+            ))
+            .into());
+        }
+        feature = Some(spec);
+        maps.push(Some((q, k)));
+    }
+    let feature = feature.ok_or_else(|| named("converts no layer: nothing to train".into()))?;
+    Ok(Student {
+        layers,
+        maps,
+        feature,
+    })
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use vdit_model::surgery::errors::ErrorTable;
-use vdit_model::surgery::planner::{check_weights, plan, plan_features, write_plan};
+use vdit_model::surgery::planner::{check_weights, plan, plan_features, write_plan, Objective};
 
 #[derive(Args, Debug, Clone)]
 pub struct PlanArgs {
@@ -19,6 +19,11 @@ pub struct PlanArgs {
     /// --errors. Without either, linear parts use the weightless elu1 map (with a warning).
     #[arg(long)]
     pub feature_weights: Option<PathBuf>,
+    /// The error the plan minimises: output (each option's measured effect on the held-out
+    /// denoised latents, when errors.json has it) or attention (each option's attention-output
+    /// error) [default: output where measured].
+    #[arg(long)]
+    pub objective: Option<String>,
     /// The plan file to write.
     #[arg(long, default_value = "plan.json")]
     pub output: PathBuf,
@@ -26,7 +31,13 @@ pub struct PlanArgs {
 
 pub fn run(a: &PlanArgs) -> Result<(), Box<dyn std::error::Error>> {
     let table = ErrorTable::read(&a.errors)?;
-    let planned = plan(&table, a.budget)?;
+    let objective = match a.objective.as_deref() {
+        None => Objective::best_for(&table),
+        Some(s) => Objective::parse(s).ok_or_else(|| {
+            format!("--objective {s}: output (measured effect on the latents) or attention")
+        })?,
+    };
+    let planned = plan(&table, a.budget, objective)?;
     let features = plan_features(&a.errors, &table, a.feature_weights.as_deref(), &a.output)?;
     if planned.needs_features() {
         check_weights(&planned, &features)?;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use vdit_model::dit::{AttentionTap, BlockAttention, Precision, WanDit};
 use vdit_model::plan::{feature_tensor_name, AttentionPlan, LayerAttention};
 use vdit_model::surgery::errors::ErrorTable;
-use vdit_model::surgery::planner::{check_weights, plan, plan_features, write_plan};
+use vdit_model::surgery::planner::{check_weights, plan, plan_features, write_plan, Objective};
 use vdit_model::tensor_file::{read_tensor, write_tensors, HostTensor};
 use vdit_wgpu::attention::reference::{attention_reference, FeatureSpec, RefMode};
 use vdit_wgpu::testing::{assert_close, rel_l2, seed, test_gpu, Rng};
@@ -208,7 +208,7 @@ fn planned_plans_load_and_run() {
     .unwrap();
     let table = ErrorTable::read(&errors).unwrap();
     // 0.4 x 200 = 80: hybrid + linear; the linear goes where it costs least error (layer 1).
-    let planned = plan(&table, 0.4).unwrap();
+    let planned = plan(&table, 0.4, Objective::Attention).unwrap();
     let modes: Vec<LayerAttention> = planned.layers.iter().map(|l| l.mode).collect();
     assert_eq!(modes, [hybrid, LayerAttention::Linear]);
     let out = scratch("planned-out").join("plan.json");
@@ -249,9 +249,11 @@ mod distill_runs {
     use super::*;
     use vdit_model::pipeline::{CancelToken, GenerateRequest, ModelPaths, Pipeline, Prompt};
     use vdit_model::surgery::distill::{CaptureSteps, DistillProgress, Pair};
-    use vdit_model::surgery::phi::{gpu_trainer, FeatureDims};
-    use vdit_model::surgery::run::{run_distill, DistillJob};
+    use vdit_model::surgery::phi::{gpu_trainer, gpu_trainer_from, FeatureDims};
+    use vdit_model::surgery::run::{relative_l2, run_distill, DistillJob};
     use vdit_model::ModelError;
+    use vdit_wgpu::attention::reference::HostFeatureMap;
+    use vdit_wgpu::distill::PhiInit;
     use vdit_wgpu::distill::PhiTrainer;
 
     /// Cancels the run once `after` training samples are done.
@@ -352,6 +354,8 @@ mod distill_runs {
             settings: serde_json::json!({ "steps": steps }),
             feature: FeatureSpec::Hedgehog { half: 16 },
             cost: &cost,
+            output_errors: true,
+            student: None,
         };
         let mut p = pairs(7);
         let r = run_distill(gpu, &job, &mut p, progress, cancel);
@@ -434,6 +438,46 @@ mod distill_runs {
         }
         assert_eq!(read.layers.len(), sizes().0);
 
+        // output_error: the held-out latent's distance from softmax's when one block alone runs
+        // the mode; measured again here for block 1's linear maps.
+        assert!(opts
+            .iter()
+            .all(|o| o.output_error.is_some_and(|e| e.is_finite() && e > 0.0)));
+        let plan = a.join("by-hand-plan.json");
+        std::fs::write(
+            &plan,
+            r#"{"layers": {"1": "linear"}, "feature_map": "hedgehog",
+                "feature_weights": "features.safetensors"}"#,
+        )
+        .unwrap();
+        let gpu = test_gpu();
+        let softmax = Pipeline::new(gpu, ModelPaths::embedded_default().unwrap(), Precision::F32);
+        let planned = softmax.clone().with_attention_plan(plan);
+        let held = request("a white triangle moving down on a blue background", 0);
+        let never_cancel = CancelToken::default();
+        let latent = |p: &Pipeline| {
+            p.sample(
+                &held,
+                &mut vdit_model::pipeline::Silent,
+                &never_cancel,
+                None,
+            )
+            .unwrap()
+            .to_vec_f32(gpu)
+            .unwrap()
+        };
+        let by_hand = relative_l2(&latent(&planned), &latent(&softmax));
+        let linear = whole.layers[1]
+            .options
+            .iter()
+            .find(|o| o.mode == "linear")
+            .unwrap();
+        let measured = linear.output_error.unwrap();
+        assert!(
+            (by_hand - measured).abs() <= 1e-4 * measured,
+            "{by_hand} by hand, {measured} in errors.json"
+        );
+
         // Other settings do not resume this folder's checkpoint.
         let (other, _) = distill(&b, 13, &mut Quiet, &never);
         let e = other.unwrap_err().to_string();
@@ -443,5 +487,122 @@ mod distill_runs {
         );
         std::fs::remove_dir_all(&a).unwrap();
         std::fs::remove_dir_all(&b).unwrap();
+    }
+
+    /// A student run trains a plan's maps on the plan's own sampling against softmax on the
+    /// q, k, v each converted block is fed; its held-out errors are what `vdit compare`'s
+    /// per-block measurement gives for the plan it writes.
+    #[test]
+    fn a_student_run_trains_the_plan_on_its_own_sampling() {
+        let dir = scratch("student");
+        let gpu = test_gpu();
+        let (layers, heads, head_dim) = sizes();
+        let half = 16;
+        let mut rng = Rng::new(11);
+        let mut student = vec![LayerAttention::Softmax; layers];
+        student[1] = LayerAttention::Linear;
+        student[3] = LayerAttention::Hybrid { rate: 2 };
+        let dims = FeatureDims {
+            heads,
+            head_dim,
+            feature: FeatureSpec::Hedgehog { half },
+            lr: 1e-2,
+            frame_tokens: 4,
+        };
+        let mut pairs = Vec::new();
+        for (block, &mode) in student.iter().enumerate() {
+            if mode == LayerAttention::Softmax {
+                continue;
+            }
+            let mut map = || HostFeatureMap::Hedgehog {
+                w: rng.vec_normal(heads * half * head_dim, 0.2),
+                b: vec![0.0; heads * half],
+                half,
+            };
+            let init = PhiInit::Host {
+                phi_q: Box::new(map()),
+                phi_k: Box::new(map()),
+            };
+            pairs.push(Pair {
+                block,
+                mode,
+                trainer: gpu_trainer_from(gpu, &dims, mode, init).unwrap(),
+                loss: f32::NAN,
+            });
+        }
+        let paths = ModelPaths::embedded_default().unwrap();
+        let pipeline = Pipeline::new(gpu, paths.clone(), Precision::F32);
+        let cost = |m: LayerAttention| {
+            if m == LayerAttention::Softmax {
+                100.0
+            } else {
+                50.0
+            }
+        };
+        let held = request("a white triangle moving down on a blue background", 0);
+        let job = DistillJob {
+            pipeline: &pipeline,
+            dir: &dir,
+            train: vec![
+                request("a red ball moving left on a black background", 0),
+                request("a blue square moving up on a white background", 1),
+            ],
+            held_out: vec![held.clone()],
+            captures: CaptureSteps::All,
+            steps: 12,
+            queries: 8,
+            layers,
+            settings: serde_json::json!({ "student": true }),
+            feature: FeatureSpec::Hedgehog { half },
+            cost: &cost,
+            output_errors: false,
+            student: Some(student.clone()),
+        };
+        let table =
+            run_distill(gpu, &job, &mut pairs, &mut Quiet, &CancelToken::default()).unwrap();
+        assert!(
+            !dir.join("student-plan.json").exists()
+                && !dir.join("student-features.safetensors").exists()
+        );
+        for (l, mode) in student.iter().enumerate() {
+            let modes: Vec<&str> = table.layers[l]
+                .options
+                .iter()
+                .map(|o| o.mode.as_str())
+                .collect();
+            if *mode == LayerAttention::Softmax {
+                assert_eq!(modes, ["softmax"]);
+                continue;
+            }
+            assert_eq!(modes, ["softmax", mode.to_string().as_str()]);
+            let o = &table.layers[l].options[1];
+            assert!(o.error < o.initial_error.unwrap(), "layer {l}: {o:?}");
+        }
+        // The plan it wrote, sampled with compare's per-block tap: the same errors.
+        let plan = dir.join("plan.json");
+        let planned = pipeline.clone().with_attention_plan(plan);
+        let mut errors = vdit_model::surgery::compare::BlockErrors::default();
+        planned
+            .sample(
+                &held,
+                &mut vdit_model::pipeline::Silent,
+                &CancelToken::default(),
+                Some(&mut errors),
+            )
+            .unwrap();
+        let means = errors.means();
+        for l in [1, 3] {
+            let want = table.layers[l].options[1].error;
+            assert!(
+                (means[l] - want).abs() <= 1e-4 * want,
+                "layer {l}: {} vs {want}",
+                means[l]
+            );
+        }
+        assert!(means
+            .iter()
+            .enumerate()
+            .all(|(l, &e)| (l == 1 || l == 3) || e == 0.0));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -28,6 +28,7 @@ pub struct Video {
 }
 
 /// A text-to-video model ready to generate on one device.
+#[derive(Clone)]
 pub struct Pipeline<'g> {
     gpu: &'g Gpu,
     /// The text encoder and tokenizer (and where the DiT and VAE were found).
@@ -80,6 +81,10 @@ impl<'g> Pipeline<'g> {
     pub fn with_vae_tiling(mut self, tiling: VaeTiling) -> Self {
         self.vae_tiling = Some(tiling);
         self
+    }
+
+    pub fn gpu(&self) -> &'g Gpu {
+        self.gpu
     }
 
     pub fn paths(&self) -> &ModelPaths {

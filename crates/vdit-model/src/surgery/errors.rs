@@ -10,7 +10,10 @@
 //!   (0 for softmax); `cost`: its self-attention FLOPs in the cost model.
 //! - Optional: `feature_map` (`hedgehog`, `poly`, `elu1`: the maps the errors were measured
 //!   with), `powers` (poly's P), and per option `initial_error` and `elu1_error` (the same
-//!   measure before distillation and with the weightless elu1 map).
+//!   measure before distillation and with the weightless elu1 map), and `output_error`: the
+//!   relative L2 error of the held-out denoised latents when this layer alone runs the option
+//!   and every other layer softmax (0 for softmax), what the planner sums by default because it
+//!   sees what a block's error does to the video, not only to its own output.
 //!
 //! Every layer 0..L-1 appears once, each with exactly one `softmax` option (the reference whose
 //! summed cost sets the budget) and no mode twice.
@@ -50,6 +53,8 @@ pub struct ModeOption {
     pub initial_error: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub elu1_error: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_error: Option<f64>,
 }
 
 impl ModeOption {
@@ -60,6 +65,7 @@ impl ModeOption {
             cost,
             initial_error: None,
             elu1_error: None,
+            output_error: None,
         }
     }
 }
@@ -101,6 +107,14 @@ impl ErrorTable {
                     .collect()
             })
             .collect()
+    }
+
+    /// True when every option carries an `output_error` (softmax may leave it out: it is 0).
+    pub fn has_output_errors(&self) -> bool {
+        self.layers
+            .iter()
+            .flat_map(|l| &l.options)
+            .all(|o| o.mode == "softmax" || o.output_error.is_some())
     }
 
     /// The softmax cost of every layer, summed: what a budget fraction multiplies.
@@ -149,6 +163,11 @@ impl ErrorTable {
                 seen.push(mode);
                 if !(o.error.is_finite() && o.error >= 0.0) {
                     return Err(format!("{}: error {} must be >= 0", at(o), o.error));
+                }
+                if let Some(e) = o.output_error {
+                    if !(e.is_finite() && e >= 0.0) {
+                        return Err(format!("{}: output_error {e} must be >= 0", at(o)));
+                    }
                 }
                 if !(o.cost.is_finite() && o.cost > 0.0) {
                     return Err(format!("{}: cost {} must be > 0", at(o), o.cost));

@@ -1,9 +1,10 @@
 //! vdit-wgpu's GPU trainer ([`PhiTrainer`]) as the distillation's [`PairTrainer`].
 
-use vdit_wgpu::attention::reference::FeatureSpec;
-use vdit_wgpu::attention::FeatureMapWeights;
+use vdit_wgpu::attention::reference::{FeatureSpec, HostFeatureMap};
+use vdit_wgpu::attention::{FeatureMap, FeatureMapWeights};
 use vdit_wgpu::distill::{
-    AdamW, BlockCapture, ParamState, PhiTrainer, PhiTrainerConfig, QuerySubset, TrainerState,
+    AdamW, BlockCapture, ParamState, PhiInit, PhiTrainer, PhiTrainerConfig, QuerySubset,
+    TrainerState,
 };
 use vdit_wgpu::Gpu;
 
@@ -33,6 +34,17 @@ pub fn gpu_trainer<'g>(
     mode: LayerAttention,
     seed: u64,
 ) -> Result<PhiTrainer<'g>> {
+    gpu_trainer_from(gpu, dims, mode, PhiInit::Seeded(seed))
+}
+
+/// A trainer like [`gpu_trainer`]'s whose maps start from `init` (a previous run's maps, for
+/// a student run).
+pub fn gpu_trainer_from<'g>(
+    gpu: &'g Gpu,
+    dims: &FeatureDims,
+    mode: LayerAttention,
+    init: PhiInit,
+) -> Result<PhiTrainer<'g>> {
     if matches!(dims.feature, FeatureSpec::Elu1) {
         return Err(input_err(
             "--feature-map",
@@ -44,14 +56,58 @@ pub fn gpu_trainer<'g>(
         dims.head_dim,
         1,
         mode.mode(dims.frame_tokens),
-        seed,
+        0,
     );
+    cfg.init = init;
     cfg.feature = dims.feature;
     cfg.optimizer = AdamW {
         lr: dims.lr,
         ..AdamW::default()
     };
     Ok(PhiTrainer::new(gpu, cfg)?)
+}
+
+/// A feature map's weights brought to the host, with the sizes read off their shapes
+/// (hedgehog W [H, DF/2, D]; poly W1 [H, HID, D], W2 [H, DF, HID]).
+pub fn host_map(gpu: &Gpu, map: &FeatureMap) -> Result<HostFeatureMap> {
+    Ok(match map {
+        FeatureMap::Hedgehog { w, b } => HostFeatureMap::Hedgehog {
+            w: w.to_vec_f32(gpu)?,
+            b: b.to_vec_f32(gpu)?,
+            half: w.shape()[1],
+        },
+        FeatureMap::Poly {
+            w1,
+            b1,
+            w2,
+            b2,
+            powers,
+        } => HostFeatureMap::Poly {
+            w1: w1.to_vec_f32(gpu)?,
+            b1: b1.to_vec_f32(gpu)?,
+            w2: w2.to_vec_f32(gpu)?,
+            b2: b2.to_vec_f32(gpu)?,
+            hid: w1.shape()[1],
+            df: w2.shape()[1],
+            powers: *powers,
+        },
+        FeatureMap::Elu1 => HostFeatureMap::Elu1,
+    })
+}
+
+/// The trainable map `map` is an instance of (none for elu1).
+pub fn spec_of(map: &HostFeatureMap) -> Option<FeatureSpec> {
+    match *map {
+        HostFeatureMap::Hedgehog { half, .. } => Some(FeatureSpec::Hedgehog { half }),
+        HostFeatureMap::Poly {
+            hid, df, powers, ..
+        } => Some(FeatureSpec::Poly {
+            hid,
+            d1: df / powers.max(1),
+            powers,
+        }),
+        HostFeatureMap::Elu1 => None,
+    }
 }
 
 fn capture(seen: &BlockAttention<'_>) -> BlockCapture {

@@ -34,13 +34,66 @@ pub struct Planned {
     pub softmax_cost: f64,
     pub cost: f64,
     pub error: f64,
+    /// Which error `error` sums.
+    pub objective: Objective,
     /// False when costs had to be rounded up to the dynamic program's units (see `knapsack`).
     pub exact: bool,
 }
 
-/// Picks one option per layer: least summed error with summed cost <= `fraction` x the summed
-/// softmax cost. `fraction` must lie in (0, 1].
-pub fn plan(table: &ErrorTable, fraction: f64) -> Result<Planned> {
+/// Which error of `errors.json` the planner sums.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Objective {
+    /// Each option's attention-output error (`error`).
+    Attention,
+    /// Each option's effect on the held-out denoised latents when its layer alone runs it
+    /// (`output_error`).
+    Output,
+}
+
+impl Objective {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "attention" => Some(Self::Attention),
+            "output" => Some(Self::Output),
+            _ => None,
+        }
+    }
+
+    /// `output` where the table measured it for every option, else `attention`.
+    pub fn best_for(table: &ErrorTable) -> Self {
+        if table.has_output_errors() {
+            Self::Output
+        } else {
+            Self::Attention
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Attention => "attention",
+            Self::Output => "output",
+        }
+    }
+
+    fn error_of(self, o: &super::errors::ModeOption) -> f64 {
+        match self {
+            Self::Attention => o.error,
+            Self::Output if o.mode == "softmax" => 0.0,
+            Self::Output => o.output_error.unwrap_or(f64::INFINITY),
+        }
+    }
+}
+
+/// Picks one option per layer: least summed error (the `objective`'s) with summed cost <=
+/// `fraction` x the summed softmax cost. `fraction` must lie in (0, 1].
+pub fn plan(table: &ErrorTable, fraction: f64, objective: Objective) -> Result<Planned> {
+    if objective == Objective::Output && !table.has_output_errors() {
+        return Err(input_err(
+            "--objective",
+            "output: the errors file has no output_error for every option (vdit distill \
+             measures them unless --no-output-errors)",
+        ));
+    }
     if !(fraction.is_finite() && fraction > 0.0 && fraction <= 1.0) {
         return Err(input_err(
             "--budget",
@@ -57,7 +110,7 @@ pub fn plan(table: &ErrorTable, fraction: f64) -> Result<Planned> {
                 .iter()
                 .map(|o| Item {
                     cost: o.cost,
-                    error: o.error,
+                    error: objective.error_of(o),
                 })
                 .collect()
         })
@@ -82,7 +135,7 @@ pub fn plan(table: &ErrorTable, fraction: f64) -> Result<Planned> {
             let opts = &table.layers[l].options;
             PlannedLayer {
                 mode: modes[l][o],
-                error: opts[o].error,
+                error: objective.error_of(&opts[o]),
                 cost: opts[o].cost,
                 softmax_cost: opts
                     .iter()
@@ -98,6 +151,7 @@ pub fn plan(table: &ErrorTable, fraction: f64) -> Result<Planned> {
         softmax_cost,
         cost: solution.cost,
         error: solution.error,
+        objective,
         exact: solution.exact,
     })
 }
@@ -106,8 +160,13 @@ impl Planned {
     /// The chosen option of every layer, and the totals, as a text table.
     pub fn table(&self) -> String {
         let mut s = format!(
-            "{:>5}  {:<12} {:>10} {:>12} {:>9}\n",
-            "layer", "mode", "error", "GFLOP", "/softmax"
+            "{:>5}  {:<12} {:>10} {:>12} {:>9}   ({} error)\n",
+            "layer",
+            "mode",
+            "error",
+            "GFLOP",
+            "/softmax",
+            self.objective.name()
         );
         for (i, l) in self.layers.iter().enumerate() {
             s += &format!(
@@ -358,7 +417,7 @@ mod tests {
         ];
         let t = table(&[opts, opts, worse, opts]);
         // 0.7 x 400 = 280: three hybrids (265) beat two linears; the worst layer keeps softmax.
-        let p = plan(&t, 0.7).unwrap();
+        let p = plan(&t, 0.7, Objective::Attention).unwrap();
         let modes: Vec<String> = p.layers.iter().map(|l| l.mode.to_string()).collect();
         assert_eq!(modes, ["hybrid:2", "hybrid:2", "softmax", "hybrid:2"]);
         assert!((p.error - 0.3).abs() < 1e-12 && p.cost == 265.0 && p.exact);
@@ -376,7 +435,7 @@ mod tests {
         );
         assert!(p.table().contains("total"));
         // All softmax fits a budget of 1: no feature map named.
-        let p = plan(&t, 1.0).unwrap();
+        let p = plan(&t, 1.0, Objective::Attention).unwrap();
         assert!(!p.needs_features());
         assert_eq!(
             p.plan_json(&f),
@@ -385,13 +444,54 @@ mod tests {
     }
 
     #[test]
+    fn the_output_objective_sums_output_errors() {
+        let first: &[(&str, f64, f64)] = &[
+            ("softmax", 0.0, 100.0),
+            ("hybrid:2", 0.1, 55.0),
+            ("linear", 0.4, 10.0),
+        ];
+        let second: &[(&str, f64, f64)] = &[
+            ("softmax", 0.0, 100.0),
+            ("hybrid:2", 0.1, 55.0),
+            ("linear", 0.2, 10.0),
+        ];
+        let mut t = table(&[first, second]);
+        assert_eq!(Objective::best_for(&t), Objective::Attention);
+        let e = plan(&t, 0.5, Objective::Output).unwrap_err().to_string();
+        assert!(
+            e.contains("--objective") && e.contains("output_error"),
+            "{e}"
+        );
+        // By attention error, layer 1 is the one to make linear; by what each layer does to
+        // the output, layer 0's linear part hurts the video little and layer 1's much.
+        for (l, out) in [(0, [0.02, 0.01]), (1, [0.05, 0.9])] {
+            for (o, e) in t.layers[l].options[1..].iter_mut().zip(out) {
+                o.output_error = Some(e);
+            }
+        }
+        assert_eq!(Objective::best_for(&t), Objective::Output);
+        let modes =
+            |p: &Planned| -> Vec<String> { p.layers.iter().map(|l| l.mode.to_string()).collect() };
+        // 0.5 x 200 = 100: one hybrid and one linear layer.
+        let by_attention = plan(&t, 0.5, Objective::Attention).unwrap();
+        let by_output = plan(&t, 0.5, Objective::Output).unwrap();
+        assert_eq!(modes(&by_attention), ["hybrid:2", "linear"]);
+        assert_eq!(modes(&by_output), ["linear", "hybrid:2"]);
+        assert!((by_attention.error - 0.3).abs() < 1e-12);
+        assert!((by_output.error - 0.06).abs() < 1e-12);
+        assert!(by_output.table().contains("(output error)"));
+    }
+
+    #[test]
     fn bad_and_infeasible_budgets_name_the_flag() {
         let t = table(&[&[("softmax", 0.0, 100.0), ("linear", 0.4, 10.0)]]);
         for bad in [0.0, -0.5, 1.5, f64::NAN] {
-            let e = plan(&t, bad).unwrap_err().to_string();
+            let e = plan(&t, bad, Objective::Attention).unwrap_err().to_string();
             assert!(e.contains("--budget") && e.contains("(0, 1]"), "{e}");
         }
-        let e = plan(&t, 0.05).unwrap_err().to_string();
+        let e = plan(&t, 0.05, Objective::Attention)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("--budget") && e.contains("at least 0.1000"),
             "{e}"
