@@ -249,8 +249,9 @@ mod distill_runs {
     use super::*;
     use vdit_model::pipeline::{CancelToken, GenerateRequest, ModelPaths, Pipeline, Prompt};
     use vdit_model::surgery::distill::{CaptureSteps, DistillProgress, Pair};
+    use vdit_model::surgery::measure::relative_l2;
     use vdit_model::surgery::phi::{gpu_trainer, gpu_trainer_from, FeatureDims};
-    use vdit_model::surgery::run::{relative_l2, run_distill, DistillJob};
+    use vdit_model::surgery::run::{run_distill, DistillJob};
     use vdit_model::ModelError;
     use vdit_wgpu::attention::reference::HostFeatureMap;
     use vdit_wgpu::distill::PhiInit;

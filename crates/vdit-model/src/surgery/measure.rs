@@ -26,6 +26,24 @@ pub fn relative_l1(got: &[f32], want: &[f32]) -> f64 {
     }
 }
 
+/// ||got - want|| / ||want|| in f64 (infinite when anything is NaN or the lengths differ).
+pub fn relative_l2(got: &[f32], want: &[f32]) -> f64 {
+    if got.len() != want.len() {
+        return f64::INFINITY;
+    }
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (&g, &w) in got.iter().zip(want) {
+        num += (g as f64 - w as f64).powi(2);
+        den += (w as f64).powi(2);
+    }
+    let e = (num / den.max(f64::MIN_POSITIVE)).sqrt();
+    if e.is_nan() {
+        f64::INFINITY
+    } else {
+        e
+    }
+}
+
 /// The softmax attention of a block's captured q, k, v (what its output is measured against).
 pub fn softmax_of(rec: &mut Recorder, seen: &BlockAttention<'_>) -> Result<Tensor> {
     let gpu = rec.gpu();

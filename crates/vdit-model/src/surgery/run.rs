@@ -12,7 +12,7 @@ use super::distill::{
     Pair, PairTrainer, StepSchedule, Trainer,
 };
 use super::errors::ErrorTable;
-use super::measure::softmax_of;
+use super::measure::{relative_l2, softmax_of};
 use super::planner::FEATURES_FILE;
 use crate::dit::{AttentionTap, BlockAttention, Pass};
 use crate::error::{input_err, Result};
@@ -280,24 +280,6 @@ fn output_errors<T: PairTrainer>(
     }
     let _ = std::fs::remove_file(&plan_path);
     Ok(errors)
-}
-
-/// ||got - want|| / ||want|| in f64 (infinite when anything is NaN or the lengths differ).
-pub fn relative_l2(got: &[f32], want: &[f32]) -> f64 {
-    if got.len() != want.len() {
-        return f64::INFINITY;
-    }
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (&g, &w) in got.iter().zip(want) {
-        num += (g as f64 - w as f64).powi(2);
-        den += (w as f64).powi(2);
-    }
-    let e = (num / den.max(f64::MIN_POSITIVE)).sqrt();
-    if e.is_nan() {
-        f64::INFINITY
-    } else {
-        e
-    }
 }
 
 /// Mean held-out error (and elu1 error) of every pair over the held-out samples' captures.
