@@ -190,6 +190,25 @@ fn plan_bad_input_names_the_flag_or_file() {
         (vec!["--budget".into(), "half".into()], "--budget"),
         // The cheapest plan is 300 of 3000.
         (vec!["--budget".into(), "0.05".into()], "at least 0.1000"),
+        (
+            vec![
+                "--budget".into(),
+                "0.5".into(),
+                "--objective".into(),
+                "video".into(),
+            ],
+            "--objective",
+        ),
+        // This errors file has no output errors to sum.
+        (
+            vec![
+                "--budget".into(),
+                "0.5".into(),
+                "--objective".into(),
+                "output".into(),
+            ],
+            "--objective",
+        ),
     ];
     for (args, needle) in cases {
         let (ok, _, stderr) = run(vdit()
@@ -436,6 +455,24 @@ fn distill_bad_input_names_the_flag_or_file() {
     ] {
         let (ok, _, stderr) = distill(&dir, &out, extra);
         assert!(!ok && stderr.contains(needle), "{extra:?}: {stderr}");
+        assert!(!out.join("errors.json").exists());
+    }
+    // --student plans that give the run nothing to train, or no file at all.
+    let elu1 = dir.join("elu1-plan.json");
+    std::fs::write(
+        &elu1,
+        r#"{"layers": {"0": "linear"}, "feature_map": "elu1"}"#,
+    )
+    .unwrap();
+    let softmax = dir.join("softmax-plan.json");
+    std::fs::write(&softmax, "{}").unwrap();
+    for (plan, needle) in [
+        (&elu1, "no trained hedgehog or poly maps"),
+        (&softmax, "converts no layer"),
+        (&dir.join("missing-plan.json"), "missing-plan.json"),
+    ] {
+        let (ok, _, stderr) = distill(&dir, &out, &["--student", plan.to_str().unwrap()]);
+        assert!(!ok && stderr.contains(needle), "{plan:?}: {stderr}");
         assert!(!out.join("errors.json").exists());
     }
     let (ok, _, stderr) = run(vdit()
