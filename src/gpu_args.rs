@@ -35,6 +35,10 @@ pub struct GpuArgs {
     /// (families: matmul, flash, conv; default: the fastest that fits). For comparing kernels.
     #[arg(long, global = true, value_name = "FAMILY=KERNEL,..", value_parser = parse_kernels)]
     pub kernels: Option<KernelPolicy>,
+    /// Compile the kernels with wgpu's bounds checks and loop counters (slower): for hunting a
+    /// kernel suspected of reading out of range.
+    #[arg(long, global = true)]
+    pub checked_shaders: bool,
 }
 
 fn parse_kernels(spec: &str) -> Result<KernelPolicy, String> {
@@ -52,6 +56,7 @@ impl GpuArgs {
             allow_cooperative_matrix: !self.no_coop,
             max_memory: self.max_gpu_memory,
             kernels: self.kernels.unwrap_or_default(),
+            checked_shaders: self.checked_shaders,
         }
     }
 

@@ -27,6 +27,11 @@ pub struct GpuOptions {
     pub max_memory: Option<u64>,
     /// Which kernel each launcher runs where several fit (`--kernels`).
     pub kernels: KernelPolicy,
+    /// Compile the kernels with wgpu's runtime checks (an index clamp on every array access
+    /// and a counter on every loop), for hunting a kernel suspected of reading out of range
+    /// (`--checked-shaders`). Off by default: every kernel bounds its own accesses, and the
+    /// tests and `vdit selftest` run them at sizes that end mid-tile.
+    pub checked_shaders: bool,
 }
 
 impl Default for GpuOptions {
@@ -40,6 +45,7 @@ impl Default for GpuOptions {
             allow_cooperative_matrix: true,
             max_memory: None,
             kernels: KernelPolicy::default(),
+            checked_shaders: false,
         }
     }
 }
@@ -305,6 +311,7 @@ impl Gpu {
         };
         let mut gpu = Self::assemble(adapter, device, queue, info, limits, caps);
         gpu.policy = options.kernels;
+        gpu.pipelines.checked_shaders = options.checked_shaders;
         gpu.set_memory_limit(options.max_memory);
         Ok(gpu)
     }

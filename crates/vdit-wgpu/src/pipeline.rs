@@ -70,6 +70,8 @@ pub struct PipelineCache {
     tick: AtomicU64,
     pipelines_created: AtomicU64,
     bind_groups_created: AtomicU64,
+    /// Build kernels with wgpu's runtime checks (see `GpuOptions::checked_shaders`).
+    pub(crate) checked_shaders: bool,
 }
 
 /// Past this many storage bind groups, the least recently used half is dropped (shapes changed,
@@ -161,10 +163,25 @@ impl PipelineCache {
             bind_group_layouts: &groups,
             immediate_size: 0,
         });
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        let descriptor = wgpu::ShaderModuleDescriptor {
             label: Some(&label),
             source: wgpu::ShaderSource::Naga(std::borrow::Cow::Owned(module)),
-        });
+        };
+        let module = if self.checked_shaders {
+            device.create_shader_module(descriptor)
+        } else {
+            // SAFETY: every kernel in shaders/ guards its buffer and workgroup-array indices
+            // with its own bounds logic (tested at sizes that end mid-tile, and on real GPUs by
+            // `vdit selftest`), and every loop runs to a bound taken from its parameter block.
+            // The checks wgpu would add (a clamp per array index, a counter per loop) cost the
+            // inner loops of the matmul and attention kernels measurable time.
+            unsafe {
+                device.create_shader_module_trusted(
+                    descriptor,
+                    wgpu::ShaderRuntimeChecks::unchecked(),
+                )
+            }
+        };
         let constants: Vec<(&str, f64)> = key
             .constants
             .iter()

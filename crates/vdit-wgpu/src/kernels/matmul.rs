@@ -656,6 +656,39 @@ mod tests {
         }
     }
 
+    /// Kernels built with wgpu's runtime checks (`--checked-shaders`) and without them (the
+    /// default) give the same bits: the checks never fire on the kernel's own bounds logic.
+    #[test]
+    fn checked_and_unchecked_kernels_agree() {
+        let checked = crate::gpu::Gpu::with_options(&crate::gpu::GpuOptions {
+            checked_shaders: true,
+            ..Default::default()
+        })
+        .expect("a GPU");
+        let seed = seed();
+        let mut rng = Rng::new(seed);
+        let (m, n, k) = (37, 29, 45);
+        let (xv, wv) = (rng.vec_normal(m * k, 1.0), rng.vec_normal(n * k, 1.0));
+        let run = |gpu: &crate::gpu::Gpu| {
+            let x = Tensor::from_f32(gpu, &[m, k], &xv, F32).unwrap();
+            let w = Tensor::from_f32(gpu, &[n, k], &wv, F32).unwrap();
+            let y = Tensor::empty(gpu, &[m, n], F32).unwrap();
+            let mut rec = Recorder::new(gpu);
+            rec.set_policy(KernelPolicy {
+                matmul: MatmulKernel::Portable,
+                ..KernelPolicy::default()
+            });
+            matmul(&mut rec, &x, &w, None, &y, Epilogue::GeluTanh).unwrap();
+            rec.run().unwrap();
+            y.to_vec_f32(gpu).unwrap()
+        };
+        let (got, want) = (run(test_gpu()), run(&checked));
+        assert!(
+            got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "unchecked and checked kernels differ (VDIT_TEST_SEED={seed})"
+        );
+    }
+
     use DType::{F16, F32};
 
     #[test]
