@@ -311,8 +311,6 @@ impl WanVae {
 
     /// Records the decoder on one latent frame `x` [1, h, w, z] (after post_quant_conv) and
     /// writes its output frames into `sink` from `first_frame`; returns how many it wrote.
-    /// The recorder is submitted and replaced between stages, so that each stage's
-    /// intermediates go back to the pool before the next, larger, stage allocates.
     fn decode_frame(
         &self,
         st: &mut Step,
@@ -322,7 +320,6 @@ impl WanVae {
         sink: &Sink,
         first_frame: usize,
     ) -> Result<usize> {
-        let gpu = st.rec.gpu();
         let [_, h, w, _] = [x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]];
         let y = st.empty(&[1, h, w, self.conv_in.cout])?;
         self.conv_in.causal(st, &x, ConvOutput::frames(&y))?;
@@ -330,7 +327,50 @@ impl WanVae {
         let mut x = res0.forward(st, y)?;
         x = attn.forward(st, x)?;
         x = res1.forward(st, x)?;
-        for stage in &self.stages {
+        self.decode_stages(st, submitter, x, 0, first_chunk, sink, first_frame)
+    }
+
+    /// Records the up stages from `from` and the output layers on `x` [T, h, w, c]. Once a
+    /// temporal upsampler has made more than one frame, the frames go through the rest one at
+    /// a time: every later layer is causal in time and otherwise acts on each frame alone (the
+    /// norms are over channels, the only attention is in the mid block), so this gives the same
+    /// video while the larger stages hold one frame's activations instead of two or four.
+    /// The recorder is submitted and replaced after each stage, so that each stage's
+    /// intermediates go back to the pool before the next, larger, stage allocates.
+    #[allow(clippy::too_many_arguments)]
+    fn decode_stages(
+        &self,
+        st: &mut Step,
+        submitter: &mut Submitter,
+        mut x: Tensor,
+        from: usize,
+        first_chunk: bool,
+        sink: &Sink,
+        first_frame: usize,
+    ) -> Result<usize> {
+        let gpu = st.rec.gpu();
+        for (i, stage) in self.stages.iter().enumerate().skip(from) {
+            let [t, h, w, c] = [x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]];
+            // Buffer copies move whole 4-byte words: odd f16 frames stay together.
+            if t > 1 && (h * w * c * x.dtype().size()) % 4 == 0 {
+                let histories_at = st.histories.position();
+                let mut made = 0;
+                for j in 0..t {
+                    st.histories.seek(histories_at);
+                    let frame = st.empty(&[1, h, w, c])?;
+                    st.rec.copy_frames(&x, j, &frame)?;
+                    made += self.decode_stages(
+                        st,
+                        submitter,
+                        frame,
+                        i,
+                        first_chunk,
+                        sink,
+                        first_frame + made,
+                    )?;
+                }
+                return Ok(made);
+            }
             for block in &stage.resnets {
                 x = block.forward(st, x)?;
             }

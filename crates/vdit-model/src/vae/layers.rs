@@ -81,6 +81,16 @@ impl Histories {
         self.cursor = 0;
     }
 
+    /// Where the next convolution's slot is taken: [`Histories::seek`] returns there, so that
+    /// frames decoded one at a time through the same layers use the same histories.
+    pub fn position(&self) -> usize {
+        self.cursor
+    }
+
+    pub fn seek(&mut self, position: usize) {
+        self.cursor = position;
+    }
+
     /// The next convolution's slot index.
     fn next_slot(&mut self) -> usize {
         self.cursor += 1;
@@ -212,11 +222,8 @@ impl CausalConv {
         // the histories took twice their size for the whole decode.
         let copied = t >= past && st.rec.copy_frames(x, t - past, &s.frames)?;
         if !copied {
-            // Fewer new frames than the history holds: the old frames shift, through a
-            // buffer that lives only until this stage is submitted.
-            let updated = Tensor::empty(st.rec.gpu(), &want, x.dtype())?;
-            update_history(st.rec, &s.frames, x, &updated)?;
-            st.rec.copy(&updated, &s.frames)?;
+            // Fewer new frames than the history holds: the old frames shift, in place.
+            update_history(st.rec, &s.frames, x)?;
         }
         s.valid = (s.valid + t).min(past);
         Ok(())

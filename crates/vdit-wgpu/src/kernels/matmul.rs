@@ -684,7 +684,9 @@ mod tests {
         };
         let (got, want) = (run(test_gpu()), run(&checked));
         assert!(
-            got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+            got.iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
             "unchecked and checked kernels differ (VDIT_TEST_SEED={seed})"
         );
     }

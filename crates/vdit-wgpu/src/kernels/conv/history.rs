@@ -21,50 +21,47 @@ crate::param_block! {
         frame_elems: u32,
         past: u32,
         t: u32,
-        n: u32,
+        _pad: u32,
     }
 }
 
-/// Records `updated` = the last P frames of [`old` (P frames), `x` (T frames)], the history the
-/// next call of a causal convolution needs. `old` and `updated` are distinct [P, H, W, C]
-/// tensors (swap them afterwards); the valid count becomes `min(P, valid + T)`.
-pub fn update_history(
-    rec: &mut Recorder,
-    old: &Tensor,
-    x: &Tensor,
-    updated: &Tensor,
-) -> Result<()> {
+/// Records the update of a causal convolution's history for its next call, in place: `history`
+/// [P, H, W, C] becomes the last P frames of [`history`, `x` (T frames)]; the valid count
+/// becomes `min(P, valid + T)`. No second buffer: where T >= P a buffer copy of x's last frames
+/// does the same ([`Recorder::copy_frames`]); this kernel covers T < P, the frames shifting.
+pub fn update_history(rec: &mut Recorder, history: &Tensor, x: &Tensor) -> Result<()> {
     let op = "update_history";
     let (Some((&past, frame)), Some((&t, x_frame))) =
-        (old.shape().split_first(), x.shape().split_first())
+        (history.shape().split_first(), x.shape().split_first())
     else {
         return Err(shape_err(
             op,
-            format!("old {old:?} and x {x:?} must be frames"),
+            format!("history {history:?} and x {x:?} must be frames"),
         ));
     };
-    if frame != x_frame || updated.shape() != old.shape() {
+    if frame != x_frame {
         return Err(shape_err(
             op,
-            format!("old {old:?}, x {x:?} and updated {updated:?} must hold frames of one size"),
+            format!("history {history:?} and x {x:?} must hold frames of one size"),
         ));
     }
-    if old.dtype() != x.dtype() || updated.dtype() != x.dtype() {
+    if history.dtype() != x.dtype() {
         return Err(shape_err(
             op,
-            format!("old {old:?}, x {x:?} and updated {updated:?} must share a storage type"),
+            format!("history {history:?} and x {x:?} must share a storage type"),
         ));
     }
-    require_distinct(op, old, updated)?;
-    require_distinct(op, x, updated)?;
+    if t == 0 {
+        return Err(shape_err(op, format!("x {x:?} has no frames")));
+    }
+    require_distinct(op, history, x)?;
     require_f16_support(rec.gpu(), "an f16 history", &[x])?;
     let frame_elems: usize = frame.iter().product();
-    let n = updated.numel();
     let params = HistoryParams {
         frame_elems: to_u32(op, frame_elems)?,
         past: to_u32(op, past)?,
         t: to_u32(op, t)?,
-        n: to_u32(op, n)?,
+        _pad: 0,
     };
     rec.dispatch(Dispatch {
         shader: &CONV_CACHE,
@@ -72,10 +69,10 @@ pub fn update_history(
         defines: defines(&[("X_T", x.dtype().wgsl())]),
         constants: vec![],
         params: ParamBytes::of(&params),
-        tensors: &[old, x, updated],
-        workgroups: folded_grid(rec.gpu(), n.div_ceil(256)),
+        tensors: &[history, x],
+        workgroups: folded_grid(rec.gpu(), frame_elems.div_ceil(256)),
         label: format!("conv history {past}x{frame_elems} {}", x.dtype()).into(),
-        cost: Cost::new(0.0, 2.0 * updated.bytes() as f64),
+        cost: Cost::new(0.0, 2.0 * history.bytes() as f64),
     })
 }
 
