@@ -256,3 +256,43 @@ fn bad_inputs_have_clear_errors() {
         "{err}"
     );
 }
+
+/// The shape without PyTorch's trailing ones ([C, 1, 1, 1] gammas, 1x1 kernels).
+fn trimmed(shape: &[usize]) -> Vec<usize> {
+    let mut s = shape.to_vec();
+    while s.len() > 1 && s.last() == Some(&1) {
+        s.pop();
+    }
+    s
+}
+
+#[test]
+fn random_weights_list_the_decoder_tensors_of_diffusers_and_decode() {
+    let config = config();
+    let set = WeightSet::open(golden_dir().join("diffusers")).unwrap();
+    let decoder: BTreeMap<String, Vec<usize>> = set
+        .names()
+        .filter(|n| n.starts_with("decoder.") || n.starts_with("post_quant_conv."))
+        .map(|n| (n.to_string(), trimmed(set.info(n).unwrap().shape())))
+        .collect();
+    let random: BTreeMap<String, Vec<usize>> = (config.tensor_shapes().into_iter())
+        .map(|(name, shape)| (name, trimmed(&shape)))
+        .collect();
+    assert_eq!(random, decoder);
+
+    // Built through the checkpoint path, a random decoder decodes to finite frames, the same
+    // for the same seed.
+    let gpu = test_gpu();
+    let (shape, latent) = read("latent");
+    let latent = Tensor::from_f32(gpu, &shape, &latent, DType::F32).unwrap();
+    let decode = |seed| {
+        let vae = WanVae::random(gpu, config.clone(), Precision::F32, seed).unwrap();
+        assert_eq!(vae.naming, VaeNaming::Diffusers);
+        let frames = vae.decode(gpu, &latent, LatentScale::Normalized).unwrap();
+        frames.to_vec_f32(gpu).unwrap()
+    };
+    let a = decode(1);
+    assert!(a.iter().all(|v| v.is_finite()));
+    assert_eq!(a, decode(1));
+    assert_ne!(a, decode(2));
+}

@@ -171,17 +171,11 @@ pub struct WanDit {
     pub(crate) proj_out: Linear,
 }
 
-/// Where the weights come from: a checkpoint, or random values (benchmarks need no download).
-pub(crate) enum WeightSource<'a> {
-    Checkpoint(&'a Checkpoint),
-    Random(vdit_wgpu::rng::Rng),
-}
-
-/// Uploads tensors from a source, merges the LoRAs into them and remembers which names were
-/// used.
+/// Uploads tensors from a checkpoint (or random weights seen as one), merges the LoRAs into
+/// them and remembers which names were used.
 pub(crate) struct Loader<'a> {
     pub gpu: &'a Gpu,
-    pub source: WeightSource<'a>,
+    pub source: &'a Checkpoint,
     pub loras: &'a LoraSet,
     pub dtype: DType,
     pub used: HashSet<String>,
@@ -194,7 +188,7 @@ impl Loader<'_> {
     /// The tensor `name` (canonical, diffusers naming), checked to be `shape`, in `dtype`.
     pub fn tensor(&mut self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
         self.used.insert(name.to_string());
-        let tensor = self.upload(name, shape, dtype)?;
+        let tensor = self.source.upload(self.gpu, name, shape, dtype)?;
         self.loras.apply(self.gpu, name, &tensor)?;
         Ok(tensor)
     }
@@ -205,70 +199,33 @@ impl Loader<'_> {
     /// its rows being whole blocks of the type; else dense.
     pub fn matrix(&mut self, name: &str, out: usize, inp: usize, dtype: DType) -> Result<Weight> {
         if dtype == self.dtype && !self.loras.patches(name) {
-            let gpu = self.gpu;
+            // Decided from the header: the values are read once, whichever way they go.
+            let stored = self
+                .source
+                .info(name)
+                .and_then(|info| Quantize::of_stored(info.dtype()))
+                .filter(|q| self.keep_quantized && q.fits(inp));
             let quantize = self.quantize.filter(|q| q.fits(inp));
-            match &mut self.source {
-                WeightSource::Checkpoint(ckpt) if self.keep_quantized || quantize.is_some() => {
-                    let view = ckpt.get(name)?;
-                    let stored = Quantize::of_stored(view.dtype())
-                        .filter(|q| self.keep_quantized && q.fits(inp));
-                    if let Some(q) = stored {
-                        view.check_shape(&[out, inp])?;
-                        self.used.insert(name.to_string());
-                        return q.upload(gpu, out, inp, view.bytes()).map_err(|source| {
-                            WeightError::Gpu {
-                                path: view.path().to_path_buf(),
-                                tensor: view.name().to_string(),
-                                source,
-                            }
-                            .into()
-                        });
-                    }
-                    if let Some(q) = quantize {
-                        view.check_shape(&[out, inp])?;
-                        self.used.insert(name.to_string());
-                        return Ok(q.quantize(gpu, out, inp, &view.to_f32()?)?);
-                    }
+            if let Some(q) = stored.or(quantize) {
+                let view = self.source.get(name)?;
+                view.check_shape(&[out, inp])?;
+                self.used.insert(name.to_string());
+                if stored.is_none() {
+                    return Ok(q.quantize(self.gpu, out, inp, &view.to_f32()?)?);
                 }
-                WeightSource::Random(_) => {
-                    if let Some(q) = quantize {
-                        self.used.insert(name.to_string());
-                        let values = self.random_values(name, &[out, inp]);
-                        return Ok(q.quantize(gpu, out, inp, &values)?);
-                    }
-                }
-                _ => {}
+                return q
+                    .upload(self.gpu, out, inp, view.bytes())
+                    .map_err(|source| {
+                        WeightError::Gpu {
+                            path: view.path().to_path_buf(),
+                            tensor: view.name().to_string(),
+                            source,
+                        }
+                        .into()
+                    });
             }
         }
         Ok(Weight::Dense(self.tensor(name, &[out, inp], dtype)?))
-    }
-
-    fn random_values(&mut self, name: &str, shape: &[usize]) -> Vec<f32> {
-        let WeightSource::Random(rng) = &mut self.source else {
-            return Vec::new();
-        };
-        // Scaled like a trained Linear (std ~ 1/sqrt(fan_in)); gains and tables near 1 and 0.
-        let fan_in = if shape.len() >= 2 {
-            shape[1..].iter().product()
-        } else {
-            1
-        };
-        let n: usize = shape.iter().product();
-        if name.contains("norm") && name.ends_with("weight") {
-            rng.vec_uniform(n, 0.1).iter().map(|v| 1.0 + v).collect()
-        } else {
-            rng.vec_uniform(n, (3.0 / fan_in as f32).sqrt())
-        }
-    }
-
-    fn upload(&mut self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
-        match &mut self.source {
-            WeightSource::Checkpoint(ckpt) => Ok(ckpt.upload(self.gpu, name, shape, dtype)?),
-            WeightSource::Random(_) => {
-                let values = self.random_values(name, shape);
-                Ok(Tensor::from_f32(self.gpu, shape, &values, dtype)?)
-            }
-        }
     }
 }
 
@@ -309,12 +266,7 @@ impl WanDit {
             Some(c) => c,
             None => ckpt.config()?,
         };
-        // Every LoRA key is resolved and shape-checked before the first weight is uploaded.
-        let loras = LoraSet::open(&options.loras, &config)?;
-        let source = WeightSource::Checkpoint(&ckpt);
-        let (dit, used) = Self::build(gpu, source, &loras, config, precision, options)?;
-        ckpt.check_all_used(&used)?;
-        Ok(dit)
+        Self::from_checkpoint_with_options(gpu, &ckpt, config, precision, options)
     }
 
     pub fn from_checkpoint(
@@ -323,11 +275,7 @@ impl WanDit {
         config: DitConfig,
         precision: Precision,
     ) -> Result<Self> {
-        let source = WeightSource::Checkpoint(ckpt);
-        let options = LoadOptions::default();
-        let (dit, used) = Self::build(gpu, source, &LoraSet::empty(), config, precision, &options)?;
-        ckpt.check_all_used(&used)?;
-        Ok(dit)
+        Self::from_checkpoint_with_options(gpu, ckpt, config, precision, &LoadOptions::default())
     }
 
     /// A model of `config` with random weights (seeded): for benchmarks and tests of speed and
@@ -337,7 +285,8 @@ impl WanDit {
     }
 
     /// As [`WanDit::random`], with LoRAs merged into the random weights (benchmarks of the
-    /// merge at full size).
+    /// merge at full size). The weights are [`DitConfig::random_weights`], loaded like a
+    /// checkpoint's.
     pub fn random_with_options(
         gpu: &Gpu,
         config: DitConfig,
@@ -345,14 +294,29 @@ impl WanDit {
         seed: u64,
         options: &LoadOptions,
     ) -> Result<Self> {
+        let ckpt = Checkpoint::from_set(config.random_weights(seed))?;
+        Self::from_checkpoint_with_options(gpu, &ckpt, config, precision, options)
+    }
+
+    /// As [`WanDit::from_checkpoint`], with LoRAs merged, quantisation and offloading as
+    /// `options` ask; every tensor of the checkpoint must be used.
+    pub fn from_checkpoint_with_options(
+        gpu: &Gpu,
+        ckpt: &Checkpoint,
+        config: DitConfig,
+        precision: Precision,
+        options: &LoadOptions,
+    ) -> Result<Self> {
+        // Every LoRA key is resolved and shape-checked before the first weight is uploaded.
         let loras = LoraSet::open(&options.loras, &config)?;
-        let source = WeightSource::Random(vdit_wgpu::rng::Rng::new(seed));
-        Ok(Self::build(gpu, source, &loras, config, precision, options)?.0)
+        let (dit, used) = Self::build(gpu, ckpt, &loras, config, precision, options)?;
+        ckpt.check_all_used(&used)?;
+        Ok(dit)
     }
 
     fn build(
         gpu: &Gpu,
-        source: WeightSource<'_>,
+        source: &Checkpoint,
         loras: &LoraSet,
         config: DitConfig,
         precision: Precision,

@@ -1,8 +1,6 @@
 //! The decoder's modules, one struct per module of the reference. Activations are channels-last
 //! frames [T, H, W, C]; each `forward` records its kernels and returns the output frames.
 
-use std::cell::RefCell;
-
 use vdit_wgpu::attention::softmax_attention;
 use vdit_wgpu::kernels::conv::{
     causal_conv3d, taps_major_weight, update_history, Conv, ConvOutput, History,
@@ -10,23 +8,15 @@ use vdit_wgpu::kernels::conv::{
 use vdit_wgpu::kernels::elementwise::{unary_in_place, Unary};
 use vdit_wgpu::kernels::matmul::{matmul, Epilogue};
 use vdit_wgpu::kernels::norm::{rms_norm, rms_norm_in_place};
-use vdit_wgpu::rng::Rng;
 use vdit_wgpu::{DType, Gpu, Recorder, Tensor};
 
 use super::source::VaeTensors;
 use crate::error::{input_err, Result};
 
-/// Where a loader's values come from.
-pub(crate) enum Values<'a> {
-    Checkpoint(&'a VaeTensors<'a>),
-    /// Seeded random values, scaled like trained ones (benchmarks, where values do not matter).
-    Random(RefCell<Rng>),
-}
-
 /// Uploads decoder tensors by their diffusers names.
 pub(crate) struct Loader<'a> {
     pub gpu: &'a Gpu,
-    pub values: Values<'a>,
+    pub tensors: &'a VaeTensors<'a>,
     /// Storage of weights and activations.
     pub dtype: DType,
 }
@@ -34,31 +24,11 @@ pub(crate) struct Loader<'a> {
 impl Loader<'_> {
     /// The values of `name` (diffusers naming), checked to be `shape`.
     pub(crate) fn read(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        match &self.values {
-            Values::Checkpoint(tensors) => tensors.read(name, shape),
-            Values::Random(rng) => Ok(random_values(&mut rng.borrow_mut(), name, shape)),
-        }
+        self.tensors.read(name, shape)
     }
 
     fn upload(&self, shape: &[usize], data: &[f32], dtype: DType) -> Result<Tensor> {
         Ok(Tensor::from_f32(self.gpu, shape, data, dtype)?)
-    }
-}
-
-/// Weights uniform with std 1/sqrt(fan_in), small biases, RMS_norm gammas near 1: activations
-/// keep their scale through the decoder, as with trained weights.
-fn random_values(rng: &mut Rng, name: &str, shape: &[usize]) -> Vec<f32> {
-    let n = shape.iter().product();
-    if name.ends_with(".gamma") {
-        rng.vec_uniform(n, 0.1)
-            .into_iter()
-            .map(|v| 1.0 + v)
-            .collect()
-    } else if name.ends_with(".bias") {
-        rng.vec_uniform(n, 0.05)
-    } else {
-        let fan_in: usize = shape.iter().skip(1).product();
-        rng.vec_uniform(n, (3.0 / fan_in.max(1) as f32).sqrt())
     }
 }
 

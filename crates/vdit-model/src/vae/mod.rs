@@ -13,13 +13,12 @@
 mod config;
 mod decode;
 mod layers;
+mod manifest;
 mod source;
 mod tiling;
 
-use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
-use vdit_wgpu::rng::Rng;
 use vdit_wgpu::Gpu;
 
 pub use config::VaeConfig;
@@ -31,7 +30,7 @@ pub use tiling::VaeTiling;
 use crate::dit::Precision;
 use crate::error::Result;
 use crate::weights::{WeightError, WeightSet};
-use layers::{ChannelRmsNorm, Loader, Values};
+use layers::{ChannelRmsNorm, Loader};
 
 /// The decoder's weights on the GPU.
 pub struct WanVae {
@@ -75,22 +74,21 @@ impl WanVae {
     ) -> Result<Self> {
         check_config(&config, source.source())?;
         let tensors = VaeTensors::new(source, config.num_res_blocks)?;
-        let naming = tensors.naming();
-        Self::build(gpu, Values::Checkpoint(&tensors), naming, config, precision)
+        Self::build(gpu, &tensors, config, precision)
     }
 
     /// A decoder of `config` with seeded random weights scaled like trained ones: for
-    /// benchmarks of speed and memory, where the values do not matter.
+    /// benchmarks of speed and memory, where the values do not matter. The weights are
+    /// [`VaeConfig::random_weights`], loaded like a checkpoint's.
     pub fn random(gpu: &Gpu, config: VaeConfig, precision: Precision, seed: u64) -> Result<Self> {
-        check_config(&config, Path::new("random weights"))?;
-        let values = Values::Random(RefCell::new(Rng::new(seed)));
-        Self::build(gpu, values, VaeNaming::Diffusers, config, precision)
+        // Checked before the config's tensors are listed.
+        check_config(&config, Path::new(manifest::RANDOM_ORIGIN))?;
+        Self::from_source(gpu, &config.random_weights(seed), config, precision)
     }
 
     fn build(
         gpu: &Gpu,
-        values: Values<'_>,
-        naming: VaeNaming,
+        tensors: &VaeTensors<'_>,
         config: VaeConfig,
         precision: Precision,
     ) -> Result<Self> {
@@ -101,7 +99,7 @@ impl WanVae {
         }
         let ld = Loader {
             gpu,
-            values,
+            tensors,
             dtype: precision.dtype(),
         };
         let z = config.z_dim;
@@ -145,7 +143,7 @@ impl WanVae {
         let norm_out = ChannelRmsNorm::load(&ld, "decoder.norm_out", out_dim)?;
         let conv_out = CausalConv::load(&ld, "decoder.conv_out", out_dim, 3, [3, 3, 3])?;
         Ok(Self {
-            naming,
+            naming: tensors.naming(),
             config,
             precision,
             post_quant,

@@ -1,8 +1,8 @@
 //! The decoder's tensors and the two namings they are published under.
 //!
 //! The decoder asks for diffusers names (`decoder.up_blocks.1.resnets.0.conv1.weight`) of a
-//! [`WeightSet`] (safetensors, GGUF, the original `.pth`, or tensors held in memory through
-//! [`WeightSet::from_f32`]). [`VaeTensors`] finds the naming and any prefix once and translates
+//! [`WeightSet`] (safetensors, GGUF, the original `.pth`, tensors held in memory through
+//! [`WeightSet::from_f32`], or random ones through [`crate::vae::VaeConfig::random_weights`]). [`VaeTensors`] finds the naming and any prefix once and translates
 //! every request.
 
 use crate::error::Result;

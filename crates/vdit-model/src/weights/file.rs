@@ -1,5 +1,5 @@
 //! One safetensors, GGUF or PyTorch file, memory-mapped, its header validated before any tensor is
-//! touched.
+//! touched; or tensors held in memory or drawn at random, read the same way.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -13,6 +13,7 @@ use super::dtype::StoredDType;
 use super::error::{Result, WeightError};
 use super::gguf::{parse_gguf, GgufValue, MAGIC};
 use super::header::{parse_header, TensorInfo};
+use super::random::{InitRule, RandomValues};
 use super::view::TensorView;
 use crate::pth::PthFile;
 
@@ -25,6 +26,8 @@ pub enum FileFormat {
     Pth,
     /// f32 tensors held in memory ([`WeightFile::from_f32`]).
     Memory,
+    /// Seeded random f32 tensors, drawn as they are read ([`WeightFile::random`]).
+    Random,
 }
 
 /// The first bytes of a zip archive, which torch.save writes.
@@ -36,6 +39,9 @@ enum Backing {
     Mapped(Mmap),
     /// Tensors held in memory ([`WeightFile::from_f32`]), each a range of one buffer.
     Owned(Vec<u8>),
+    /// Random weights ([`WeightFile::random`]): each tensor's bytes are drawn at each read and
+    /// owned by its view.
+    Random(RandomValues),
     /// A PyTorch checkpoint: tensors are views into its storages. A view whose elements are not
     /// adjacent (a transposed tensor) is gathered at its first read and kept with the file.
     Pth {
@@ -184,6 +190,34 @@ impl WeightFile {
         ))
     }
 
+    /// Seeded random f32 tensors of these names and shapes, seen as a file called `origin`.
+    /// Nothing but the names is held: a tensor's values are drawn from (`seed`, its name), in
+    /// the distribution `rule` gives it, each time it is read (see [`super::random`]).
+    pub fn random(
+        origin: impl Into<PathBuf>,
+        seed: u64,
+        shapes: impl IntoIterator<Item = (String, Vec<usize>)>,
+        rule: InitRule,
+    ) -> Self {
+        let mut infos: Vec<TensorInfo> = shapes
+            .into_iter()
+            .map(|(name, shape)| {
+                // The range only sizes the tensor: there is no buffer to index.
+                let len = shape.iter().product::<usize>() * 4;
+                TensorInfo::new(name, StoredDType::F32, shape, 0..len)
+            })
+            .collect();
+        infos.sort_by(|a, b| a.name().cmp(b.name()));
+        Self::new(
+            origin.into(),
+            Backing::Random(RandomValues::new(seed, rule)),
+            FileFormat::Random,
+            infos,
+            BTreeMap::new(),
+            BTreeMap::new(),
+        )
+    }
+
     fn new(
         path: PathBuf,
         backing: Backing,
@@ -257,15 +291,16 @@ impl WeightFile {
         let bytes = match &self.backing {
             // The header parser bounded every range by the file size; `get` keeps that a
             // checked fact rather than an assumption.
-            Backing::Mapped(map) => Self::slice(map, info, &self.path)?,
-            Backing::Owned(buffer) => Self::slice(buffer, info, &self.path)?,
-            Backing::Pth { file, gathered } => match gathered[at].get() {
+            Backing::Mapped(map) => Cow::Borrowed(Self::slice(map, info, &self.path)?),
+            Backing::Owned(buffer) => Cow::Borrowed(Self::slice(buffer, info, &self.path)?),
+            Backing::Random(values) => Cow::Owned(values.bytes(name, info.shape())),
+            Backing::Pth { file, gathered } => Cow::Borrowed(match gathered[at].get() {
                 Some(bytes) => bytes.as_slice(),
                 None => match file.get(name)?.bytes() {
                     Cow::Borrowed(bytes) => bytes,
                     Cow::Owned(bytes) => gathered[at].get_or_init(|| bytes).as_slice(),
                 },
-            },
+            }),
         };
         Ok(TensorView::new(info, bytes, &self.path))
     }

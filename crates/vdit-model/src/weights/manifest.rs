@@ -1,6 +1,22 @@
-//! The tensors a Wan DiT of a given config holds: canonical (diffusers) names and shapes.
+//! The tensors a Wan DiT of a given config holds: canonical (diffusers) names and shapes, and
+//! seeded random weights of those names and shapes.
 
 use super::config::DitConfig;
+use super::random::Uniform;
+use super::set::WeightSet;
+
+/// What random DiT weights are called in errors.
+const RANDOM_ORIGIN: &str = "random DiT weights";
+
+/// Scaled like trained weights: norm gains near 1, everything else (biases and modulation
+/// tables included) with standard deviation 1/sqrt(fan_in).
+fn random_init(name: &str, shape: &[usize]) -> Uniform {
+    if name.contains("norm") && name.ends_with("weight") {
+        Uniform::gain()
+    } else {
+        Uniform::fan_in(shape)
+    }
+}
 
 impl DitConfig {
     /// Every weight the model reads, by canonical name, with its shape. Linear weights are
@@ -59,5 +75,11 @@ impl DitConfig {
         }
         shapes.sort();
         shapes
+    }
+
+    /// Seeded random weights of every tensor in [`Self::tensor_shapes`], under their canonical
+    /// names; drawn tensor by tensor as they are read (benchmarks, where values do not matter).
+    pub fn random_weights(&self, seed: u64) -> WeightSet {
+        WeightSet::random(RANDOM_ORIGIN, seed, self.tensor_shapes(), random_init)
     }
 }

@@ -1,10 +1,12 @@
-//! Loading weights from safetensors, GGUF and PyTorch files: the one loader of the DiT, the
-//! VAE, the text encoder, LoRAs and attention-plan weights.
+//! Loading weights from safetensors, GGUF and PyTorch files, or seeded random ones: the one
+//! loader of the DiT, the VAE, the text encoder, LoRAs and attention-plan weights.
 //!
 //! - [`WeightFile`]: one memory-mapped safetensors, GGUF or PyTorch (`.pth`, through
 //!   `crate::pth`'s restricted unpickler) file whose header is validated against the file size
 //!   before any tensor is read; nothing is ever read outside the mapping. GGUF's block-quantised
 //!   types ([`QuantType`]) are expanded to f32 or f16 as they are read.
+//! - [`WeightFile::random`]: seeded random tensors of the names and shapes a model config
+//!   implies, each drawn from (seed, name) as it is read and never kept ([`random`]).
 //! - [`WeightSet`]: tensors by name across a single file, a sharded checkpoint
 //!   (`*.safetensors.index.json`) or a folder holding either.
 //! - [`TensorView`]: one tensor's bytes, converted from f64/f32/f16/bf16 to f32 values or to the
@@ -29,6 +31,7 @@ mod infer;
 mod layout;
 mod manifest;
 mod quant;
+pub mod random;
 mod set;
 mod view;
 
@@ -45,5 +48,6 @@ pub use gguf::{GgufArray, GgufValue};
 pub use header::TensorInfo;
 pub use layout::{diffusers_to_original, original_to_diffusers, KeyLayout, Naming, COMFYUI_PREFIX};
 pub use quant::QuantType;
+pub use random::{InitRule, Uniform};
 pub use set::WeightSet;
 pub use view::TensorView;

@@ -11,6 +11,7 @@ use vdit_wgpu::{DType, Gpu, Tensor};
 use super::error::{Result, WeightError};
 use super::file::WeightFile;
 use super::header::TensorInfo;
+use super::random::InitRule;
 use super::view::TensorView;
 
 /// The file name diffusers gives a model's weights; shards and index derive from it.
@@ -73,6 +74,16 @@ impl WeightSet {
         tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
     ) -> Result<Self> {
         Ok(Self::from_file(WeightFile::from_f32(origin, tensors)?))
+    }
+
+    /// Seeded random f32 tensors, seen as a set called `origin` (see [`WeightFile::random`]).
+    pub fn random(
+        origin: impl Into<PathBuf>,
+        seed: u64,
+        shapes: impl IntoIterator<Item = (String, Vec<usize>)>,
+        rule: InitRule,
+    ) -> Self {
+        Self::from_file(WeightFile::random(origin, seed, shapes, rule))
     }
 
     /// Opens every shard the index's `weight_map` names (paths relative to the index) and

@@ -1,4 +1,5 @@
-//! A tensor borrowed from a memory-mapped file, with the conversions and the GPU upload.
+//! A tensor of an open file (borrowed from its mapping, or drawn as it is read), with the
+//! conversions and the GPU upload.
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -11,18 +12,20 @@ use super::error::{Result, WeightError};
 use super::header::TensorInfo;
 
 /// One tensor of an open file: its header entry, its bytes and the file it came from (for errors).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct TensorView<'a> {
     info: &'a TensorInfo,
-    bytes: &'a [u8],
+    /// Borrowed from the file, or owned by the view where the file makes them on each read
+    /// (random weights): then they are dropped with the view.
+    bytes: Cow<'a, [u8]>,
     path: &'a Path,
     /// The factor every value is multiplied by when read (a scaled fp8 weight's scale).
     scale: Option<f32>,
 }
 
 impl<'a> TensorView<'a> {
-    /// `bytes` must be the tensor's bytes, as sliced by the owning file.
-    pub(crate) fn new(info: &'a TensorInfo, bytes: &'a [u8], path: &'a Path) -> Self {
+    /// `bytes` must be the tensor's bytes, as sliced (or made) by the owning file.
+    pub(crate) fn new(info: &'a TensorInfo, bytes: Cow<'a, [u8]>, path: &'a Path) -> Self {
         Self {
             info,
             bytes,
@@ -59,8 +62,8 @@ impl<'a> TensorView<'a> {
     }
     /// The raw little-endian bytes as stored: without the [`scale`](Self::scale) of a scaled
     /// fp8 weight, which the conversions apply.
-    pub fn bytes(&self) -> &'a [u8] {
-        self.bytes
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
     }
     /// The file holding the tensor.
     pub fn path(&self) -> &'a Path {
@@ -84,7 +87,7 @@ impl<'a> TensorView<'a> {
     /// The elements converted to f32 (and scaled, for a scaled fp8 weight).
     pub fn to_f32(&self) -> Result<Vec<f32>> {
         let mut values =
-            convert::to_f32_values(self.bytes, self.dtype()).ok_or_else(|| self.unsupported())?;
+            convert::to_f32_values(&self.bytes, self.dtype()).ok_or_else(|| self.unsupported())?;
         if let Some(s) = self.scale {
             values.iter_mut().for_each(|v| *v *= s);
         }
@@ -94,6 +97,14 @@ impl<'a> TensorView<'a> {
     /// The elements as little-endian bytes of `storage`, ready for [`Tensor::from_bytes`].
     /// Borrowed straight from the mapping when the file already stores that type.
     pub fn to_storage(&self, storage: DType) -> Result<Cow<'a, [u8]>> {
+        match &self.bytes {
+            Cow::Borrowed(bytes) => self.convert(bytes, storage),
+            Cow::Owned(bytes) => Ok(Cow::Owned(self.convert(bytes, storage)?.into_owned())),
+        }
+    }
+
+    /// `bytes` (this tensor's) in `storage`, borrowed when no conversion is needed.
+    fn convert<'b>(&self, bytes: &'b [u8], storage: DType) -> Result<Cow<'b, [u8]>> {
         if self.scale.is_some() {
             let values = self.to_f32()?;
             return convert::to_storage_bytes(
@@ -106,10 +117,10 @@ impl<'a> TensorView<'a> {
         }
         let converted = match (storage, self.dtype()) {
             (DType::F32, StoredDType::F32) | (DType::F16, StoredDType::F16) => {
-                return Ok(Cow::Borrowed(self.bytes))
+                return Ok(Cow::Borrowed(bytes))
             }
-            (DType::F32, stored) => convert::to_f32_bytes(self.bytes, stored),
-            (DType::F16, stored) => convert::to_f16_bytes(self.bytes, stored),
+            (DType::F32, stored) => convert::to_f32_bytes(bytes, stored),
+            (DType::F16, stored) => convert::to_f16_bytes(bytes, stored),
         };
         converted.map(Cow::Owned).ok_or_else(|| self.unsupported())
     }
@@ -117,7 +128,8 @@ impl<'a> TensorView<'a> {
     /// Checks the shape against `expected_shape`, converts to `storage` and uploads.
     pub fn upload(&self, gpu: &Gpu, expected_shape: &[usize], storage: DType) -> Result<Tensor> {
         self.check_shape(expected_shape)?;
-        let bytes = self.to_storage(storage)?;
+        // Converted from the view's own bytes: bytes made for this read are not copied again.
+        let bytes = self.convert(&self.bytes, storage)?;
         Tensor::from_bytes(gpu, expected_shape, storage, &bytes).map_err(|source| {
             WeightError::Gpu {
                 path: self.path.to_path_buf(),

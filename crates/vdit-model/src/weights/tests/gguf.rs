@@ -48,14 +48,14 @@ fn every_block_type_expands_as_gguf_py_does() {
                 assert_eq!(kind, "quantized", "{name} missing from the goldens");
                 continue;
             };
-            let bytes = file.get(&name).unwrap().bytes();
+            let view = file.get(&name).unwrap();
             let want = file
                 .get(&format!("{ty}.{kind}.values"))
                 .unwrap()
                 .to_f32()
                 .unwrap();
             let mut got = vec![f32::NAN; want.len()];
-            assert!(dequantize_blocks(ty, bytes, &mut got), "{name}");
+            assert!(dequantize_blocks(ty, view.bytes(), &mut got), "{name}");
             assert_same_bits(&name, &got, &want);
             checked += 1;
         }

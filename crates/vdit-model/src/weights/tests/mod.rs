@@ -6,6 +6,7 @@ mod gguf;
 mod goldens;
 mod layout;
 mod malformed;
+mod random;
 mod roundtrip;
 mod sharded;
 mod upload;
