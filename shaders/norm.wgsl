@@ -5,9 +5,10 @@
 //   RMS_NORM    y = x / sqrt(mean(x^2) + eps), then HAS_WEIGHT: * weight[c]
 // IN_PLACE: x is not bound and y holds x on entry (each element is written by the thread that
 // read it, after the reductions, so updating in place is safe).
-// `main`: one workgroup per row with a tree reduction in workgroup memory. `narrow`: one thread
-// per row, for rows of a few channels (the VAE's channel norms), where a 256-thread reduction
-// would leave almost every thread idle. The mean is reduced before
+// `main`: one workgroup per row with a tree reduction in workgroup memory. `lanes`: 32 threads
+// per row and 8 rows per workgroup, for rows of up to about a thousand channels (the VAE's 96
+// to 384), where a workgroup per row would leave most threads idle and a thread per row would
+// read each row's elements far apart. `narrow`: one thread per row, for rows of a few channels. The mean is reduced before
 // the centred variance (two passes over the row) for accuracy with large means. Rows fold into a
 // 2D grid past max_compute_workgroups_per_dimension.
 
@@ -78,6 +79,67 @@ fn finish(i: u32, c: u32, normalised: f32) {
     v = v * (1.0 + scale[p.scale_offset + c]) + shift[p.shift_offset + c];
 #endif
     y[i] = Y_T(v);
+}
+
+const LANES: u32 = 32u;
+
+// The sum of `v` over the 32 threads of `lid`'s row in `lanes`; each of them gets it. Call from
+// uniform control flow.
+fn lanes_sum(v: f32, lid: u32) -> f32 {
+    partial[lid] = v;
+    workgroupBarrier();
+    let lane = lid % LANES;
+    for (var stride = LANES / 2u; stride > 0u; stride >>= 1u) {
+        if (lane < stride) {
+            partial[lid] += partial[lid + stride];
+        }
+        workgroupBarrier();
+    }
+    let total = partial[lid - lane];
+    workgroupBarrier(); // the next call overwrites partial
+    return total;
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn lanes(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = (wg.y * nwg.x + wg.x) * (WG / LANES) + lid / LANES;
+    let lane = lid % LANES;
+    // No early return: every thread takes part in the reductions. A row past the end has no
+    // columns to read or write.
+    let cols = select(0u, p.cols, row < p.rows);
+    let base = row * p.cols;
+    let n = f32(p.cols);
+#if LAYER_NORM
+    var sum = 0.0;
+    for (var c = lane; c < cols; c += LANES) {
+        sum += load_x(base + c);
+    }
+    let mean = lanes_sum(sum, lid) / n;
+    var sum_sq = 0.0;
+    for (var c = lane; c < cols; c += LANES) {
+        let d = load_x(base + c) - mean;
+        sum_sq += d * d;
+    }
+    let inv_std = inverseSqrt(lanes_sum(sum_sq, lid) / n + p.eps);
+    for (var c = lane; c < cols; c += LANES) {
+        finish(base + c, c, (load_x(base + c) - mean) * inv_std);
+    }
+#endif
+#if RMS_NORM
+    var sum_sq = 0.0;
+    for (var c = lane; c < cols; c += LANES) {
+        let v = load_x(base + c);
+        sum_sq += v * v;
+    }
+    let inv_rms = inverseSqrt(lanes_sum(sum_sq, lid) / n + p.eps);
+    for (var c = lane; c < cols; c += LANES) {
+        finish(base + c, c, load_x(base + c) * inv_rms);
+    }
+#endif
 }
 
 const NARROW_WG: u32 = 64u;
