@@ -294,7 +294,10 @@ fn the_command_writes_a_playable_mp4() {
         (seconds - 5.0 / 16.0).abs() < 1e-3,
         "5 frames at 16 fps last {seconds} s"
     );
-    // A real decoder, where one is installed.
+    // A real decoder: OpenH264's, on every sample of the track.
+    let (frames, size) = decode_h264_track(&bytes);
+    assert_eq!((frames, size), (5, (32, 48)), "OpenH264 decoded this");
+    // And ffmpeg's, where one is installed.
     if let Ok(out) = Command::new("ffprobe")
         .args([
             "-v",
@@ -440,4 +443,61 @@ fn the_command_reports_where_and_how_long_and_nothing_spurious() {
         );
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Decodes every sample of an mp4's first track with OpenH264's decoder: the number of frames
+/// it gave and their size. The samples hold length-prefixed NAL units and the track's avcC box
+/// the parameter sets; the decoder takes Annex B (start codes).
+fn decode_h264_track(bytes: &[u8]) -> (usize, (usize, usize)) {
+    use openh264::formats::YUVSource;
+    let mut mp4 =
+        mp4::Mp4Reader::read_header(std::io::Cursor::new(bytes), bytes.len() as u64).unwrap();
+    let track = mp4.tracks().values().next().expect("a video track");
+    let id = track.track_id();
+    let samples = track.sample_count();
+    let avcc = &track
+        .trak
+        .mdia
+        .minf
+        .stbl
+        .stsd
+        .avc1
+        .as_ref()
+        .expect("an avc1 track")
+        .avcc;
+    let prefix = avcc.length_size_minus_one as usize + 1;
+    const START: [u8; 4] = [0, 0, 0, 1];
+    let mut stream = Vec::new();
+    for nal in avcc
+        .sequence_parameter_sets
+        .iter()
+        .chain(&avcc.picture_parameter_sets)
+    {
+        stream.extend(START.iter().chain(&nal.bytes));
+    }
+    let mut decoder = openh264::decoder::Decoder::new().unwrap();
+    let mut frames = 0;
+    let mut size = (0, 0);
+    for sample_id in 1..=samples {
+        let sample = mp4.read_sample(id, sample_id).unwrap().expect("a sample");
+        let mut data = &sample.bytes[..];
+        while data.len() >= prefix {
+            let len = data[..prefix]
+                .iter()
+                .fold(0usize, |n, &b| (n << 8) | b as usize);
+            let nal = &data[prefix..prefix + len];
+            stream.extend(START.iter().chain(nal));
+            data = &data[prefix + len..];
+        }
+        if let Some(yuv) = decoder.decode(&stream).unwrap() {
+            frames += 1;
+            size = yuv.dimensions();
+        }
+        stream.clear();
+    }
+    for yuv in decoder.flush_remaining().unwrap() {
+        frames += 1;
+        size = yuv.dimensions();
+    }
+    (frames, size)
 }
