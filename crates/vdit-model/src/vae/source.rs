@@ -2,8 +2,8 @@
 //!
 //! The decoder asks for diffusers names (`decoder.up_blocks.1.resnets.0.conv1.weight`) of a
 //! [`WeightSet`] (safetensors, GGUF, the original `.pth`, tensors held in memory through
-//! [`WeightSet::from_f32`], or random ones through [`crate::vae::VaeConfig::random_weights`]). [`VaeTensors`] finds the naming and any prefix once and translates
-//! every request.
+//! [`WeightSet::from_f32`], or random ones through [`crate::vae::VaeConfig::random_weights`]).
+//! [`VaeTensors`] finds the naming and any prefix once and translates every request.
 
 use crate::error::Result;
 use crate::weights::{WeightError, WeightSet};
