@@ -6,8 +6,9 @@
 # python3 picks the uniform plans from errors.json). FRAMES (default: the model's 17) sets the clip
 # length, STEPS (default 2000) and LR (default 1e-3) the optimiser steps per pair and its learning
 # rate, BUDGETS (default "0.75 0.5") the plans, SEEDS (default 0,1) the compared videos' noise,
-# FEATURE_MAP (default hedgehog; or poly, with POWERS, default 2), FEATURE_DIM (default the head
-# size) and MODES (default vdit distill's) the trained maps. Last,
+# FEATURE_MAP (default hedgehog; or poly, with POWERS, default 2), FEATURE_DIM (default 16;
+# empty for the head size) and MODES (default hybrid:2,hybrid:3,hybrid:4,linear; empty for vdit
+# distill's) the trained maps. Last,
 # bench/surgery_judge.py judges the softmax and planned videos (judge.json; needs numpy, scipy
 # and pillow).
 set -euo pipefail
@@ -21,8 +22,10 @@ seeds=${SEEDS:-0,1}
 feature_map=${FEATURE_MAP:-hedgehog}
 powers=${POWERS:-2}
 maps=(--feature-map "$feature_map" --powers "$powers")
-[[ -n ${FEATURE_DIM:-} ]] && maps+=(--feature-dim "$FEATURE_DIM")
-[[ -n ${MODES:-} ]] && maps+=(--modes "$MODES")
+feature_dim=${FEATURE_DIM-16}
+modes=${MODES-hybrid:2,hybrid:3,hybrid:4,linear}
+[[ -n $feature_dim ]] && maps+=(--feature-dim "$feature_dim")
+[[ -n $modes ]] && maps+=(--modes "$modes")
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
 cp "$here/surgery_prompts/train.txt" "$here/surgery_prompts/held_out.txt" "$out/"
@@ -31,11 +34,11 @@ head -n 8 held_out.txt > compare.txt
 "$vdit" distill --prompts train.txt --held-out 4 --steps "$steps" --lr "$lr" --frames "$frames" \
     "${maps[@]}" --output run
 for budget in $budgets; do
-    # The default objective (each option's measured effect on the held-out latents) and the
-    # summed attention-output errors, for comparison.
+    # The default objective (the summed attention-output errors) and each option's measured
+    # effect on the held-out latents, for comparison.
     "$vdit" plan --errors run/errors.json --budget "$budget" --output "plan$budget.json"
-    "$vdit" plan --errors run/errors.json --budget "$budget" --objective attention \
-        --output "attention$budget.json"
+    "$vdit" plan --errors run/errors.json --budget "$budget" --objective output \
+        --output "output$budget.json"
     # The uniform plan: the one mode on every block with the largest cost within the budget.
     python3 - "$budget" > "uniform$budget.json" <<'PY'
 import json, sys
@@ -54,11 +57,11 @@ if table.get("powers"):
     plan["powers"] = table["powers"]
 print(json.dumps(plan))
 PY
-    for p in "plan$budget" "attention$budget" "uniform$budget"; do
+    for p in "plan$budget" "output$budget" "uniform$budget"; do
         "$vdit" compare --attention-plan "$p.json" --prompts compare.txt --seeds "$seeds" --frames "$frames" \
             --json "$p.compare.json"
     done
 done
 plans=()
-for budget in $budgets; do plans+=("plan$budget.json" "attention$budget.json" "uniform$budget.json"); done
+for budget in $budgets; do plans+=("plan$budget.json" "output$budget.json" "uniform$budget.json"); done
 python3 "$here/surgery_judge.py" "$vdit" "$frames" "$seeds" compare.txt . judge.json softmax "${plans[@]}"

@@ -19,9 +19,9 @@ pub struct PlanArgs {
     /// --errors. Without either, linear parts use the weightless elu1 map (with a warning).
     #[arg(long)]
     pub feature_weights: Option<PathBuf>,
-    /// The error the plan minimises: output (each option's measured effect on the held-out
-    /// denoised latents, when errors.json has it) or attention (each option's attention-output
-    /// error) [default: output where measured].
+    /// The error the plan minimises: attention (each option's attention-output error) or
+    /// output (each option's measured effect on the held-out denoised latents, when errors.json
+    /// has it) [default: attention].
     #[arg(long)]
     pub objective: Option<String>,
     /// The plan file to write.
@@ -32,7 +32,7 @@ pub struct PlanArgs {
 pub fn run(a: &PlanArgs) -> Result<(), Box<dyn std::error::Error>> {
     let table = ErrorTable::read(&a.errors)?;
     let objective = match a.objective.as_deref() {
-        None => Objective::best_for(&table),
+        None => Objective::Attention,
         Some(s) => Objective::parse(s).ok_or_else(|| {
             format!("--objective {s}: output (measured effect on the latents) or attention")
         })?,

@@ -59,15 +59,6 @@ impl Objective {
         }
     }
 
-    /// `output` where the table measured it for every option, else `attention`.
-    pub fn best_for(table: &ErrorTable) -> Self {
-        if table.has_output_errors() {
-            Self::Output
-        } else {
-            Self::Attention
-        }
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             Self::Attention => "attention",
@@ -456,7 +447,6 @@ mod tests {
             ("linear", 0.2, 10.0),
         ];
         let mut t = table(&[first, second]);
-        assert_eq!(Objective::best_for(&t), Objective::Attention);
         let e = plan(&t, 0.5, Objective::Output).unwrap_err().to_string();
         assert!(
             e.contains("--objective") && e.contains("output_error"),
@@ -469,7 +459,6 @@ mod tests {
                 o.output_error = Some(e);
             }
         }
-        assert_eq!(Objective::best_for(&t), Objective::Output);
         let modes =
             |p: &Planned| -> Vec<String> { p.layers.iter().map(|l| l.mode.to_string()).collect() };
         // 0.5 x 200 = 100: one hybrid and one linear layer.

@@ -81,8 +81,10 @@ pub(crate) fn check_charsmap(map: &[u8]) -> Result<(), String> {
     let Some(&root) = units.first() else {
         return Err("the trie is empty".into());
     };
-    // Each state is a position after its unit's offset was applied, before the next byte.
-    let mut seen = vec![false; units.len()];
+    // Each state is a position after its unit's offset was applied, before the next byte. A
+    // state may lie past the trie's end (only its children's positions must fall inside), so
+    // the states seen are a set, not flags per unit.
+    let mut seen = std::collections::HashSet::new();
     let mut todo = vec![offset(root)];
     while let Some(state) = todo.pop() {
         for byte in utf8_bytes() {
@@ -107,7 +109,7 @@ pub(crate) fn check_charsmap(map: &[u8]) -> Result<(), String> {
                     ));
                 }
             }
-            if next < seen.len() && !std::mem::replace(&mut seen[next], true) {
+            if seen.insert(next) {
                 todo.push(next);
             }
         }
@@ -139,7 +141,7 @@ mod tests {
         let empty_strings = [1024u32.to_le_bytes().to_vec(), vec![0; 1024]].concat();
         check_charsmap(&empty_strings).unwrap();
 
-        let cases: [(&str, Vec<u8>); 5] = [
+        let cases: [(&str, Vec<u8>); 6] = [
             ("fewer than its 4-byte", vec![1, 2]),
             (
                 "trie size says",
@@ -150,6 +152,13 @@ mod tests {
             ("a lookup reaches unit", {
                 let mut m = map.clone();
                 m[4..8].copy_from_slice(&(1u32 << 20).to_le_bytes());
+                m
+            }),
+            // 'a' leads to a state past the trie's end, whose children lie outside it.
+            ("a lookup reaches unit", {
+                let mut m = map.clone();
+                let a = 4 + 0x61 * 4;
+                m[a..a + 4].copy_from_slice(&(0x61u32 | 600 << 10).to_le_bytes());
                 m
             }),
             // The leaf's string offset beyond the strings.

@@ -433,12 +433,8 @@ pub fn matmul_weight(
         + w.bytes()
         + m as f64 * n as f64 * el(y) * if epilogue.reads_output() { 2.0 } else { 1.0 };
     let on_cpu = gpu.info.device_type == wgpu::DeviceType::Cpu;
-    // The cooperative kernel's Q4_K loads have passed only naga's checks, not yet `vdit
-    // selftest` on a GPU with cooperative matrices: until they have, `auto` keeps Q4_K products
-    // on the tested tiled kernel, and `--kernels matmul=coop` (what the selftest runs) opts in.
-    let unproven = matches!(w, WeightRef::Q4K(_));
     let (coop, direct) = match rec.policy().matmul {
-        MatmulKernel::Auto if !unproven && coop_fits(gpu, CoopTiles::TUNED, x, w, k) => {
+        MatmulKernel::Auto if coop_fits(gpu, CoopTiles::TUNED, x, w, k) => {
             (Some(CoopTiles::TUNED), false)
         }
         MatmulKernel::Auto => (None, on_cpu),
