@@ -5,7 +5,6 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use memmap2::Mmap;
 
@@ -43,11 +42,9 @@ enum Backing {
     /// owned by its view.
     Random(RandomValues),
     /// A PyTorch checkpoint: tensors are views into its storages. A view whose elements are not
-    /// adjacent (a transposed tensor) is gathered at its first read and kept with the file.
-    Pth {
-        file: PthFile,
-        gathered: Vec<OnceLock<Vec<u8>>>,
-    },
+    /// adjacent (a transposed tensor) is gathered at each read into bytes its view owns, and
+    /// dropped with it: nothing of the checkpoint stays in host memory after its upload.
+    Pth(PthFile),
 }
 
 /// A memory-mapped safetensors, GGUF or PyTorch file.
@@ -142,10 +139,9 @@ impl WeightFile {
                 )
             })
             .collect();
-        let gathered = tensors.iter().map(|_| OnceLock::new()).collect();
         Self::new(
             file.path().to_path_buf(),
-            Backing::Pth { file, gathered },
+            Backing::Pth(file),
             FileFormat::Pth,
             tensors,
             BTreeMap::new(),
@@ -294,13 +290,7 @@ impl WeightFile {
             Backing::Mapped(map) => Cow::Borrowed(Self::slice(map, info, &self.path)?),
             Backing::Owned(buffer) => Cow::Borrowed(Self::slice(buffer, info, &self.path)?),
             Backing::Random(values) => Cow::Owned(values.bytes(name, info.shape())),
-            Backing::Pth { file, gathered } => Cow::Borrowed(match gathered[at].get() {
-                Some(bytes) => bytes.as_slice(),
-                None => match file.get(name)?.bytes() {
-                    Cow::Borrowed(bytes) => bytes,
-                    Cow::Owned(bytes) => gathered[at].get_or_init(|| bytes).as_slice(),
-                },
-            }),
+            Backing::Pth(file) => file.get(name)?.bytes(),
         };
         Ok(TensorView::new(info, bytes, &self.path))
     }
