@@ -17,6 +17,7 @@ use vdit_wgpu::rng::Rng;
 use vdit_wgpu::Gpu;
 
 use crate::bench_dit::config_arg;
+use crate::bench_vae::RgbaFrame;
 use crate::dit_forward::precision_arg;
 use crate::vae_decode::VAE_TILE_HELP;
 
@@ -124,9 +125,13 @@ pub fn run(gpu: &Gpu, a: &GenerateBenchArgs) -> Result<(), Box<dyn std::error::E
     let latent = pipeline.sample(&request, &mut clock, &cancel, None)?;
     let dit_peak = gpu.pool_peak_bytes();
     gpu.reset_pool_peak();
-    let video = pipeline.decode(&latent, &mut clock, &cancel)?;
+    // Decoded as `vdit generate` writes a video: frames converted to RGBA8 on the GPU as each
+    // latent frame gives them (the downloads and the encoder left out).
+    let rgba = RgbaFrame::new(gpu, a.height, a.width)?;
+    pipeline.decode_each(&latent, &mut clock, &cancel, &mut |frames, count| {
+        Ok(rgba.convert(gpu, frames, count)?)
+    })?;
     let vae_peak = gpu.pool_peak_bytes();
-    drop(video);
     let decode_ms = clock.decode_ms;
 
     // The first step also compiles the pipelines: the rate comes from the others where there are.

@@ -6,8 +6,9 @@ use std::time::Instant;
 
 use clap::Args;
 use vdit_model::vae::{DecodeOptions, LatentScale, VaeConfig, VaeTiling, WanVae};
+use vdit_wgpu::kernels::rgba::frames_to_rgba;
 use vdit_wgpu::rng::Rng;
-use vdit_wgpu::{DType, Gpu, Profiler, Tensor};
+use vdit_wgpu::{DType, Gpu, GpuError, Profiler, Recorder, Tensor};
 
 use crate::dit_forward::precision_arg;
 use crate::vae_decode::VAE_TILE_HELP;
@@ -31,6 +32,10 @@ pub struct VaeBenchArgs {
     /// Storage precision: f16 (default where the adapter has it) or f32.
     #[arg(long)]
     pub precision: Option<String>,
+    /// Keep the whole decoded video (f32) on the GPU, as `vdit vae-decode` does, instead of
+    /// handing each latent frame's frames to an RGBA8 conversion as `vdit generate` does.
+    #[arg(long)]
+    pub whole_video: bool,
     /// Timed decodes (after one warm-up).
     #[arg(long, default_value_t = 1)]
     pub iters: usize,
@@ -70,27 +75,30 @@ pub fn run(gpu: &Gpu, a: &VaeBenchArgs) -> Result<(), Box<dyn std::error::Error>
     // From here the pool holds the weights and the latent; the decode adds the rest.
     gpu.trim_pool();
     gpu.reset_pool_peak();
+    // Tiles that split the frame blend across the whole video, which then exists either way.
+    let streamed = !a.whole_video && !a.vae_tile.is_some_and(|t| t.splits(h, w));
+    let decode = |profiler: Option<&mut Profiler>| -> Result<(), Box<dyn std::error::Error>> {
+        let options = decode_options(a.vae_tile, profiler);
+        if streamed {
+            decode_to_rgba(gpu, &vae, &latent, options)?;
+        } else {
+            drop(vae.decode_with(gpu, &latent, options)?);
+        }
+        Ok(gpu.wait()?)
+    };
     // Warm-up: pipelines compiled, buffers allocated.
-    drop(vae.decode_with(gpu, &latent, decode_options(a.vae_tile, None))?);
-    gpu.wait()?;
+    decode(None)?;
     let mut wall = Vec::new();
     for _ in 0..a.iters {
         let t = Instant::now();
-        let frames = vae.decode_with(gpu, &latent, decode_options(a.vae_tile, None))?;
-        gpu.wait()?;
+        decode(None)?;
         wall.push(t.elapsed().as_secs_f64() * 1e3);
-        drop(frames);
     }
     let peak = gpu.pool_peak_bytes();
     wall.sort_by(f64::total_cmp);
     let median = wall.get(wall.len() / 2).copied().unwrap_or(f64::NAN);
     let mut profiler = Profiler::new(gpu);
-    drop(vae.decode_with(
-        gpu,
-        &latent,
-        decode_options(a.vae_tile, Some(&mut profiler)),
-    )?);
-    gpu.wait()?;
+    decode(Some(&mut profiler))?;
     print!("{}", profiler.table());
 
     let tiles = a
@@ -104,15 +112,30 @@ pub fn run(gpu: &Gpu, a: &VaeBenchArgs) -> Result<(), Box<dyn std::error::Error>
         (Some(t), None) => format!("whole (within one tile of {})", t.tile),
         (None, _) => "whole".into(),
     };
-    let output_bytes = 4 * frames_shape.iter().product::<usize>() as u64;
-    println!("latent {shape:?} -> frames {frames_shape:?}, precision {precision:?}, {tiling}");
+    // What the decode's output holds: the whole f32 video, or one latent frame's f32 frames
+    // and one RGBA8 frame.
+    let [_, _, oh, ow] = frames_shape;
+    let output_bytes = if streamed {
+        let per_latent_frame = vae.config.output_frames(2) - vae.config.output_frames(1);
+        (4 * (3 * per_latent_frame + 1) * oh * ow) as u64
+    } else {
+        4 * frames_shape.iter().product::<usize>() as u64
+    };
+    let output = if streamed {
+        "streamed to RGBA8"
+    } else {
+        "whole video kept"
+    };
+    println!(
+        "latent {shape:?} -> frames {frames_shape:?}, precision {precision:?}, {tiling}, {output}"
+    );
     println!(
         "decode: {median:.1} ms wall (median of {}), kernel sum {:.1} ms",
         wall.len(),
         profiler.total_ms()
     );
     println!(
-        "GPU memory: peak {} held by the pool (weights {}, frames {})",
+        "GPU memory: peak {} held by the pool (weights {}, output {})",
         size(peak),
         size(weight_bytes),
         size(output_bytes)
@@ -120,7 +143,7 @@ pub fn run(gpu: &Gpu, a: &VaeBenchArgs) -> Result<(), Box<dyn std::error::Error>
     if let Some(path) = &a.json {
         let json = serde_json::json!({
             "device": gpu.describe(), "config": a.config, "latent": shape, "frames": frames_shape,
-            "precision": format!("{precision:?}"),
+            "precision": format!("{precision:?}"), "streamed": streamed,
             "tiling": a.vae_tile.map(|t| serde_json::json!({
                 "tile": t.tile, "overlap": t.overlap, "tiles": tiles,
             })),
@@ -143,6 +166,47 @@ fn decode_options(tiling: Option<VaeTiling>, profiler: Option<&mut Profiler>) ->
         scale: LatentScale::Normalized,
         tiling,
         profiler,
+    }
+}
+
+/// Decodes as `vdit generate` does: each latent frame's frames converted to RGBA8 on the GPU as
+/// they come (the download and the encoder are left out), so no whole video exists.
+fn decode_to_rgba(
+    gpu: &Gpu,
+    vae: &WanVae,
+    latent: &Tensor,
+    options: DecodeOptions<'_>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let [_, _, h, w] = vae.output_shape(latent.shape())?;
+    let rgba = RgbaFrame::new(gpu, h, w)?;
+    vae.decode_streamed(gpu, latent, options, &mut |frames, count| {
+        Ok(rgba.convert(gpu, frames, count)?)
+    })?;
+    Ok(())
+}
+
+/// The GPU side of writing a video: one RGBA8 frame that decoded frames are converted into,
+/// as `vdit generate`'s writer does before each download.
+pub(crate) struct RgbaFrame {
+    rgba: Tensor,
+    width: usize,
+}
+
+impl RgbaFrame {
+    pub(crate) fn new(gpu: &Gpu, height: usize, width: usize) -> Result<Self, GpuError> {
+        Ok(Self {
+            rgba: Tensor::empty(gpu, &[height * width], DType::F32)?,
+            width,
+        })
+    }
+
+    /// Converts the first `count` frames of `frames` [3, n, H, W], one after the other.
+    pub(crate) fn convert(&self, gpu: &Gpu, frames: &Tensor, count: usize) -> Result<(), GpuError> {
+        let mut rec = Recorder::new(gpu);
+        for frame in 0..count {
+            frames_to_rgba(&mut rec, frames, frame, self.width, &self.rgba)?;
+        }
+        rec.submit(None)
     }
 }
 
