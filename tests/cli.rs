@@ -326,6 +326,54 @@ fn bench_vae_reports_kernels_time_and_memory() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Untiled, `bench vae` decodes as `generate` does (frames to RGBA8 as they come, no whole
+/// video held) unless `--whole-video` asks for the f32 video `vae-decode` returns.
+#[test]
+fn bench_vae_streams_unless_asked_for_the_whole_video() {
+    let dir = scratch("bench-vae-streamed");
+    let config = assets().join("goldens/vae/tiny/diffusers/config.json");
+    let (h, w) = (40u64, 56u64);
+    for (whole, output_bytes) in [(false, 4 * (3 * 4 + 1) * h * w), (true, 4 * 3 * 5 * h * w)] {
+        let json = dir.join(format!("vae-{whole}.json"));
+        let mut cmd = vdit();
+        cmd.args(["bench", "vae", "--precision", "f32", "--config"])
+            .arg(&config)
+            .args([
+                "--latent-frames",
+                "2",
+                "--latent-height",
+                "5",
+                "--latent-width",
+                "7",
+            ])
+            .arg("--json")
+            .arg(&json);
+        if whole {
+            cmd.arg("--whole-video");
+        }
+        let out = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let said = if whole {
+            "whole video kept"
+        } else {
+            "streamed to RGBA8"
+        };
+        assert!(stdout.contains(said), "no '{said}' in:\n{stdout}");
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!(report["streamed"], serde_json::json!(!whole));
+        assert_eq!(report["frames_bytes"].as_u64(), Some(output_bytes));
+        let peak = report["peak_bytes"].as_u64().unwrap();
+        assert!(peak > report["weight_bytes"].as_u64().unwrap() + output_bytes);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn bench_generate_reports_steps_decode_and_memory() {
     let dir = scratch("bench-generate");
