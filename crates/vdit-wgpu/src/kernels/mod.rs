@@ -7,6 +7,7 @@ pub mod elementwise;
 pub mod layout;
 pub mod matmul;
 pub mod norm;
+pub mod packed;
 pub mod patch;
 pub mod q4k;
 pub mod q8;

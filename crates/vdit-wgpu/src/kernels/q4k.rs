@@ -22,7 +22,8 @@
 
 use half::f16;
 
-use crate::error::{shape_err, Result};
+use super::packed::{BlockFormat, PackedWeight};
+use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::tensor::{DType, Tensor};
 
@@ -35,92 +36,41 @@ const SUB: usize = 32;
 /// Words of `scales` per super-block.
 const SCALE_WORDS: usize = 6;
 
-/// A [N, K] weight in Q4_K on the GPU.
-pub struct Q4KWeight {
-    /// The 4-bit values, eight per word. Held in a 4-byte tensor type only for its size: the
-    /// kernels read the buffer as `array<u32>`.
-    pub(crate) quants: Tensor,
-    /// Six words per super-block: [N, K/256 * 6].
-    pub(crate) scales: Tensor,
-    shape: [usize; 2],
+/// GGML's Q4_K format (see the module's description).
+pub struct Q4KFormat;
+
+impl BlockFormat for Q4KFormat {
+    const NAME: &'static str = "Q4KWeight";
+    const BLOCK: usize = Q4K_BLOCK;
 }
 
-impl std::fmt::Debug for Q4KWeight {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Q4KWeight({:?})", self.shape)
-    }
-}
+/// A [N, K] weight in Q4_K on the GPU: the 4-bit values eight to a word ([N, K/8] words) and
+/// six scale words per super-block ([N, K/256 * 6]).
+pub type Q4KWeight = PackedWeight<Q4KFormat>;
 
-impl Q4KWeight {
+impl PackedWeight<Q4KFormat> {
     /// Uploads GGML Q4_K super-blocks of a row-major [n, k] tensor (k a multiple of 256).
     pub fn from_ggml_blocks(gpu: &Gpu, n: usize, k: usize, blocks: &[u8]) -> Result<Self> {
-        check_shape(n, k)?;
-        let count = n * k / Q4K_BLOCK;
-        if blocks.len() != count * Q4K_BLOCK_BYTES {
-            return Err(shape_err(
-                "Q4KWeight",
-                format!(
-                    "[{n}, {k}] needs {} bytes of Q4_K blocks, {} given",
-                    count * Q4K_BLOCK_BYTES,
-                    blocks.len()
-                ),
-            ));
-        }
+        Self::check_blocks(n, k, blocks.len(), Q4K_BLOCK_BYTES)?;
         let (quants, scales) = repack(blocks);
-        Ok(Self {
-            quants: Tensor::from_bytes(
-                gpu,
-                &[n, k / 8],
-                DType::F32,
-                bytemuck::cast_slice(&quants),
-            )?,
-            scales: Tensor::from_bytes(
+        Ok(Self::from_parts(
+            Tensor::from_bytes(gpu, &[n, k / 8], DType::F32, bytemuck::cast_slice(&quants))?,
+            Tensor::from_bytes(
                 gpu,
                 &[n, k / Q4K_BLOCK * SCALE_WORDS],
                 DType::F32,
                 bytemuck::cast_slice(&scales),
             )?,
-            shape: [n, k],
-        })
+            [n, k],
+        ))
     }
 
     /// Quantises f32 values of a row-major [n, k] tensor to Q4_K (see [`quantize_q4k`]), for
     /// random benchmark weights and dense weights quantised at load.
     pub fn quantize(gpu: &Gpu, n: usize, k: usize, values: &[f32]) -> Result<Self> {
-        check_shape(n, k)?;
-        if values.len() != n * k {
-            return Err(shape_err(
-                "Q4KWeight::quantize",
-                format!("[{n}, {k}] holds {} values, {} given", n * k, values.len()),
-            ));
-        }
+        Self::check_values(n, k, values.len())?;
         Self::from_ggml_blocks(gpu, n, k, &quantize_q4k(values))
     }
-
-    /// [N, K].
-    pub fn shape(&self) -> [usize; 2] {
-        self.shape
-    }
-
-    /// GPU bytes of the values and scales.
-    pub fn bytes(&self) -> u64 {
-        self.quants.bytes() + self.scales.bytes()
-    }
-
-    /// The GPU tensors behind it (values, scales), for moving it to and from host memory.
-    pub fn tensors(&self) -> [&Tensor; 2] {
-        [&self.quants, &self.scales]
-    }
-}
-
-fn check_shape(n: usize, k: usize) -> Result<()> {
-    if n == 0 || k == 0 || k % Q4K_BLOCK != 0 {
-        return Err(shape_err(
-            "Q4KWeight",
-            format!("[{n}, {k}]: rows of a multiple of {Q4K_BLOCK} values are needed"),
-        ));
-    }
-    Ok(())
 }
 
 fn half_at(b: &[u8], at: usize) -> f32 {

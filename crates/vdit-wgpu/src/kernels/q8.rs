@@ -9,7 +9,8 @@
 
 use half::f16;
 
-use crate::error::{shape_err, Result};
+use super::packed::{BlockFormat, PackedWeight};
+use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::tensor::{DType, Tensor};
 
@@ -18,39 +19,24 @@ pub const Q8_BLOCK: usize = 32;
 /// Bytes of a GGML Q8_0 block: an f16 scale and 32 int8.
 pub const Q8_BLOCK_BYTES: usize = 2 + Q8_BLOCK;
 
-/// A [N, K] weight in Q8_0 on the GPU.
-pub struct Q8Weight {
-    /// The int8 values, four per word. Held in a 4-byte tensor type only for its size: the
-    /// kernels read the buffer as `array<u32>`.
-    pub(crate) quants: Tensor,
-    /// One f32 scale per 32 values: [N, K/32].
-    pub(crate) scales: Tensor,
-    shape: [usize; 2],
+/// GGML's Q8_0 format (see the module's description).
+pub struct Q8Format;
+
+impl BlockFormat for Q8Format {
+    const NAME: &'static str = "Q8Weight";
+    const BLOCK: usize = Q8_BLOCK;
 }
 
-impl std::fmt::Debug for Q8Weight {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Q8Weight({:?})", self.shape)
-    }
-}
+/// A [N, K] weight in Q8_0 on the GPU: int8 values four to a word ([N, K/4] words) and one f32
+/// scale per 32 values ([N, K/32]).
+pub type Q8Weight = PackedWeight<Q8Format>;
 
-impl Q8Weight {
+impl PackedWeight<Q8Format> {
     /// Uploads GGML Q8_0 blocks of a row-major [n, k] tensor (k a multiple of 32).
     pub fn from_ggml_blocks(gpu: &Gpu, n: usize, k: usize, blocks: &[u8]) -> Result<Self> {
-        check_shape(n, k)?;
-        let count = n * k / Q8_BLOCK;
-        if blocks.len() != count * Q8_BLOCK_BYTES {
-            return Err(shape_err(
-                "Q8Weight",
-                format!(
-                    "[{n}, {k}] needs {} bytes of Q8_0 blocks, {} given",
-                    count * Q8_BLOCK_BYTES,
-                    blocks.len()
-                ),
-            ));
-        }
+        Self::check_blocks(n, k, blocks.len(), Q8_BLOCK_BYTES)?;
         let mut quants = Vec::with_capacity(n * k);
-        let mut scales = Vec::with_capacity(count);
+        let mut scales = Vec::with_capacity(n * k / Q8_BLOCK);
         for block in blocks.chunks_exact(Q8_BLOCK_BYTES) {
             scales.push(f16::from_le_bytes([block[0], block[1]]).to_f32());
             quants.extend_from_slice(&block[2..]);
@@ -61,49 +47,18 @@ impl Q8Weight {
     /// Quantises f32 values of a row-major [n, k] tensor as GGML does (scale = max |x| / 127
     /// rounded to f16, values rounded to nearest), for random benchmark weights and tests.
     pub fn quantize(gpu: &Gpu, n: usize, k: usize, values: &[f32]) -> Result<Self> {
-        check_shape(n, k)?;
-        if values.len() != n * k {
-            return Err(shape_err(
-                "Q8Weight::quantize",
-                format!("[{n}, {k}] holds {} values, {} given", n * k, values.len()),
-            ));
-        }
+        Self::check_values(n, k, values.len())?;
         let (quants, scales) = quantize_q8(values);
         Self::upload(gpu, n, k, &quants, &scales)
     }
 
     fn upload(gpu: &Gpu, n: usize, k: usize, quants: &[u8], scales: &[f32]) -> Result<Self> {
-        Ok(Self {
-            quants: Tensor::from_bytes(gpu, &[n, k / 4], DType::F32, quants)?,
-            scales: Tensor::from_f32(gpu, &[n, k / Q8_BLOCK], scales, DType::F32)?,
-            shape: [n, k],
-        })
+        Ok(Self::from_parts(
+            Tensor::from_bytes(gpu, &[n, k / 4], DType::F32, quants)?,
+            Tensor::from_f32(gpu, &[n, k / Q8_BLOCK], scales, DType::F32)?,
+            [n, k],
+        ))
     }
-
-    /// [N, K].
-    pub fn shape(&self) -> [usize; 2] {
-        self.shape
-    }
-
-    /// GPU bytes of the values and scales.
-    pub fn bytes(&self) -> u64 {
-        self.quants.bytes() + self.scales.bytes()
-    }
-
-    /// The GPU tensors behind it (values, scales), for moving it to and from host memory.
-    pub fn tensors(&self) -> [&Tensor; 2] {
-        [&self.quants, &self.scales]
-    }
-}
-
-fn check_shape(n: usize, k: usize) -> Result<()> {
-    if n == 0 || k == 0 || k % Q8_BLOCK != 0 {
-        return Err(shape_err(
-            "Q8Weight",
-            format!("[{n}, {k}]: rows of a multiple of {Q8_BLOCK} values are needed"),
-        ));
-    }
-    Ok(())
 }
 
 /// GGML's Q8_0 quantisation of whole blocks: the int8 values and one scale per 32.
