@@ -59,6 +59,7 @@ def main():
     kernels, no_coop = load("kernels.json"), load("kernels_no_coop.json")
     vae, vae_tiled = load("vae.json"), load("vae_tiled.json")
     tdit, tvae, gen = load("torch_dit.json"), load("torch_vae.json"), load("generate.json")
+    gen50, tgen = load("generate50.json"), load("torch_generate.json")
     dit = {m: load(f"dit_{m}.json") for m in ("softmax", "hybrid", "linear", "linear_no_coop")}
     tatt = None
     for r in (load("torch_attention.json") or {}).get("results", []):
@@ -127,6 +128,20 @@ def main():
                 f"- Peak GPU memory held by tensors: DiT stage {fmt(gen.get('dit_peak_gib'), 2)} GiB, "
                 f"VAE stage {fmt(gen.get('vae_peak_gib'), 2)} GiB.",
                 "- The prompt contexts are random embeddings: the text encoder runs before the DiT and is freed.", ""]
+    if gen50 or tgen:
+        gen50, tgen = gen50 or {}, tgen or {}
+        steps_s = sum(gen50.get("steps_ms") or [float("nan")]) / 1e3
+        decode_s = (gen50.get("decode_ms") or float("nan")) / 1e3
+        out += [f"50 steps end to end, {tgen.get('width', gen50.get('width'))}x{tgen.get('height', gen50.get('height'))}, "
+                f"{tgen.get('frames', gen50.get('frames'))} frames, guidance 5.0, beside diffusers' WanPipeline (bf16, "
+                "UniPC) with random weights of the same sizes (vdit's first step includes compiling its pipelines; "
+                "diffusers ran one step and one decode before):", "",
+                "| stage | vdit s | vdit peak GiB | diffusers s | diffusers peak GiB |", "|---|---:|---:|---:|---:|",
+                f"| denoising, 50 steps | {fmt(steps_s, 1)} | {fmt(gen50.get('dit_peak_gib'), 2)} | "
+                f"{fmt(tgen.get('denoise_s'), 1)} | {fmt(tgen.get('denoise_peak_gib'), 2)} |",
+                f"| VAE decode to frames | {fmt(decode_s, 2)} | {fmt(gen50.get('vae_peak_gib'), 2)} | "
+                f"{fmt(tgen.get('decode_s'), 2)} | {fmt(tgen.get('decode_peak_gib'), 2)} |",
+                f"| whole | {fmt(steps_s + decode_s, 1)} | | {fmt(tgen.get('total_s'), 1)} | |", ""]
     if tdit:
         out += ["## DiT forward", "",
                 f"- Same random weights in both programs: `vdit dit-forward --precision f16` differs from diffusers fp32 "

@@ -52,7 +52,11 @@ if ! skip vae; then
   run "$B" bench vae --vae-tile 32,8 --json "$DIR/vae_tiled.json"
 fi
 if ! skip generate; then
-  run "$B" bench generate --random-weights --steps 2 --vae-tile 32,8 --json "$DIR/generate.json"
+  run "$B" bench generate --random-weights --steps 2 --json "$DIR/generate.json"
+  # 50 steps end to end beside diffusers' WanPipeline, on a clip short enough to measure whole.
+  run "$B" bench generate --random-weights --steps 50 --frames 17 --json "$DIR/generate50.json"
+  run python3 bench/torch_generate.py --out /tmp/vdit_torch_generate --steps 50 --frames 17
+  cp /tmp/vdit_torch_generate/torch_generate.json "$DIR/torch_generate.json" 2>>"$LOG"
 fi
 if ! skip portable; then
   run "$B" --no-coop bench dit --random-weights --attention linear --iters 1 --json "$DIR/dit_linear_no_coop.json"
