@@ -217,6 +217,10 @@ impl<'g> Pipeline<'g> {
             cancel.check()
         })
         .map_err(|e| e.in_part(ModelPart::Vae))?;
+        // The stage ends when its last frames exist, not when they are recorded.
+        self.gpu
+            .wait()
+            .map_err(|e| ModelError::from(e).in_part(ModelPart::Vae))?;
         progress.end(Stage::Decoding);
         Ok(())
     }
