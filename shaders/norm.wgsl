@@ -8,9 +8,9 @@
 // `main`: one workgroup per row with a tree reduction in workgroup memory. `lanes`: 32 threads
 // per row and 8 rows per workgroup, for rows of up to about a thousand channels (the VAE's 96
 // to 384), where a workgroup per row would leave most threads idle and a thread per row would
-// read each row's elements far apart. `narrow`: one thread per row, for rows of a few channels. The mean is reduced before
-// the centred variance (two passes over the row) for accuracy with large means. Rows fold into a
-// 2D grid past max_compute_workgroups_per_dimension.
+// read each row's elements far apart. `narrow`: one thread per row, for rows of a few channels.
+// The mean is reduced before the centred variance (two passes over the row) for accuracy with
+// large means. Rows fold into a 2D grid past max_compute_workgroups_per_dimension.
 
 struct Params {
     rows: u32,

@@ -285,14 +285,11 @@ fn bad_vae_tiles_name_the_flag() {
     }
 }
 
-#[test]
-fn bench_vae_reports_kernels_time_and_memory() {
-    let dir = scratch("bench-vae");
-    let json = dir.join("vae.json");
-    let config = assets().join("goldens/vae/tiny/diffusers/config.json");
-    let out = vdit()
-        .args(["bench", "vae", "--precision", "f32", "--config"])
-        .arg(&config)
+/// `vdit bench vae` on the tiny golden VAE's config, a [16, 2, 5, 7] latent, in f32.
+fn bench_vae_tiny() -> Command {
+    let mut cmd = vdit();
+    cmd.args(["bench", "vae", "--precision", "f32", "--config"])
+        .arg(assets().join("goldens/vae/tiny/diffusers/config.json"))
         .args([
             "--latent-frames",
             "2",
@@ -300,7 +297,15 @@ fn bench_vae_reports_kernels_time_and_memory() {
             "5",
             "--latent-width",
             "7",
-        ])
+        ]);
+    cmd
+}
+
+#[test]
+fn bench_vae_reports_kernels_time_and_memory() {
+    let dir = scratch("bench-vae");
+    let json = dir.join("vae.json");
+    let out = bench_vae_tiny()
         .args(["--vae-tile", "4,1", "--json"])
         .arg(&json)
         .output()
@@ -331,23 +336,11 @@ fn bench_vae_reports_kernels_time_and_memory() {
 #[test]
 fn bench_vae_streams_unless_asked_for_the_whole_video() {
     let dir = scratch("bench-vae-streamed");
-    let config = assets().join("goldens/vae/tiny/diffusers/config.json");
     let (h, w) = (40u64, 56u64);
     for (whole, output_bytes) in [(false, 4 * (3 * 4 + 1) * h * w), (true, 4 * 3 * 5 * h * w)] {
         let json = dir.join(format!("vae-{whole}.json"));
-        let mut cmd = vdit();
-        cmd.args(["bench", "vae", "--precision", "f32", "--config"])
-            .arg(&config)
-            .args([
-                "--latent-frames",
-                "2",
-                "--latent-height",
-                "5",
-                "--latent-width",
-                "7",
-            ])
-            .arg("--json")
-            .arg(&json);
+        let mut cmd = bench_vae_tiny();
+        cmd.arg("--json").arg(&json);
         if whole {
             cmd.arg("--whole-video");
         }
